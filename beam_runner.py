@@ -1,0 +1,118 @@
+#!/usr/bin/env python
+"""tokenmill command line: parse options, build the Beam job, run it. Nothing else.
+
+    python beam_runner.py fit-codebook --input 'audio/*.flac' --output codebooks/
+    python beam_runner.py tokenize --input 'audio/*.flac' --codebook codebooks/ --output dataset/
+    python beam_runner.py verify dataset/
+
+Options this tool does not know are Beam pipeline options, passed through unchanged:
+--runner (default: the embedded local runner), --direct_running_mode=multi_processing,
+--direct_num_workers=N, and for Dataflow --project/--region/--temp_location/--setup_file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+from tokenmill.pipelines import options as opts
+
+EPILOG = """Beam options: anything not listed above is passed to Beam, e.g. --runner=DataflowRunner,
+--direct_running_mode=multi_processing --direct_num_workers=2. Without --runner the job runs
+in-process on Beam's embedded runner (no Prism download)."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="beam_runner.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    fit = sub.add_parser("fit-codebook", epilog=EPILOG,
+                         help="fit the semantic k-means codebook on a deterministic sample of frames",
+                         description="Decode the inputs, extract semantic features, draw a "
+                                     "deterministic sample of frames and fit a FAISS k-means codebook. "
+                                     "Writes <kind>-<sha12>.safetensors + a JSON card (sample, "
+                                     "held-out MSE, usage entropy, dead codes) and the fit's dead letters.")
+    opts.add_fit_codebook_args(fit)
+    tok = sub.add_parser("tokenize", epilog=EPILOG,
+                         help="tokenize audio into Parquet + WebDataset shards with a manifest",
+                         description="Match, decode, resample and segment the inputs; compute semantic "
+                                     "tokens with the codebook; dedupe by content; join captions; split "
+                                     "train/valid by content hash; write deterministic shards, "
+                                     "failures-*.jsonl dead letters and manifest.json. Every input ends "
+                                     "in the shards or in the dead letters, and the manifest reconciles.")
+    opts.add_tokenize_args(tok)
+    ver = sub.add_parser("verify", help="check a dataset directory against its manifest",
+                         description="Recompute sizes, sha256 and record counts of every shard, decode "
+                                     "them under the schema, compare Parquet with WebDataset record by "
+                                     "record, and reconcile inputs = sources in records + dead letters. "
+                                     "Exits 1 and names the file on any mismatch.")
+    ver.add_argument("dataset", metavar="DIR")
+    ver.add_argument("--json", action="store_true", help="print the report as JSON")
+    return p
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("apache_beam", "faiss", "numba", "datasets"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Beam's GCP modules warn on import about optional BigQuery clients that local jobs never use.
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(lambda rec: "apitools not found" not in rec.getMessage())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, beam_args = _parser().parse_known_args(argv)
+    _setup_logging(args.verbose)
+    from tokenmill.pipelines.report import print_fit_summary, print_summary
+
+    if args.command == "verify":
+        if beam_args:
+            raise SystemExit(f"verify: unknown arguments {beam_args}")
+        from tokenmill.schemas.verify import verify_dataset
+
+        rep = verify_dataset(args.dataset)
+        if args.json:
+            print(json.dumps({"ok": rep.ok, "problems": rep.problems}, indent=1))
+        else:
+            for prob in rep.problems:
+                print(f"FAIL {prob}", file=sys.stderr)
+            if rep.ok:
+                print_summary(args.dataset, rep.manifest, verified=True)
+        return 0 if rep.ok else 1
+
+    from tokenmill.pipelines.ingest import check_inputs_match
+    from tokenmill.pipelines.runner import make_pipeline
+
+    t0 = time.monotonic()
+    if args.command == "fit-codebook":
+        from tokenmill.pipelines.fit import build_fit
+        from tokenmill.tokenizers.semantic import build_extractor
+
+        cfg = opts.fit_codebook_config(args)
+        check_inputs_match(cfg.inputs)
+        desc = build_extractor(cfg.semantic.extractor, **cfg.semantic.extractor_kwargs()).describe()
+        with make_pipeline(beam_args) as p:
+            build_fit(p, cfg, extractor_desc=desc)
+        print_fit_summary(cfg.output, time.monotonic() - t0)
+        return 0
+
+    from tokenmill.pipelines.handlers import describe_semantic
+    from tokenmill.pipelines.tokenize import build_tokenize, load_captions
+
+    cfg = opts.tokenize_config(args)
+    check_inputs_match(cfg.inputs)
+    semantic_desc, _ = describe_semantic(cfg.semantic, cfg.codebook)
+    captions = load_captions(cfg.captions) if cfg.captions else None
+    with make_pipeline(beam_args) as p:
+        build_tokenize(p, cfg, semantic_desc=semantic_desc, captions=captions)
+    with open(f"{cfg.output.rstrip('/')}/manifest.json") as f:
+        print_summary(cfg.output, json.load(f), verified=False, elapsed_s=time.monotonic() - t0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Record schema, shard byte formats and their readers (ours, webdataset, datasets)."""
+import io
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from tokenmill.schemas import shards as fmt
+from tokenmill.schemas.records import (
+    ARROW_SCHEMA, RecordError, TrackRecord, make_key, shard_of, split_of, wds_member_names,
+)
+
+
+def make_records(n=6, seed=0, with_optional=True):
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        t_s = int(rng.integers(1, 400))
+        key = make_key(f"{rng.integers(2**63):016x}", i % 2)
+        out.append(TrackRecord(
+            key=key, uri=f"/data/track{i}.flac", segment=i % 2, start_s=0.0, duration_s=t_s * 0.04,
+            source_sample_rate=44100, source_channels=2, split=split_of(key, 0.3),
+            semantic=rng.integers(0, 1024, t_s).astype(np.uint16),
+            caption=None if i % 3 == 0 else f"caption {i} — ünïcode", tags=("a", "b") if i % 2 else None,
+            acoustic=rng.integers(0, 1024, (12, 2 * t_s)).astype(np.uint16) if with_optional and i % 2 else None,
+            mulan_windows=rng.standard_normal((3, 128)).astype(np.float16) if with_optional and i % 2 else None,
+            mulan=rng.integers(0, 1024, 12).astype(np.uint16) if with_optional and i % 2 else None,
+        ))
+    return out
+
+
+def assert_same(a: TrackRecord, b: TrackRecord):
+    assert a.meta() == b.meta()
+    sa, sb = a.streams(), b.streams()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert sa[k].dtype == sb[k].dtype and np.array_equal(sa[k], sb[k]), k
+
+
+def test_record_rejects_wrong_dtype_and_split():
+    with pytest.raises(RecordError, match="semantic must be uint16"):
+        TrackRecord(key="k-0000", uri="u", segment=0, start_s=0, duration_s=0.04, source_sample_rate=1,
+                    source_channels=1, split="train", semantic=np.zeros(1, np.int64))
+    with pytest.raises(RecordError, match="split"):
+        TrackRecord(key="k-0000", uri="u", segment=0, start_s=0, duration_s=0.04, source_sample_rate=1,
+                    source_channels=1, split="test", semantic=np.zeros(1, np.uint16))
+
+
+def test_parquet_and_wds_round_trip_equal_record_by_record():
+    recs = make_records()
+    from_pq = fmt.decode_parquet(io.BytesIO(fmt.encode_parquet(recs)))
+    from_wds = fmt.decode_wds(io.BytesIO(fmt.encode_wds(recs)))
+    want = sorted(recs, key=lambda r: r.key)
+    assert [r.key for r in from_pq] == [r.key for r in from_wds] == [r.key for r in want]
+    for a, b, c in zip(want, from_pq, from_wds):
+        assert_same(a, b)
+        assert_same(a, c)
+
+
+def test_encoding_is_deterministic_and_order_free():
+    recs = make_records()
+    assert fmt.encode_parquet(recs) == fmt.encode_parquet(list(reversed(recs)))
+    assert fmt.encode_wds(recs) == fmt.encode_wds(list(reversed(recs)))
+
+
+def test_parquet_keeps_dictionary_encoding_for_tokens():
+    data = fmt.encode_parquet(make_records(with_optional=False))
+    meta = pq.ParquetFile(io.BytesIO(data)).metadata
+    names = [meta.schema.column(i).path for i in range(meta.num_columns)]
+    col = meta.row_group(0).column(names.index("semantic.list.element"))
+    assert "RLE_DICTIONARY" in col.encodings or "PLAIN_DICTIONARY" in col.encodings
+    assert pq.ParquetFile(io.BytesIO(data)).schema_arrow.equals(ARROW_SCHEMA, check_metadata=False)
+
+
+def test_wds_members_and_fixed_tar_headers():
+    import lzma
+    import tarfile
+
+    recs = make_records(3)
+    raw = lzma.decompress(fmt.encode_wds(recs))
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        members = tar.getmembers()
+    assert all(m.mtime == 0 and m.uid == 0 and m.uname == "" for m in members)
+    expect = []
+    for r in sorted(recs, key=lambda r: r.key):
+        expect += wds_member_names(r.key, list(r.streams()))
+    assert [m.name for m in members] == expect
+    assert expect[:2] == [f"{sorted(recs, key=lambda r: r.key)[0].key}.json",
+                          f"{sorted(recs, key=lambda r: r.key)[0].key}.semantic.npy"]
+
+
+def test_ecosystem_readers_open_our_shards(tmp_path):
+    import webdataset as wds
+    from datasets import load_dataset
+
+    recs = sorted(make_records(with_optional=False), key=lambda r: r.key)
+    (tmp_path / "s.parquet").write_bytes(fmt.encode_parquet(recs))
+    (tmp_path / "s.tar.xz").write_bytes(fmt.encode_wds(recs))
+
+    got = list(wds.WebDataset(str(tmp_path / "s.tar.xz"), shardshuffle=False).decode())
+    assert [s["__key__"] for s in got] == [r.key for r in recs]
+    for s, r in zip(got, recs):
+        assert np.array_equal(s["semantic.npy"], r.semantic) and s["semantic.npy"].dtype == np.uint16
+        assert s["json"]["caption"] == r.caption
+
+    ds = load_dataset("parquet", data_files=str(tmp_path / "s.parquet"), split="train")
+    assert ds["key"] == [r.key for r in recs]
+    assert [np.array_equal(np.asarray(x), r.semantic) for x, r in zip(ds["semantic"], recs)] == [True] * len(recs)
+
+    dw = load_dataset("webdataset", data_files=str(tmp_path / "s.tar.xz"), split="train")
+    assert dw["__key__"] == [r.key for r in recs]
+    for row, r in zip(dw, recs):
+        assert np.array_equal(np.asarray(row["semantic.npy"]), r.semantic)
+        assert row["json"]["uri"] == r.uri
+
+
+def test_dead_letters_round_trip_sorted():
+    ds = [fmt.DeadLetter("b.wav", "decode", "EmptyAudio", "empty", "b.wav is empty"),
+          fmt.DeadLetter("a.wav", "decode", "UndecodableAudio", "undecodable", "bad", None)]
+    data = fmt.encode_dead_letters(ds)
+    back = fmt.decode_dead_letters(data)
+    assert [d.uri for d in back] == ["a.wav", "b.wav"]
+    assert back[1] == ds[0]
+    assert fmt.encode_dead_letters([]) == b""
+
+
+def test_split_and_shard_are_functions_of_the_key():
+    keys = [make_key(f"{i:016x}", s) for i in range(2000) for s in (0, 1)]
+    # all segments of a track share the split
+    for i in range(0, len(keys), 2):
+        assert split_of(keys[i], 0.2) == split_of(keys[i + 1], 0.2)
+    frac = sum(split_of(k, 0.2) == "valid" for k in keys) / len(keys)
+    assert 0.15 < frac < 0.25
+    counts = np.bincount([shard_of(k, 8) for k in keys], minlength=8)
+    assert counts.min() > 0.7 * len(keys) / 8
+    assert shard_of(keys[5], 8) == shard_of(keys[5], 8)

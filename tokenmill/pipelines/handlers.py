@@ -1,0 +1,144 @@
+"""RunInference ModelHandlers: each model loads once per worker, runs batched, and reports
+per-element failures (so one bad segment becomes one dead letter, not a failed batch)."""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+
+from tokenmill.pipelines.ingest import SegmentInput
+from tokenmill.pipelines.options import SemanticConfig
+from tokenmill.schemas import rates
+from tokenmill.tokenizers.kmeans import Codebook
+from tokenmill.tokenizers.semantic import SemanticExtractor, build_extractor
+
+
+@dataclass(frozen=True)
+class Failed:
+    """Inference result slot for an element that raised; becomes a dead letter downstream."""
+
+    exc: BaseException
+
+
+def resolve_codebook_path(path: str) -> str:
+    """A .safetensors/.json path, or a directory holding exactly one semantic codebook."""
+    if path.endswith(".json"):
+        path = path[: -len(".json")] + ".safetensors"
+    if path.endswith(".safetensors"):
+        if not FileSystems.exists(path):
+            raise FileNotFoundError(f"codebook {path} does not exist; run fit-codebook first")
+        return path
+    found = [m.path for m in FileSystems.match([FileSystems.join(path, "semantic-*.safetensors")])[0].metadata_list]
+    if len(found) != 1:
+        raise FileNotFoundError(
+            f"--codebook {path}: expected exactly one semantic-*.safetensors there, found "
+            f"{len(found)} ({', '.join(sorted(found)) or 'none'}); pass the file itself")
+    return found[0]
+
+
+def load_codebook(path: str) -> Codebook:
+    """Load through Beam FileSystems (gs://, s3://, local) into a local temp copy when remote."""
+    path = resolve_codebook_path(path)
+    if os.path.exists(path):
+        return Codebook.load(path)
+    tmp = tempfile.mkdtemp(prefix="tokenmill-codebook-")
+    for src in (path, path[: -len(".safetensors")] + ".json"):
+        with FileSystems.open(src) as f, open(os.path.join(tmp, os.path.basename(src)), "wb") as out:
+            out.write(f.read())
+    return Codebook.load(os.path.join(tmp, os.path.basename(path)))
+
+
+class _SemanticBase(ModelHandler):
+    def __init__(self, cfg: SemanticConfig):
+        super().__init__(min_batch_size=1, max_batch_size=cfg.batch_size)
+        self.cfg = cfg
+
+    def _extract(self, extractor: SemanticExtractor, batch: Sequence[SegmentInput]) -> list[Any]:
+        waves = [s.waves[rates.SEMANTIC.sample_rate_hz] for s in batch]
+        try:
+            return list(extractor.extract_batch(waves))
+        except Exception:  # noqa: BLE001 — retry one by one to isolate the failing element
+            out = []
+            for w in waves:
+                try:
+                    out.append(extractor.extract(w))
+                except Exception as e:  # noqa: BLE001
+                    out.append(Failed(e))
+            return out
+
+    def get_num_bytes(self, batch: Sequence[SegmentInput]) -> int:
+        return sum(w.nbytes for s in batch for w in s.waves.values())
+
+
+class SemanticFeatureHandler(_SemanticBase):
+    """SegmentInput → float32 [T_s, D] features (for the codebook fit)."""
+
+    def load_model(self) -> SemanticExtractor:
+        return build_extractor(self.cfg.extractor, **self.cfg.extractor_kwargs())
+
+    def run_inference(self, batch, model, inference_args=None) -> Iterable[PredictionResult]:
+        return [PredictionResult(s, f) for s, f in zip(batch, self._extract(model, batch))]
+
+    def get_metrics_namespace(self) -> str:
+        return "tokenmill_semantic_features"
+
+
+@dataclass
+class SemanticTokenizer:
+    extractor: SemanticExtractor
+    codebook: Codebook
+
+
+class SemanticTokenHandler(_SemanticBase):
+    """SegmentInput → uint16 [T_s] codes: features, then nearest centroid (FAISS)."""
+
+    def __init__(self, cfg: SemanticConfig, codebook_path: str):
+        super().__init__(cfg)
+        self.codebook_path = codebook_path
+
+    def load_model(self) -> SemanticTokenizer:
+        extractor = build_extractor(self.cfg.extractor, **self.cfg.extractor_kwargs())
+        codebook = load_codebook(self.codebook_path)
+        if codebook.centroids.shape[1] != extractor.dim:
+            raise ValueError(
+                f"codebook {codebook.id} has dim {codebook.centroids.shape[1]} but extractor "
+                f"'{extractor.name}' gives {extractor.dim}; fit the codebook with the same extractor")
+        return SemanticTokenizer(extractor, codebook)
+
+    def run_inference(self, batch, model: SemanticTokenizer, inference_args=None):
+        out = []
+        for s, feats in zip(batch, self._extract(model.extractor, batch)):
+            if not isinstance(feats, Failed):
+                try:
+                    expected = rates.frames_for_quanta(s.n_quanta, rates.SEMANTIC)
+                    if feats.shape[0] != expected:
+                        raise ValueError(f"extractor gave {feats.shape[0]} frames, expected {expected}")
+                    feats = model.codebook.assign(feats)
+                except Exception as e:  # noqa: BLE001
+                    feats = Failed(e)
+            out.append(PredictionResult(s, feats))
+        return out
+
+    def get_metrics_namespace(self) -> str:
+        return "tokenmill_semantic_tokens"
+
+
+def describe_semantic(cfg: SemanticConfig, codebook_path: str) -> dict:
+    """Tokenizer entry of the manifest, computed at launch (loads the model once, locally)."""
+    extractor = build_extractor(cfg.extractor, **cfg.extractor_kwargs())
+    codebook = load_codebook(codebook_path)
+    return {"extractor": extractor.describe(), "codebook_id": codebook.id,
+            "vocab_size": int(codebook.centroids.shape[0]), "codebook_card": codebook.card}, codebook
+
+
+def drop_waves(s: SegmentInput) -> SegmentInput:
+    return SegmentInput(**{**s.__dict__, "waves": {}})
+
+
+def as_array(x) -> np.ndarray:
+    return np.asarray(x)

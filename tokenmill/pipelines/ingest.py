@@ -1,0 +1,202 @@
+"""Ingest: match files through Beam FileSystems, read, decode, resample, segment.
+
+Every matched file leaves this stage either as segments or as a dead letter; nothing is dropped.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io import fileio
+from apache_beam.io.filesystems import FileSystems
+
+from tokenmill.schemas.manifest import uri_digest, digest_add
+from tokenmill.schemas.shards import DeadLetter
+from tokenmill.tokenizers import audio
+
+LOG = logging.getLogger("tokenmill")
+DEAD = "dead"
+
+
+@dataclass(frozen=True)
+class SegmentInput:
+    """One segment on its way to the models: metadata plus the waves the models need."""
+
+    key: str
+    uri: str
+    segment: int
+    start_s: float
+    duration_s: float
+    n_quanta: int
+    source_sample_rate: int
+    source_channels: int
+    waves: dict  # rate_hz -> float32 [n]
+
+    @property
+    def source_hash(self) -> str:
+        return self.key.split("-", 1)[0]
+
+
+_OBJECT_ADDRESS = re.compile(r"<([\w.]+) object at 0x[0-9a-fA-F]+>")
+
+
+def dead_letter(uri: str, stage: str, exc: BaseException, key: str | None = None) -> DeadLetter:
+    """A DeadLetter for `exc`. Memory addresses in library messages ("<_io.BytesIO object at
+    0x7f..>") are removed so the failures file is byte-identical across runs."""
+    reason = getattr(exc, "reason", None) or "unexpected-error"
+    message = _OBJECT_ADDRESS.sub(r"<\1>", str(exc) or repr(exc))
+    return DeadLetter(uri=uri, stage=stage, error=type(exc).__name__, reason=reason,
+                      message=message, key=key)
+
+
+class Progress:
+    """Throttled progress lines on the 'tokenmill' logger (one per `every_s` per worker)."""
+
+    def __init__(self, label: str, every_s: float = 5.0):
+        self.label, self.every_s = label, every_s
+        self.files = self.dead = 0
+        self.audio_s = 0.0
+        self._t0 = self._last = None
+
+    def tick(self, audio_s: float = 0.0, dead: bool = False) -> None:
+        now = time.monotonic()
+        if self._t0 is None:
+            self._t0 = self._last = now
+        self.files += 1
+        self.dead += int(dead)
+        self.audio_s += audio_s
+        if now - self._last >= self.every_s:
+            self._last = now
+            self.report()
+
+    def report(self) -> None:
+        if self._t0 is None:
+            return
+        el = max(time.monotonic() - self._t0, 1e-9)
+        LOG.info("[%s] %d files, %.1f min audio, %d dead letters, %.0fx real time (this worker)",
+                 self.label, self.files, self.audio_s / 60, self.dead, self.audio_s / el)
+
+
+class DecodeToSegments(beam.DoFn):
+    """ReadableFile → SegmentInput per segment, or a DeadLetter on the 'dead' output."""
+
+    def __init__(self, cfg: audio.AudioConfig):
+        self.cfg = cfg
+        self.n_files = beam.metrics.Metrics.counter("tokenmill", "files_read")
+        self.n_dead = beam.metrics.Metrics.counter("tokenmill", "files_dead_decode")
+        self.n_segments = beam.metrics.Metrics.counter("tokenmill", "segments")
+
+    def setup(self):
+        self.progress = Progress("decode")
+
+    def finish_bundle(self):
+        self.progress.report()
+
+    def process(self, readable: fileio.ReadableFile):
+        uri = readable.metadata.path
+        self.n_files.inc()
+        try:
+            data = readable.read()
+        except Exception as e:  # noqa: BLE001 — any I/O failure becomes a dead letter
+            self.n_dead.inc()
+            self.progress.tick(dead=True)
+            yield beam.pvalue.TaggedOutput(DEAD, dead_letter(uri, "read", e))
+            return
+        try:
+            segments = audio.prepare(data, uri, self.cfg)
+        except Exception as e:  # noqa: BLE001 — typed AudioErrors carry a reason; others are 'unexpected-error'
+            self.n_dead.inc()
+            self.progress.tick(dead=True)
+            if not isinstance(e, audio.AudioError):
+                LOG.warning("unexpected %s decoding %s: %s", type(e).__name__, uri, e)
+            yield beam.pvalue.TaggedOutput(DEAD, dead_letter(uri, "decode", e))
+            return
+        self.progress.tick(audio_s=sum(s.duration_s for s in segments))
+        LOG.debug("[decode] %s: %d segment(s), %.1f s", uri, len(segments), sum(s.duration_s for s in segments))
+        for s in segments:
+            self.n_segments.inc()
+            yield SegmentInput(
+                key=s.key, uri=uri, segment=s.segment, start_s=s.start_s, duration_s=s.duration_s,
+                n_quanta=s.n_quanta, source_sample_rate=s.source_sample_rate,
+                source_channels=s.source_channels, waves=dict(s.waves))
+
+
+def check_inputs_match(patterns: tuple[str, ...]) -> int:
+    """Fail fast, before the job starts, on a pattern that matches nothing; return the count."""
+    total = 0
+    for pattern in patterns:
+        result = FileSystems.match([pattern])[0]
+        n = len(result.metadata_list)
+        if n == 0:
+            raise SystemExit(f"--input {pattern!r} matched no files; check the path or quote the "
+                             "glob so the shell does not expand it")
+        total += n
+    return total
+
+
+class UriDigestFn(beam.CombineFn):
+    """(count, order-free digest) of a PCollection of uris; see manifest.uri_digest."""
+
+    def create_accumulator(self):
+        return (0, uri_digest([]))
+
+    def add_input(self, acc, uri):
+        return (acc[0] + 1, digest_add(acc[1], uri_digest([uri])))
+
+    def merge_accumulators(self, accs):
+        n, d = 0, uri_digest([])
+        for a_n, a_d in accs:
+            n, d = n + a_n, digest_add(d, a_d)
+        return (n, d)
+
+    def extract_output(self, acc):
+        return acc
+
+
+class ReadAndDecode(beam.PTransform):
+    """patterns → (segments, dead letters, (input count, input digest) singleton)."""
+
+    def __init__(self, patterns: tuple[str, ...], cfg: audio.AudioConfig):
+        super().__init__()
+        self.patterns, self.cfg = patterns, cfg
+
+    def expand(self, pbegin):
+        matched = (
+            pbegin
+            | "Patterns" >> beam.Create(list(self.patterns))
+            | "Match" >> fileio.MatchAll()
+            # One file can match two patterns; count and read it once.
+            | "ByPath" >> beam.Map(lambda m: (m.path, m))
+            | "DistinctPath" >> beam.CombinePerKey(lambda ms: next(iter(ms)))
+            | "Metadata" >> beam.Values()
+            | "Spread" >> beam.Reshuffle()
+        )
+        inputs = (matched | "Uri" >> beam.Map(lambda m: m.path)
+                  | "InputDigest" >> beam.CombineGlobally(UriDigestFn()))
+        decoded = (
+            matched
+            | "Read" >> fileio.ReadMatches()
+            | "Decode" >> beam.ParDo(DecodeToSegments(self.cfg)).with_outputs(DEAD, main="segments")
+        )
+        return decoded.segments, decoded[DEAD], inputs
+
+
+def frames_priority(key: str, n_frames: int, seed: int) -> np.ndarray:
+    """uint64 priority per frame from (seed, key, frame index): the deterministic sample order."""
+    import hashlib
+
+    base = int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "little")
+    idx = np.arange(n_frames, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        x = idx * np.uint64(0x9E3779B97F4A7C15) + np.uint64(base)
+        # splitmix64 finaliser: a bijection, so priorities never collide within a track
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return x

@@ -1,0 +1,166 @@
+"""Job options: argparse definitions (with the --help text users read) and the frozen configs.
+
+Our options are parsed by `beam_runner.py` with `parse_known_args`; everything left over goes to
+Beam's PipelineOptions untouched (--runner, --direct_running_mode, --direct_num_workers,
+--project, --temp_location, ...). The parsed values become frozen dataclasses that are baked into
+the job graph and saved in the manifest / codebook card.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass, field
+
+from tokenmill.tokenizers.audio import AudioConfig
+
+
+@dataclass(frozen=True)
+class SemanticConfig:
+    extractor: str = "spectral"
+    extractor_config: tuple[tuple[str, object], ...] = ()  # (name, value) pairs, JSON-able
+    batch_size: int = 8  # segments per RunInference batch
+
+    def extractor_kwargs(self) -> dict:
+        return dict(self.extractor_config)
+
+
+@dataclass(frozen=True)
+class FitCodebookConfig:
+    inputs: tuple[str, ...]
+    output: str  # directory that receives <kind>-<sha12>.safetensors + .json
+    num_clusters: int = 1024
+    sample_frames: int = 200_000  # frames drawn for the fit (deterministic: smallest hash priorities)
+    heldout_frames: int = 20_000  # frames drawn beside them for the held-out MSE
+    n_iter: int = 25
+    seed: int = 0
+    use_gpu: bool = False
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    semantic: SemanticConfig = field(default_factory=SemanticConfig)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TokenizeConfig:
+    inputs: tuple[str, ...]
+    output: str
+    codebook: str
+    captions: str | None = None
+    num_shards: int = 4  # train shards; fixed so shard = f(key) and re-runs are byte-identical
+    num_valid_shards: int = 1
+    valid_fraction: float = 0.05
+    formats: tuple[str, ...] = ("parquet", "webdataset")
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    semantic: SemanticConfig = field(default_factory=SemanticConfig)
+
+    def shard_count(self, split: str) -> int:
+        return self.num_valid_shards if split == "valid" else self.num_shards
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _add_audio_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("audio front end")
+    d = AudioConfig()
+    g.add_argument("--max_segment_s", type=float, default=d.max_segment_s,
+                   help="split longer files into near-equal segments of at most this many seconds, "
+                        "on 40 ms boundaries (default %(default)s)")
+    g.add_argument("--min_duration_s", type=float, default=d.min_duration_s,
+                   help="shorter files become dead letters with reason 'empty' (default %(default)s)")
+    g.add_argument("--min_source_rate_hz", type=int, default=d.min_source_rate_hz,
+                   help="lower source sample rates are dead letters ('unsupported'); 8000 accepts "
+                        "telephone-band audio (default %(default)s)")
+    g.add_argument("--max_channels", type=int, default=d.max_channels,
+                   help="more channels than this are dead letters (default %(default)s)")
+    g.add_argument("--decoder", choices=("auto", "soundfile", "pedalboard"), default=d.decoder,
+                   help="'auto' picks per format the decoder measured fastest (bench/bench_frontend.py)")
+
+
+def _add_semantic_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("semantic features")
+    g.add_argument("--semantic_extractor", default="spectral",
+                   help="feature extractor; 'spectral' is the built-in weight-free log-mel+chroma "
+                        "baseline (default %(default)s)")
+    g.add_argument("--batch_size", type=int, default=8,
+                   help="segments per RunInference batch (default %(default)s)")
+
+
+def _common_inputs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input", dest="inputs", action="append", required=True, metavar="GLOB",
+                   help="audio files to read; a local glob, gs://bucket/dir/*.flac or s3://...; "
+                        "repeat for several. Every matched file is an input: it ends up in the "
+                        "shards or in the dead letters.")
+
+
+def add_fit_codebook_args(p: argparse.ArgumentParser) -> None:
+    _common_inputs(p)
+    p.add_argument("--output", required=True, metavar="DIR",
+                   help="directory for the codebook: <kind>-<sha12>.safetensors plus a JSON card")
+    p.add_argument("--num_clusters", type=int, default=1024, help="k (default %(default)s)")
+    p.add_argument("--sample_frames", type=int, default=200_000,
+                   help="frames used for the fit, drawn deterministically (default %(default)s)")
+    p.add_argument("--heldout_frames", type=int, default=20_000,
+                   help="frames held out for the card's MSE (default %(default)s)")
+    p.add_argument("--n_iter", type=int, default=25, help="Lloyd iterations (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="sampling and seeding seed (default %(default)s)")
+    p.add_argument("--use_gpu", action="store_true",
+                   help="fit with faiss-gpu; fails (no fallback) when faiss-gpu or a GPU is missing")
+    _add_audio_args(p)
+    _add_semantic_args(p)
+
+
+def add_tokenize_args(p: argparse.ArgumentParser) -> None:
+    _common_inputs(p)
+    p.add_argument("--output", required=True, metavar="DIR",
+                   help="dataset directory: parquet/, wds/, failures-*.jsonl, manifest.json")
+    p.add_argument("--codebook", required=True, metavar="PATH",
+                   help="semantic codebook (.safetensors or its .json card, or a directory holding "
+                        "exactly one semantic codebook), as written by fit-codebook")
+    p.add_argument("--captions", metavar="FILE",
+                   help="MusicCaps CSV (ytid,start_s,end_s,caption,aspect_list) or JSONL with "
+                        "caption/tags and key, uri or file")
+    p.add_argument("--num_shards", type=int, default=4,
+                   help="train shards per format (fixed, so shard = f(key)) (default %(default)s)")
+    p.add_argument("--num_valid_shards", type=int, default=1, help="valid shards (default %(default)s)")
+    p.add_argument("--valid_fraction", type=float, default=0.05,
+                   help="fraction of tracks in the valid split, by hash of the track's content "
+                        "(default %(default)s)")
+    p.add_argument("--formats", default="parquet,webdataset",
+                   help="comma-separated shard formats (default %(default)s)")
+    _add_audio_args(p)
+    _add_semantic_args(p)
+
+
+def audio_config(args: argparse.Namespace, target_rates_hz: tuple[int, ...]) -> AudioConfig:
+    return AudioConfig(
+        target_rates_hz=target_rates_hz, max_segment_s=args.max_segment_s,
+        min_duration_s=args.min_duration_s, min_source_rate_hz=args.min_source_rate_hz,
+        max_channels=args.max_channels, decoder=args.decoder)
+
+
+def semantic_config(args: argparse.Namespace) -> SemanticConfig:
+    return SemanticConfig(extractor=args.semantic_extractor, batch_size=args.batch_size)
+
+
+def fit_codebook_config(args: argparse.Namespace) -> FitCodebookConfig:
+    return FitCodebookConfig(
+        inputs=tuple(args.inputs), output=args.output, num_clusters=args.num_clusters,
+        sample_frames=args.sample_frames, heldout_frames=args.heldout_frames, n_iter=args.n_iter,
+        seed=args.seed, use_gpu=args.use_gpu, audio=audio_config(args, (16_000,)),
+        semantic=semantic_config(args))
+
+
+def tokenize_config(args: argparse.Namespace) -> TokenizeConfig:
+    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+    bad = [f for f in formats if f not in ("parquet", "webdataset")]
+    if bad or not formats:
+        raise SystemExit(f"--formats: unknown {bad or 'empty'}; choose from parquet,webdataset")
+    for name in ("num_shards", "num_valid_shards"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name} must be >= 1")
+    return TokenizeConfig(
+        inputs=tuple(args.inputs), output=args.output, codebook=args.codebook,
+        captions=args.captions, num_shards=args.num_shards,
+        num_valid_shards=args.num_valid_shards, valid_fraction=args.valid_fraction,
+        formats=formats, audio=audio_config(args, (16_000,)), semantic=semantic_config(args))

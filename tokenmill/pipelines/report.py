@@ -1,0 +1,66 @@
+"""Human-readable summaries printed at the end of a job (read back from what the job wrote)."""
+from __future__ import annotations
+
+import json
+
+from apache_beam.io.filesystems import FileSystems
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def print_summary(root: str, manifest: dict, *, verified: bool, elapsed_s: float | None = None) -> None:
+    c = manifest["counts"]
+    hours = c["seconds"] / 3600
+    streams = manifest.get("streams", {})
+    token_lines = []
+    for name, info in sorted(streams.items()):
+        rate = info.get("frame_rate_hz")
+        if rate:
+            token_lines.append(f"{name} {round(c['seconds'] * rate):,} ({rate:g}/s, vocab {info.get('vocab_size')})")
+    by_format: dict[str, list] = {}
+    for s in manifest["shards"]:
+        by_format.setdefault(s["format"], []).append(s)
+    root = root.rstrip("/")
+    print()
+    print("tokenmill " + ("verify: OK" if verified else "tokenize: done"))
+    print(f"  inputs        {c['inputs']} files")
+    print(f"  tracks        {c['sources_in_records']} ({c['records']} records/segments, "
+          f"{hours:.3f} h = {c['seconds'] / 60:.1f} min)")
+    print(f"  tokens        {'; '.join(token_lines) or '-'}")
+    reasons = ", ".join(f"{k} {v}" for k, v in c.get("dead_by_reason", {}).items())
+    print(f"  dead letters  {c['dead_letters']} ({c['sources_dead_only']} files with no record)"
+          + (f": {reasons}" if reasons else ""))
+    for fmt, shards in sorted(by_format.items()):
+        total = sum(s["bytes"] for s in shards)
+        print(f"  {fmt:<13} {len(shards)} shards, {_fmt_bytes(total)} in {root}/{shards[0]['path'].split('/')[0]}/")
+    for d in manifest["dead_letter_files"]:
+        print(f"  failures      {root}/{d['path']}")
+    print(f"  manifest      {root}/manifest.json")
+    if elapsed_s:
+        print(f"  wall time     {elapsed_s:.1f} s ({c['seconds'] / elapsed_s:.0f}x real time)")
+
+
+def print_fit_summary(output: str, elapsed_s: float) -> None:
+    out = output.rstrip("/")
+    cards = [m.path for m in FileSystems.match([f"{out}/semantic-*.json"])[0].metadata_list]
+    if not cards:
+        print(f"no codebook card found in {out}")
+        return
+    # The newest fit is the one whose card lists the most recent inputs; with several cards, show all.
+    for path in sorted(cards):
+        with FileSystems.open(path) as f:
+            card = json.loads(f.read())
+        print()
+        print(f"tokenmill fit-codebook: {card.get('id')}")
+        print(f"  codebook      {path[:-len('.json')]}.safetensors")
+        print(f"  k x dim       {card.get('k')} x {card.get('dim')}")
+        print(f"  fit sample    {card.get('n_train_vectors')} frames (+{card.get('n_heldout_vectors')} held out)")
+        print(f"  held-out MSE  {card.get('heldout_mse')}")
+        print(f"  usage entropy {card.get('usage_entropy_bits')} bits, dead codes {card.get('dead_codes')}")
+    print(f"  wall time     {elapsed_s:.1f} s")

@@ -1,0 +1,95 @@
+"""Sinks: atomic shard files, dead-letter files and the manifest, through Beam FileSystems.
+
+Each file is written to a temporary name beside its final one and renamed when complete, so a
+half-written shard is never visible under its real name. Contents are a pure function of the
+records (sorted by key) and the shard of a record is a pure function of its key, so re-runs are
+byte-identical.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from tokenmill.schemas import shards as fmt
+from tokenmill.schemas.manifest import DeadLetterFileInfo, ShardInfo
+from tokenmill.schemas.records import (
+    SPLITS, TrackRecord, parquet_shard_name, shard_of, wds_shard_name,
+)
+
+LOG = logging.getLogger("tokenmill")
+FAILURES_NAME = "failures-00000-of-00001.jsonl"
+
+
+def atomic_write(path: str, data: bytes) -> None:
+    """Write `data` to `path` via `<path>.tmp-<sha8>` and a rename."""
+    parent = path.rsplit("/", 1)[0]
+    if parent and parent != path:
+        FileSystems.mkdirs(parent) if not FileSystems.exists(parent) else None
+    tmp = f"{path}.tmp-{hashlib.sha256(data).hexdigest()[:8]}"
+    with FileSystems.create(tmp) as f:
+        f.write(data)
+    if FileSystems.exists(path):
+        FileSystems.delete([path])
+    FileSystems.rename([tmp], [path])
+
+
+def shard_ids(cfg) -> list[tuple[str, int]]:
+    return [(split, i) for split in SPLITS for i in range(cfg.shard_count(split))]
+
+
+class WriteShard(beam.DoFn):
+    """((split, index), records) → ShardInfo per format. Empty shards are written too, so the
+    shard count is fixed and every reader rank gets a file."""
+
+    def __init__(self, output: str, formats: tuple[str, ...], counts: dict[str, int]):
+        self.output, self.formats, self.counts = output.rstrip("/"), formats, counts
+
+    def process(self, element):
+        (split, index), records = element
+        records = sorted(records, key=lambda r: r.key)
+        seconds = round(sum(r.duration_s for r in records), 6)
+        count = self.counts[split]
+        for name in self.formats:
+            if name == "parquet":
+                rel, data = parquet_shard_name(split, index, count), fmt.encode_parquet(records)
+            else:
+                rel, data = wds_shard_name(split, index, count), fmt.encode_wds(records)
+            atomic_write(f"{self.output}/{rel}", data)
+            LOG.info("[write] %s: %d records, %.1f s, %d bytes", rel, len(records), seconds, len(data))
+            yield ShardInfo(path=rel, format=name, split=split, records=len(records),
+                            seconds=seconds, bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+
+
+class WriteShards(beam.PTransform):
+    """records → ShardInfo for every (split, shard, format)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, records):
+        cfg = self.cfg
+        keyed = records | "ByShard" >> beam.Map(
+            lambda r: ((r.split, shard_of(r.key, cfg.shard_count(r.split))), r))
+        every = (records.pipeline | "AllShards" >> beam.Create(shard_ids(cfg))
+                 | "Empty" >> beam.Map(lambda sid: (sid, None)))
+        grouped = ((keyed, every) | "FlattenShards" >> beam.Flatten()
+                   | "GroupShard" >> beam.GroupByKey()
+                   | "DropMarker" >> beam.MapTuple(lambda sid, rs: (sid, [r for r in rs if r is not None])))
+        counts = {s: cfg.shard_count(s) for s in SPLITS}
+        return grouped | "Write" >> beam.ParDo(WriteShard(cfg.output, cfg.formats, counts))
+
+
+def write_dead_letters(letters: list[fmt.DeadLetter], output: str) -> DeadLetterFileInfo:
+    """All dead letters in one sorted JSONL file (written even when empty)."""
+    data = fmt.encode_dead_letters(letters)
+    atomic_write(f"{output.rstrip('/')}/{FAILURES_NAME}", data)
+    return DeadLetterFileInfo(path=FAILURES_NAME, records=len(letters), bytes=len(data),
+                              sha256=hashlib.sha256(data).hexdigest())
+
+
+def to_record_key(r: TrackRecord) -> tuple[str, TrackRecord]:
+    return r.key, r

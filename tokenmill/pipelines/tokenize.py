@@ -1,0 +1,189 @@
+"""The `tokenize` job: audio files → semantic tokens → Parquet + WebDataset shards + manifest.
+
+    match ─► read/decode/segment ─► RunInference(semantic) ─► dedupe by content ─► captions, split
+                 │ dead                    │ dead                  │ dead (duplicates)      │
+                 └──────────────► failures-*.jsonl ◄──────────────┘               shards (f(key))
+                                        └──────────────► manifest.json ◄─────────────┘
+
+Deduplication happens after inference, on tokens: shuffling tokens is ~1000× cheaper than
+shuffling decoded audio, and exact duplicates are rare, so their wasted inference costs less.
+"""
+from __future__ import annotations
+
+import logging
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+
+from tokenmill import __version__
+from tokenmill.pipelines.handlers import Failed, SemanticTokenHandler
+from tokenmill.pipelines.ingest import DEAD, ReadAndDecode, UriDigestFn, dead_letter
+from tokenmill.pipelines.options import TokenizeConfig
+from tokenmill.pipelines.sinks import WriteShards, atomic_write, write_dead_letters
+from tokenmill.schemas import manifest as mf
+from tokenmill.schemas import rates
+from tokenmill.schemas.captions import CaptionIndex
+from tokenmill.schemas.records import MANIFEST_NAME, TrackRecord, split_of
+
+LOG = logging.getLogger("tokenmill")
+
+
+class DuplicateContent(Exception):
+    reason = "duplicate"
+
+
+class SplitInference(beam.DoFn):
+    """(key, PredictionResult) → (source_hash, (segment meta, codes)) or a dead letter."""
+
+    def process(self, element):
+        key, result = element
+        seg = result.example
+        if isinstance(result.inference, Failed):
+            yield beam.pvalue.TaggedOutput(DEAD, dead_letter(seg.uri, "semantic", result.inference.exc, key))
+            return
+        meta = {k: getattr(seg, k) for k in ("key", "uri", "segment", "start_s", "duration_s",
+                                              "source_sample_rate", "source_channels")}
+        yield seg.source_hash, (meta, np.asarray(result.inference, dtype=np.uint16))
+
+
+def failed_batch_letters(element):
+    """A batch that failed as a whole (e.g. out of memory): one dead letter per element."""
+    batch, exc = element
+    for key, seg in batch:
+        yield dead_letter(seg.uri, "semantic", exc, key)
+
+
+class DedupeAndBuild(beam.DoFn):
+    """(source_hash, [(meta, codes)]) → TrackRecords of one canonical uri (the smallest);
+    the other uris with the same decoded audio become 'duplicate' dead letters."""
+
+    def __init__(self, cfg: TokenizeConfig, captions: CaptionIndex | None):
+        self.cfg, self.captions = cfg, captions
+        self.n_dup = beam.metrics.Metrics.counter("tokenmill", "duplicates")
+
+    def process(self, element):
+        source_hash, items = element
+        by_uri: dict[str, list] = {}
+        for meta, codes in items:
+            by_uri.setdefault(meta["uri"], []).append((meta, codes))
+        keep, *dups = sorted(by_uri)
+        for dup in dups:
+            self.n_dup.inc()
+            exc = DuplicateContent(f"{dup} decodes to the same audio as {keep} (content hash "
+                                   f"{source_hash}); only {keep} is kept")
+            yield beam.pvalue.TaggedOutput(DEAD, dead_letter(dup, "dedupe", exc))
+        for meta, codes in sorted(by_uri[keep], key=lambda mc: mc[0]["segment"]):
+            cap = self.captions.lookup(key=meta["key"], uri=keep) if self.captions else None
+            yield TrackRecord(
+                **meta, split=split_of(meta["key"], self.cfg.valid_fraction), semantic=codes,
+                caption=cap.caption if cap else None, tags=cap.tags if cap else None)
+
+
+class Accounting(beam.CombineFn):
+    """(uri, has_record) → counts of sources with records / dead only, plus their uri digest."""
+
+    def create_accumulator(self):
+        return {"sources_in_records": 0, "sources_dead_only": 0, "digest": mf.uri_digest([])}
+
+    def add_input(self, acc, uri_has_record):
+        uri, has_record = uri_has_record
+        acc["sources_in_records" if has_record else "sources_dead_only"] += 1
+        acc["digest"] = mf.digest_add(acc["digest"], mf.uri_digest([uri]))
+        return acc
+
+    def merge_accumulators(self, accs):
+        out = self.create_accumulator()
+        for a in accs:
+            out["sources_in_records"] += a["sources_in_records"]
+            out["sources_dead_only"] += a["sources_dead_only"]
+            out["digest"] = mf.digest_add(out["digest"], a["digest"])
+        return out
+
+    def extract_output(self, acc):
+        return acc
+
+
+class WriteManifest(beam.DoFn):
+    def __init__(self, cfg: TokenizeConfig, tokenizers: dict, codebooks: dict, streams: dict):
+        self.cfg, self.tokenizers, self.codebooks, self.streams = cfg, tokenizers, codebooks, streams
+
+    def process(self, _, shards, dead, inputs, accounting):
+        dead_info, letters = dead
+        n_inputs, inputs_digest = inputs
+        if accounting["digest"] != inputs_digest or n_inputs != (
+                accounting["sources_in_records"] + accounting["sources_dead_only"]):
+            raise RuntimeError(
+                f"accounting failed: {n_inputs} inputs but {accounting['sources_in_records']} "
+                f"sources in records + {accounting['sources_dead_only']} dead only, or the uri sets "
+                "differ; an input was lost, please report this as a tokenmill bug")
+        by_stage, by_reason = {}, {}
+        for d in letters:
+            by_stage[d.stage] = by_stage.get(d.stage, 0) + 1
+            by_reason[d.reason] = by_reason.get(d.reason, 0) + 1
+        first_format = self.cfg.formats[0]
+        counts = mf.Counts(
+            inputs=n_inputs, sources_in_records=accounting["sources_in_records"],
+            sources_dead_only=accounting["sources_dead_only"], dead_letters=len(letters),
+            records=sum(s.records for s in shards if s.format == first_format),
+            seconds=round(sum(s.seconds for s in shards if s.format == first_format), 6),
+            inputs_digest=inputs_digest, dead_by_stage=dict(sorted(by_stage.items())),
+            dead_by_reason=dict(sorted(by_reason.items())))
+        job = {k: v for k, v in self.cfg.to_json().items() if k != "output"}
+        manifest = mf.build_manifest(
+            job=job, tokenizers=self.tokenizers, codebooks=self.codebooks, streams=self.streams,
+            shards=list(shards), dead_letter_files=[dead_info], counts=counts,
+            tokenmill_version=__version__)
+        atomic_write(f"{self.cfg.output.rstrip('/')}/{MANIFEST_NAME}", mf.dumps(manifest))
+        yield manifest
+
+
+def semantic_stream_info(vocab_size: int) -> dict:
+    return {"sample_rate_hz": rates.SEMANTIC.sample_rate_hz, "hop_samples": rates.SEMANTIC.hop_samples,
+            "frame_rate_hz": float(rates.SEMANTIC.frame_rate_hz), "vocab_size": vocab_size,
+            "dtype": "uint16", "shape": "[T_s]"}
+
+
+def build_tokenize(p: beam.Pipeline, cfg: TokenizeConfig, *, semantic_desc: dict,
+                   captions: CaptionIndex | None) -> beam.PCollection:
+    """Wire the job into `p`; returns the PCollection holding the written manifest."""
+    segments, dead_decode, inputs = p | "Ingest" >> ReadAndDecode(cfg.inputs, cfg.audio)
+    handler = KeyedModelHandler(SemanticTokenHandler(cfg.semantic, cfg.codebook))
+    main, other = (segments | "KeyBySegment" >> beam.Map(lambda s: (s.key, s))
+                   | "Semantic" >> RunInference(handler).with_exception_handling())
+    tokens = main | "SplitFailed" >> beam.ParDo(SplitInference()).with_outputs(DEAD, main="ok")
+    dead_batches = other.failed_inferences | "BatchDead" >> beam.FlatMap(failed_batch_letters)
+    built = (tokens.ok | "BySource" >> beam.GroupByKey()
+             | "Dedupe" >> beam.ParDo(DedupeAndBuild(cfg, captions)).with_outputs(DEAD, main="records"))
+    records = built.records
+    shards = records | "Shards" >> WriteShards(cfg)
+
+    dead = ((dead_decode, tokens[DEAD], dead_batches, built[DEAD]) | "AllDead" >> beam.Flatten())
+    dead_file = (dead | "DeadList" >> beam.combiners.ToList()
+                 | "WriteDead" >> beam.Map(lambda ls: (write_dead_letters(ls, cfg.output), ls)))
+    status = ((records | "RecUri" >> beam.Map(lambda r: (r.uri, True)),
+               dead | "DeadUri" >> beam.Map(lambda d: (d.uri, False)))
+              | "Uris" >> beam.Flatten() | "AnyRecord" >> beam.CombinePerKey(any))
+    accounting = status | "Account" >> beam.CombineGlobally(Accounting())
+
+    streams = {"semantic": semantic_stream_info(semantic_desc["vocab_size"])}
+    codebooks = {"semantic": semantic_desc["codebook_id"]}
+    return (p | "Once" >> beam.Create([None])
+            | "Manifest" >> beam.ParDo(
+                WriteManifest(cfg, {"semantic": semantic_desc}, codebooks, streams),
+                beam.pvalue.AsList(shards), beam.pvalue.AsSingleton(dead_file),
+                beam.pvalue.AsSingleton(inputs), beam.pvalue.AsSingleton(accounting)))
+
+
+def load_captions(path: str) -> CaptionIndex:
+    """Read a captions file through Beam FileSystems (local, gs://, s3://) and parse it."""
+    from apache_beam.io.filesystems import FileSystems
+
+    from tokenmill.schemas.captions import parse_captions
+
+    if not FileSystems.exists(path):
+        raise SystemExit(f"--captions {path}: file not found")
+    with FileSystems.open(path) as f:
+        index = parse_captions(f.read(), path)
+    LOG.info("captions: %d lookup entries from %s", len(index), path)
+    return index

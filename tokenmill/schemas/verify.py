@@ -1,0 +1,151 @@
+"""`verify DIR`: recompute everything the manifest claims and report every mismatch by file.
+
+Checks: manifest structure; each shard's size and sha256; each shard decodes under the record
+schema with the stated record count and seconds; record keys are unique and each record sits in
+the split and shard its key implies; Parquet and WebDataset hold the same records; the dead-letter
+file's hash and line count; and the reconciliation inputs = sources in records + dead-only sources,
+including the order-free digest of the uri set. No Beam: reads local or fsspec-style paths.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tokenmill.schemas import shards as fmt
+from tokenmill.schemas.manifest import uri_digest, validate_manifest
+from tokenmill.schemas.records import MANIFEST_NAME, TrackRecord, shard_of, split_of
+
+
+@dataclass
+class VerifyReport:
+    root: str
+    problems: list[str] = field(default_factory=list)
+    records: dict[str, list[TrackRecord]] = field(default_factory=dict)  # format -> records
+    manifest: dict | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _records_equal(a: TrackRecord, b: TrackRecord) -> bool:
+    if a.meta() != b.meta():
+        return False
+    sa, sb = a.streams(), b.streams()
+    return sa.keys() == sb.keys() and all(np.array_equal(sa[k], sb[k]) and sa[k].dtype == sb[k].dtype
+                                          for k in sa)
+
+
+def verify_dataset(root: str, *, keep_records: bool = False) -> VerifyReport:
+    rep = VerifyReport(root)
+    mpath = os.path.join(root, MANIFEST_NAME)
+    try:
+        manifest = json.loads(_read(mpath))
+    except FileNotFoundError:
+        rep.problems.append(f"{mpath}: missing; was the job interrupted before it finished?")
+        return rep
+    except json.JSONDecodeError as e:
+        rep.problems.append(f"{mpath}: not valid JSON ({e})")
+        return rep
+    rep.manifest = manifest
+    rep.problems += [f"{mpath}: {p}" for p in validate_manifest(manifest)]
+    if rep.problems:
+        return rep
+    job = manifest["job"]
+    shard_counts = {"train": job.get("num_shards"), "valid": job.get("num_valid_shards")}
+    valid_fraction = job.get("valid_fraction")
+
+    by_format: dict[str, dict[str, TrackRecord]] = {}
+    for s in manifest["shards"]:
+        path = os.path.join(root, s["path"])
+        try:
+            data = _read(path)
+        except FileNotFoundError:
+            rep.problems.append(f"{path}: listed in the manifest but missing")
+            continue
+        if len(data) != s["bytes"]:
+            rep.problems.append(f"{path}: {len(data)} bytes, manifest says {s['bytes']}")
+        if hashlib.sha256(data).hexdigest() != s["sha256"]:
+            rep.problems.append(f"{path}: sha256 differs from the manifest (corrupt or rewritten "
+                                "shard); re-run tokenize to rewrite it")
+            continue
+        try:
+            recs = (fmt.decode_parquet(io.BytesIO(data)) if s["format"] == "parquet"
+                    else fmt.decode_wds(io.BytesIO(data)))
+        except (fmt.ShardFormatError, ValueError) as e:
+            rep.problems.append(f"{path}: does not decode as {s['format']}: {e}")
+            continue
+        if len(recs) != s["records"]:
+            rep.problems.append(f"{path}: {len(recs)} records, manifest says {s['records']}")
+        secs = round(sum(r.duration_s for r in recs), 6)
+        if abs(secs - s["seconds"]) > 1e-3:
+            rep.problems.append(f"{path}: {secs} s of audio, manifest says {s['seconds']}")
+        seen = by_format.setdefault(s["format"], {})
+        for r in recs:
+            if r.key in seen:
+                rep.problems.append(f"{path}: duplicate key {r.key}")
+            seen[r.key] = r
+            if r.split != s["split"]:
+                rep.problems.append(f"{path}: record {r.key} has split {r.split} in a {s['split']} shard")
+            if valid_fraction is not None and split_of(r.key, valid_fraction) != r.split:
+                rep.problems.append(f"{path}: record {r.key} is in split {r.split} but its key implies "
+                                    f"{split_of(r.key, valid_fraction)}")
+            n = shard_counts.get(r.split)
+            if n and f"-{shard_of(r.key, n):05d}-of-" not in s["path"]:
+                rep.problems.append(f"{path}: record {r.key} belongs in shard {shard_of(r.key, n)}")
+            if r.semantic.shape[0] != round(r.duration_s * 25):
+                rep.problems.append(f"{path}: record {r.key} has {r.semantic.shape[0]} semantic "
+                                    f"tokens for {r.duration_s} s (expected 25 per second)")
+
+    formats = sorted(by_format)
+    for a, b in zip(formats, formats[1:]):
+        ka, kb = by_format[a], by_format[b]
+        if ka.keys() != kb.keys():
+            rep.problems.append(f"{a} and {b} hold different keys: {sorted(ka.keys() ^ kb.keys())[:5]}")
+        for k in sorted(ka.keys() & kb.keys()):
+            if not _records_equal(ka[k], kb[k]):
+                rep.problems.append(f"record {k} differs between {a} and {b}")
+
+    dead_uris: set[str] = set()
+    for d in manifest["dead_letter_files"]:
+        path = os.path.join(root, d["path"])
+        try:
+            data = _read(path)
+        except FileNotFoundError:
+            rep.problems.append(f"{path}: listed in the manifest but missing")
+            continue
+        if hashlib.sha256(data).hexdigest() != d["sha256"]:
+            rep.problems.append(f"{path}: sha256 differs from the manifest")
+        try:
+            letters = fmt.decode_dead_letters(data)
+        except fmt.ShardFormatError as e:
+            rep.problems.append(f"{path}: {e}")
+            continue
+        if len(letters) != d["records"]:
+            rep.problems.append(f"{path}: {len(letters)} dead letters, manifest says {d['records']}")
+        dead_uris |= {x.uri for x in letters}
+
+    c = manifest["counts"]
+    rec_uris = {r.uri for r in next(iter(by_format.values()), {}).values()}
+    if len(rec_uris) != c["sources_in_records"]:
+        rep.problems.append(f"{len(rec_uris)} distinct uris in records, manifest counts "
+                            f"{c['sources_in_records']}")
+    if len(dead_uris - rec_uris) != c["sources_dead_only"]:
+        rep.problems.append(f"{len(dead_uris - rec_uris)} uris only in dead letters, manifest "
+                            f"counts {c['sources_dead_only']}")
+    if uri_digest(rec_uris | dead_uris) != c["inputs_digest"]:
+        rep.problems.append("the uris in records and dead letters are not the set of inputs the "
+                            "job matched (inputs_digest differs): an input is unaccounted for")
+    if keep_records:
+        rep.records = {f: [v[k] for k in sorted(v)] for f, v in by_format.items()}
+    return rep
