@@ -29,14 +29,14 @@ def _parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    fit = sub.add_parser("fit-codebook", epilog=EPILOG,
+    fit = sub.add_parser("fit-codebook", epilog=EPILOG, allow_abbrev=False,
                          help="fit the semantic k-means codebook on a deterministic sample of frames",
                          description="Decode the inputs, extract semantic features, draw a "
                                      "deterministic sample of frames and fit a FAISS k-means codebook. "
                                      "Writes <kind>-<sha12>.safetensors + a JSON card (sample, "
                                      "held-out MSE, usage entropy, dead codes) and the fit's dead letters.")
     opts.add_fit_codebook_args(fit)
-    tok = sub.add_parser("tokenize", epilog=EPILOG,
+    tok = sub.add_parser("tokenize", epilog=EPILOG, allow_abbrev=False,
                          help="tokenize audio into Parquet + WebDataset shards with a manifest",
                          description="Match, decode, resample and segment the inputs; compute semantic "
                                      "tokens with the codebook; dedupe by content; join captions; split "
@@ -65,7 +65,8 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, beam_args = _parser().parse_known_args(argv)
+    parser = _parser()
+    args, beam_args = parser.parse_known_args(argv)
     _setup_logging(args.verbose)
     from tokenmill.pipelines.report import print_fit_summary, print_summary
 
@@ -85,7 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if rep.ok else 1
 
     from tokenmill.pipelines.ingest import check_inputs_match
-    from tokenmill.pipelines.runner import make_pipeline
+    from tokenmill.pipelines.runner import check_beam_args, make_pipeline
+
+    sub = parser._subparsers._group_actions[0].choices[args.command]  # noqa: SLF001
+    check_beam_args(beam_args, [o for a in sub._actions for o in a.option_strings])  # noqa: SLF001
 
     t0 = time.monotonic()
     if args.command == "fit-codebook":

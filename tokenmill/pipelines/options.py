@@ -73,8 +73,14 @@ def _add_audio_args(p: argparse.ArgumentParser) -> None:
                         "telephone-band audio (default %(default)s)")
     g.add_argument("--max_channels", type=int, default=d.max_channels,
                    help="more channels than this are dead letters (default %(default)s)")
+    g.add_argument("--silence_dbfs", type=float, default=d.silence_dbfs,
+                   help="files whose peak is below this level are dead letters ('silent') "
+                        "(default %(default)s)")
     g.add_argument("--decoder", choices=("auto", "soundfile", "pedalboard"), default=d.decoder,
-                   help="'auto' picks per format the decoder measured fastest (bench/bench_frontend.py)")
+                   help="'auto' picks per format the decoder measured fastest (bench/bench_frontend.py); "
+                        "the content hash of lossy formats depends on the decoder")
+    g.add_argument("--resample_quality", choices=("VHQ", "HQ", "MQ", "LQ", "QQ"),
+                   default=d.resample_quality, help="soxr quality (default %(default)s)")
 
 
 def _add_semantic_args(p: argparse.ArgumentParser) -> None:
@@ -136,7 +142,8 @@ def audio_config(args: argparse.Namespace, target_rates_hz: tuple[int, ...]) -> 
     return AudioConfig(
         target_rates_hz=target_rates_hz, max_segment_s=args.max_segment_s,
         min_duration_s=args.min_duration_s, min_source_rate_hz=args.min_source_rate_hz,
-        max_channels=args.max_channels, decoder=args.decoder)
+        max_channels=args.max_channels, silence_dbfs=args.silence_dbfs, decoder=args.decoder,
+        resample_quality=args.resample_quality)
 
 
 def semantic_config(args: argparse.Namespace) -> SemanticConfig:

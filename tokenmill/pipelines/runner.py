@@ -30,3 +30,33 @@ def make_pipeline(beam_args: list[str]) -> beam.Pipeline:
             direct.direct_num_workers or "auto")
         return beam.Pipeline(runner=FnApiRunner(), options=options)
     return beam.Pipeline(options=options)
+
+
+def check_beam_args(beam_args: list[str], own_options: list[str]) -> None:
+    """Refuse arguments that neither tokenmill nor any Beam PipelineOptions class defines.
+
+    Beam itself only logs "Unparseable argument" and drops them, so a typo such as --num_shard
+    would silently run with the default. `own_options` feeds the did-you-mean suggestion.
+    """
+    import difflib
+
+    from apache_beam.options.pipeline_options import _BeamArgumentParser
+
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    seen = {}
+    for cls in PipelineOptions.__subclasses__():
+        seen.setdefault(str(cls), cls)
+    for cls in seen.values():
+        cls._add_argparse_args(parser)  # noqa: SLF001 — the way Beam collects its own options
+    _, unknown = parser.parse_known_args(beam_args)
+    flags = [a for a in unknown if a.startswith("-")]
+    if flags:
+        known = own_options + [o for a in parser._actions for o in a.option_strings]  # noqa: SLF001
+        hints = []
+        for a in flags:
+            close = difflib.get_close_matches(a.split("=", 1)[0], known, n=1)
+            hints.append(f"{a}" + (f" (did you mean {close[0]}?)" if close else ""))
+        raise SystemExit("unknown option(s): " + ", ".join(hints) + "; see --help")
+    if unknown:
+        raise SystemExit(f"unexpected argument(s): {' '.join(unknown)}; quote globs so the shell "
+                         "does not expand them, and repeat --input for several patterns")

@@ -139,7 +139,7 @@ def content_hash(pcm: np.ndarray, sample_rate_hz: int) -> str:
     """
     h = hashlib.sha256()
     h.update(f"{sample_rate_hz}:{pcm.shape}:".encode())
-    h.update(np.ascontiguousarray(pcm, dtype="<f4").tobytes())
+    h.update(memoryview(np.ascontiguousarray(pcm, dtype="<f4")).cast("B"))
     return h.hexdigest()[:16]
 
 

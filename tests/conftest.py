@@ -1,0 +1,82 @@
+"""Shared fixtures. Tests read only tests/data (never ../shared); generated inputs go to tmp dirs.
+
+Add new fixtures in their own section below; keep each one documented and deterministic.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+
+
+# ---- real audio ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def real_audio_dir() -> Path:
+    """tests/data/audio: short, openly licensed real music clips (see tests/data/ATTRIBUTION.md)."""
+    return DATA_DIR / "audio"
+
+
+# ---- bad-input corpus ------------------------------------------------------------------------
+
+def _music_like(sample_rate_hz: int, seconds: float, seed: int) -> np.ndarray:
+    """Deterministic music-like mono float32 [n]: a few decaying harmonic notes plus quiet noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(sample_rate_hz * seconds)) / sample_rate_hz
+    out = np.zeros_like(t)
+    note_s = 0.25
+    notes_hz = rng.choice([220.0, 246.9, 261.6, 293.7, 329.6, 392.0], size=int(seconds / note_s))
+    for k, f0 in enumerate(notes_hz):
+        t0 = k * note_s
+        local = np.clip(t - t0, 0.0, None)
+        env = np.where(t >= t0, np.exp(-local * 6.0), 0.0)
+        for h in (1, 2, 3):
+            f = f0 * h
+            if f < sample_rate_hz / 2:
+                out += env * np.sin(2 * np.pi * f * local) / h
+    out += 0.01 * rng.standard_normal(len(t))
+    return (0.5 * out / np.max(np.abs(out))).astype(np.float32)
+
+
+def _wav_bytes(pcm: np.ndarray, sample_rate_hz: int, subtype: str = "PCM_16") -> bytes:
+    import soundfile
+
+    buf = io.BytesIO()
+    soundfile.write(buf, pcm, sample_rate_hz, format="WAV", subtype=subtype)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def bad_inputs(tmp_path_factory, real_audio_dir) -> dict[str, tuple[Path, str | None]]:
+    """Generated (seeded) awkward inputs: name -> (path, expected AudioError.reason or None if accepted).
+
+    None means the front end must accept the file (e.g. 8 channels is downmixed, 192 kHz resampled).
+    """
+    root = tmp_path_factory.mktemp("bad_inputs")
+    rng = np.random.default_rng(20240601)
+    flac = (real_audio_dir / "pushover_greek.flac").read_bytes()
+    music_48k = _music_like(48_000, 2.0, seed=1)
+    nan_pcm = music_48k.copy()
+    nan_pcm[rng.choice(len(nan_pcm), size=5, replace=False)] = np.nan
+    eight = np.stack([np.roll(music_48k, 37 * c) * (1.0 - 0.08 * c) for c in range(8)], axis=1)
+    cases: dict[str, tuple[str, bytes, str | None]] = {
+        "truncated_flac": ("truncated.flac", flac[: len(flac) // 2], "undecodable"),
+        "random_bytes_wav": ("random.wav", rng.bytes(16_384), "undecodable"),
+        "empty_flac": ("empty.flac", b"", "empty"),
+        "nan_samples": ("nan.wav", _wav_bytes(nan_pcm, 48_000, "FLOAT"), "non_finite"),
+        "eight_channels": ("eight_channels.wav", _wav_bytes(eight, 48_000), None),
+        "rate_8k": ("rate_8k.wav", _wav_bytes(_music_like(8_000, 2.0, seed=2), 8_000), "unsupported"),
+        "rate_192k": ("rate_192k.wav", _wav_bytes(_music_like(192_000, 2.0, seed=3), 192_000), None),
+        "silence": ("silence.wav", _wav_bytes(np.zeros(2 * 48_000, np.float32), 48_000), "silent"),
+        "text_mp3": ("text.mp3", b"This is not audio, just text with an .mp3 name.\n" * 40, "undecodable"),
+    }
+    out = {}
+    for name, (filename, data, reason) in cases.items():
+        path = root / filename
+        path.write_bytes(data)
+        out[name] = (path, reason)
+    return out

@@ -1,0 +1,47 @@
+"""Command-line behaviour: help text, and fix-it errors before any job starts."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import beam_runner
+from tokenmill.pipelines.ingest import dead_letter
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_help_explains_every_command():
+    out = subprocess.run([sys.executable, str(ROOT / "beam_runner.py"), "tokenize", "--help"],
+                         capture_output=True, text=True, check=True).stdout
+    for text in ("--codebook", "--captions", "--num_shards", "dead letters", "Beam options",
+                 "--direct_running_mode"):
+        assert text in out
+
+
+def test_typo_in_an_option_is_refused_with_a_suggestion(tmp_path, capsys):
+    with pytest.raises(SystemExit, match=r"--num_shard \(did you mean --num_shards\?\)"):
+        beam_runner.main(["tokenize", "--input", str(tmp_path / "*.wav"), "--codebook", "x",
+                          "--output", str(tmp_path / "o"), "--num_shard", "3"])
+
+
+def test_glob_expanded_by_the_shell_is_explained(tmp_path):
+    with pytest.raises(SystemExit, match="quote globs"):
+        beam_runner.main(["tokenize", "--input", "a.wav", "b.wav", "--codebook", "x", "--output", "o"])
+
+
+def test_pattern_matching_nothing_fails_fast(tmp_path):
+    with pytest.raises(SystemExit, match="matched no files"):
+        beam_runner.main(["fit-codebook", "--input", str(tmp_path / "*.flac"), "--output", str(tmp_path)])
+
+
+def test_missing_codebook_names_the_fix(tmp_path, real_audio_dir):
+    with pytest.raises(FileNotFoundError, match="semantic-\\*.safetensors"):
+        beam_runner.main(["tokenize", "--input", str(real_audio_dir / "*.wav"), "--codebook",
+                          str(tmp_path), "--output", str(tmp_path / "o")])
+
+
+def test_dead_letter_messages_drop_memory_addresses():
+    """Regression: '<_io.BytesIO object at 0x7f..>' in a decoder message broke re-run identity."""
+    d = dead_letter("a.wav", "decode", ValueError("Error opening <_io.BytesIO object at 0x7faa932ec310>: bad"))
+    assert d.message == "Error opening <_io.BytesIO>: bad" and d.reason == "unexpected-error"

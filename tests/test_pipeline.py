@@ -1,0 +1,159 @@
+"""The Beam jobs end to end on real audio plus the bad-input corpus (embedded runner)."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import beam_runner
+from tokenmill.schemas.verify import verify_dataset
+from tokenmill.tokenizers import audio
+from tokenmill.tokenizers.kmeans import Codebook
+from tokenmill.tokenizers.semantic import build_extractor
+
+MAX_SEGMENT_S = 8.0  # forces the 12–20 s real clips into 2–3 segments
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, real_audio_dir, bad_inputs):
+    """Real clips + every bad input + one byte-identical copy + one lossless re-encode (FLAC of a WAV)."""
+    import soundfile
+
+    root = tmp_path_factory.mktemp("corpus")
+    for f in sorted(real_audio_dir.iterdir()):
+        shutil.copy(f, root / f.name)
+    for path, _reason in bad_inputs.values():
+        shutil.copy(path, root / path.name)
+    shutil.copy(real_audio_dir / "score_bach_bwv66_6.wav", root / "zz_copy_of_bach.wav")
+    pcm, sr = soundfile.read(real_audio_dir / "score_joplin_maple_leaf_rag.wav", dtype="int16")
+    soundfile.write(root / "zz_joplin_as.flac", pcm, sr, subtype="PCM_16")
+    return root
+
+
+@pytest.fixture(scope="module")
+def codebook_dir(tmp_path_factory, real_audio_dir):
+    out = tmp_path_factory.mktemp("codebooks")
+    rc = beam_runner.main(["fit-codebook", "--input", str(real_audio_dir / "*"), "--output", str(out),
+                           "--num_clusters", "16", "--sample_frames", "2000", "--heldout_frames", "300"])
+    assert rc == 0
+    return out
+
+
+def tokenize(corpus, codebook_dir, out, *extra):
+    args = ["tokenize", "--input", str(corpus / "*"), "--codebook", str(codebook_dir),
+            "--output", str(out), "--captions", str(Path(__file__).parent / "data" / "captions.jsonl"),
+            "--num_shards", "3", "--valid_fraction", "0.25", "--max_segment_s", str(MAX_SEGMENT_S), *extra]
+    assert beam_runner.main(args) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory, corpus, codebook_dir):
+    return tokenize(corpus, codebook_dir, tmp_path_factory.mktemp("run1") / "ds")
+
+
+def test_fit_codebook_writes_a_loadable_card(codebook_dir, real_audio_dir):
+    (path,) = sorted(codebook_dir.glob("semantic-*.safetensors"))
+    cb = Codebook.load(path)
+    assert cb.centroids.shape[0] == 16 and cb.card["n_train_vectors"] + cb.card["n_heldout_vectors"] <= 2300
+    assert cb.card["sources"]["n_inputs"] == len(list(real_audio_dir.iterdir()))
+    assert cb.card["heldout_mse"] > 0
+
+
+def test_every_input_is_in_the_shards_or_the_dead_letters(dataset, corpus, bad_inputs):
+    rep = verify_dataset(str(dataset), keep_records=True)
+    assert rep.ok, rep.problems
+    m = rep.manifest
+    inputs = sorted(str(p) for p in corpus.iterdir())
+    letters = [json.loads(x) for x in (dataset / "failures-00000-of-00001.jsonl").read_text().splitlines()]
+    dead = {d["uri"]: d for d in letters}
+    rec_uris = {r.uri for r in rep.records["parquet"]}
+    assert sorted(rec_uris | set(dead)) == inputs
+    assert m["counts"]["inputs"] == len(inputs)
+    assert m["counts"]["sources_in_records"] == len(rec_uris)
+    for path, reason in bad_inputs.values():
+        uri = str(corpus / path.name)
+        if reason is None:
+            assert uri in rec_uris, f"{path.name} should be accepted"
+        else:
+            assert dead[uri]["reason"] == reason and path.name in dead[uri]["message"], dead[uri]
+    # duplicates: the byte copy and the lossless re-encode lose to the lexicographically first uri
+    assert dead[str(corpus / "zz_copy_of_bach.wav")]["reason"] == "duplicate"
+    assert "score_bach_bwv66_6.wav" in dead[str(corpus / "zz_copy_of_bach.wav")]["message"]
+    assert dead[str(corpus / "zz_joplin_as.flac")]["reason"] == "duplicate"
+    assert m["counts"]["dead_by_reason"]["duplicate"] == 2
+
+
+def test_tokens_equal_the_pure_kernels(dataset, codebook_dir):
+    """Pipeline output == decode → extractor → FAISS assign, called directly on the same file."""
+    rep = verify_dataset(str(dataset), keep_records=True)
+    cb = Codebook.load(sorted(codebook_dir.glob("semantic-*.safetensors"))[0])
+    ex = build_extractor("spectral")
+    cfg = audio.AudioConfig(target_rates_hz=(16_000,), max_segment_s=MAX_SEGMENT_S)
+    by_uri: dict[str, list] = {}
+    for r in rep.records["parquet"]:
+        by_uri.setdefault(r.uri, []).append(r)
+    assert any(len(v) > 1 for v in by_uri.values()), "segmentation should split the real clips"
+    for uri, recs in by_uri.items():
+        segs = audio.prepare(Path(uri).read_bytes(), uri, cfg)
+        assert [s.key for s in segs] == [r.key for r in sorted(recs, key=lambda r: r.segment)]
+        for s, r in zip(segs, sorted(recs, key=lambda r: r.segment)):
+            want = cb.assign(ex.extract(s.waves[16_000]))
+            assert np.array_equal(r.semantic, want), uri
+            assert r.duration_s == pytest.approx(s.duration_s) and r.start_s == pytest.approx(s.start_s)
+
+
+def test_captions_are_joined(dataset):
+    rep = verify_dataset(str(dataset), keep_records=True)
+    caps = {json.loads(x)["file"]: json.loads(x)
+            for x in (Path(__file__).parent / "data" / "captions.jsonl").read_text().splitlines()}
+    n = 0
+    for r in rep.records["webdataset"]:
+        name = Path(r.uri).name
+        if name in caps:
+            assert r.caption == caps[name]["caption"]
+            n += 1
+    assert n >= 8
+
+
+def test_second_run_is_byte_identical(dataset, corpus, codebook_dir, tmp_path):
+    again = tokenize(corpus, codebook_dir, tmp_path / "ds")
+    files = sorted(p.relative_to(dataset) for p in dataset.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
+    for rel in files:
+        assert (dataset / rel).read_bytes() == (again / rel).read_bytes(), rel
+
+
+def test_multi_processing_mode_gives_the_same_shards(real_audio_dir, codebook_dir, tmp_path):
+    one = tokenize(real_audio_dir, codebook_dir, tmp_path / "a")
+    many = tokenize(real_audio_dir, codebook_dir, tmp_path / "b",
+                    "--direct_running_mode=multi_processing", "--direct_num_workers=2")
+    for f in sorted(one.rglob("*")):
+        if f.is_file():
+            assert f.read_bytes() == (many / f.relative_to(one)).read_bytes(), f
+
+
+def test_verify_fails_on_a_flipped_byte_and_names_the_file(dataset, tmp_path, capsys):
+    copy = tmp_path / "ds"
+    shutil.copytree(dataset, copy)
+    shard = sorted((copy / "wds").glob("train-*.tar.xz"))[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
+    assert beam_runner.main(["verify", str(copy)]) == 1
+    err = capsys.readouterr().err
+    assert shard.name in err and "sha256" in err
+    assert beam_runner.main(["verify", str(dataset)]) == 0
+
+
+def test_verify_catches_a_dropped_dead_letter(dataset, tmp_path):
+    copy = tmp_path / "ds"
+    shutil.copytree(dataset, copy)
+    f = copy / "failures-00000-of-00001.jsonl"
+    f.write_text("".join(f.read_text().splitlines(keepends=True)[1:]))
+    problems = verify_dataset(str(copy)).problems
+    assert any("failures-00000-of-00001.jsonl" in p for p in problems)
+    assert any("inputs_digest" in p or "unaccounted" in p for p in problems)

@@ -1,0 +1,389 @@
+"""FAISS k-means codebooks: fit, assign, and content-addressed artifacts.
+
+Pure code: numpy/faiss/safetensors in, arrays out (DESIGN.md §4).
+
+* Seeding is greedy k-means++ (Arthur & Vassilvitskii 2007; the greedy variant of
+  scikit-learn) on a uniform subsample of ``SEED_SAMPLE_PER_CENTROID * k`` vectors; each
+  new center costs one BLAS pass ``x @ candidates.T`` over the subsample. FAISS then runs
+  Lloyd from those centroids on *all* training vectors (no hidden FAISS subsampling).
+* A codebook's id is ``f"{kind}-{sha12}"``: sha256 over the shape (two little-endian
+  int64) followed by the centroid bytes (little-endian float32, C order).
+* Artifacts are byte-identical for the same input, seed and software on the same machine:
+  the card holds no timestamps, and wall-clock timings live in ``Codebook.timing``,
+  which is returned to the caller and never written.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+CARD_VERSION = 1
+MAX_K = 1 << 16                 # tokens are uint16
+MIN_POINTS_PER_CENTROID = 39    # FAISS's own warning threshold
+SEED_SAMPLE_PER_CENTROID = 32   # k-means++ runs on min(N, 32*k) vectors (see bench/bench_kmeans.py)
+_CHUNK = 65536                  # rows per chunk for exact distance statistics
+_KIND_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class CodebookError(ValueError):
+    """Bad input to a fit, a missing GPU, or a codebook file that fails verification."""
+
+
+def _tokenmill_version() -> str:
+    try:
+        from tokenmill import __version__
+    except ImportError:  # pragma: no cover
+        return "unknown"
+    return __version__
+
+
+def _check_vectors(x, name: str, dim: int | None = None) -> np.ndarray:
+    if not isinstance(x, np.ndarray):
+        raise CodebookError(f"{name} must be a numpy array, got {type(x).__name__}; "
+                            f"wrap it with np.asarray(..., dtype=np.float32)")
+    if x.ndim != 2:
+        raise CodebookError(f"{name} must be 2-D [N, D], got shape {x.shape}; "
+                            f"reshape frames to x.reshape(-1, D)")
+    if x.dtype != np.float32:
+        raise CodebookError(f"{name} must be float32, got {x.dtype}; convert with x.astype(np.float32)")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise CodebookError(f"{name} is empty (shape {x.shape})")
+    if dim is not None and x.shape[1] != dim:
+        raise CodebookError(f"{name} has dimension D={x.shape[1]} but the codebook has D={dim}; "
+                            f"features and codebook come from different extractors or layers")
+    return np.ascontiguousarray(x)
+
+
+def _row_sqnorms(x: np.ndarray, name: str) -> np.ndarray:
+    """Squared row norms (float32); also the finiteness check: NaN/inf propagate into them."""
+    sq = np.einsum("ij,ij->i", x, x)
+    bad = ~np.isfinite(sq)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        what = "NaN or inf" if not np.isfinite(x[row]).all() else "values so large that |x|^2 overflows float32"
+        raise CodebookError(f"{name} has {int(bad.sum())} rows with {what} (first: row {row}); "
+                            f"drop or repair those frames before fitting (e.g. x[np.isfinite(x).all(1)])")
+    return sq
+
+
+def _check_gpu() -> None:
+    if not hasattr(faiss, "StandardGpuResources"):
+        raise CodebookError("use_gpu=True but this faiss build has no GPU support; install faiss-gpu "
+                            "(pip uninstall faiss-cpu && pip install 'tokenmill[gpu]') or drop --use_gpu")
+    if faiss.get_num_gpus() < 1:
+        raise CodebookError("use_gpu=True but faiss sees no GPU (faiss.get_num_gpus() == 0); "
+                            "check CUDA_VISIBLE_DEVICES and the driver, or drop --use_gpu")
+
+
+def kmeanspp_seed(x: np.ndarray, k: int, rng: np.random.Generator, *,
+                  sample: int | None = None, local_trials: int | None = None,
+                  x_sq: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+    """Greedy k-means++ seeding. Returns (centroids float32 [k, D], info for the card).
+
+    ``sample``: run on a uniform subsample of this many rows (default all).
+    ``local_trials``: candidates per step; the best (lowest potential) wins. Default
+    2 + floor(ln k) as in scikit-learn; 1 gives classic k-means++.
+    """
+    n = x.shape[0]
+    if sample is not None and sample < n:
+        rows = np.sort(rng.choice(n, size=sample, replace=False))
+        x = x[rows]
+        x_sq = x_sq[rows] if x_sq is not None else None
+        n = sample
+    if x_sq is None:
+        x_sq = np.einsum("ij,ij->i", x, x)
+    trials = local_trials if local_trials is not None else 2 + int(math.log(k))
+    idx = np.empty(k, dtype=np.int64)
+
+    def sqdist(cand: np.ndarray) -> np.ndarray:   # [len(cand), n] float32, one BLAS pass over x
+        d = (x[cand] * np.float32(-2.0)) @ x.T      # rows contiguous: cheap min/sum/select below
+        d += x_sq
+        d += x_sq[cand][:, None]
+        return np.maximum(d, 0.0, out=d)
+
+    idx[0] = rng.integers(n)
+    mind = sqdist(idx[:1])[0]                       # squared distance to the nearest chosen center
+    for i in range(1, k):
+        cum = np.cumsum(mind, dtype=np.float64)
+        if not cum[-1] > 0.0:
+            raise CodebookError(f"the training vectors have only {i} distinct points (in a sample of {n}), "
+                                f"fewer than k={k}; sample more (distinct) frames or lower --num_clusters")
+        r = rng.random(trials) * cum[-1]
+        cand = np.minimum(np.searchsorted(cum, r, side="right"), n - 1)
+        d = sqdist(cand)
+        np.minimum(d, mind, out=d)
+        best = int(np.argmin(d.sum(axis=1, dtype=np.float64)))   # greedy: lowest potential wins
+        idx[i] = cand[best]
+        mind = d[best]
+    info = {"method": "kmeans++" if trials == 1 else "greedy-kmeans++",
+            "local_trials": trials, "sample_size": n}
+    return np.ascontiguousarray(x[idx]), info
+
+
+def _nearest(x: np.ndarray, centroids: np.ndarray, index=None) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid (FAISS, exact) and the exact squared distance to it (float64)."""
+    if index is None:
+        index = faiss.IndexFlatL2(centroids.shape[1])
+        index.add(centroids)
+    _, lab = index.search(x, 1)
+    lab = lab[:, 0]
+    sqd = np.empty(len(x), dtype=np.float64)
+    for s in range(0, len(x), _CHUNK):
+        diff = x[s:s + _CHUNK].astype(np.float64) - centroids[lab[s:s + _CHUNK]]
+        sqd[s:s + _CHUNK] = np.einsum("ij,ij->i", diff, diff)
+    return lab, sqd
+
+
+def assign(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """uint16 [N]: index of the nearest centroid in squared L2; ties go to the lowest index."""
+    centroids = _check_vectors(centroids, "centroids")
+    if centroids.shape[0] > MAX_K:
+        raise CodebookError(f"k={centroids.shape[0]} centroids do not fit uint16 tokens (max {MAX_K})")
+    x = _check_vectors(x, "x", dim=centroids.shape[1])
+    index = faiss.IndexFlatL2(centroids.shape[1])
+    index.add(centroids)
+    return _search_uint16(index, x)
+
+
+def _search_uint16(index, x: np.ndarray) -> np.ndarray:
+    _, lab = index.search(x, 1)
+    return lab[:, 0].astype(np.uint16)
+
+
+def content_id(centroids: np.ndarray, kind: str) -> str:
+    c = np.ascontiguousarray(centroids, dtype="<f4")
+    h = hashlib.sha256(np.asarray(c.shape, dtype="<i8").tobytes())
+    h.update(c.tobytes())
+    return f"{kind}-{h.hexdigest()[:12]}"
+
+
+def codebook_stats(centroids: np.ndarray, x_train: np.ndarray, x_heldout: np.ndarray | None = None,
+                   *, index=None) -> dict:
+    """Card statistics: exact mean squared L2 to the nearest centroid (per vector and per
+    dimension), code-usage entropy/perplexity (held-out if given, else train), dead codes
+    (never nearest on train + held-out)."""
+    k, dim = centroids.shape
+    lab, sqd = _nearest(x_train, centroids, index)
+    counts = np.bincount(lab, minlength=k)
+    out = {"train_mse": float(sqd.mean()), "heldout_mse": None}
+    usage = counts
+    if x_heldout is not None:
+        lab, sqd = _nearest(x_heldout, centroids, index)
+        usage = np.bincount(lab, minlength=k)
+        out["heldout_mse"] = float(sqd.mean())
+        counts = counts + usage
+    out["train_mse_per_dim"] = out["train_mse"] / dim
+    out["heldout_mse_per_dim"] = None if x_heldout is None else out["heldout_mse"] / dim
+    p = usage[usage > 0] / usage.sum()
+    entropy = float(-(p * np.log2(p)).sum()) + 0.0   # + 0.0: no "-0.0" in the card
+    dead = np.flatnonzero(counts == 0)
+    out.update(usage_on="train" if x_heldout is None else "heldout", usage_entropy_bits=entropy,
+               usage_perplexity=float(2.0 ** entropy), dead_codes=int(dead.size),
+               dead_code_ids=[int(i) for i in dead])
+    return out
+
+
+def fit_kmeans(x_train: np.ndarray, k: int, *, seed: int, n_iter: int = 25,
+               x_heldout: np.ndarray | None = None, use_gpu: bool = False,
+               sources: dict | None = None, parent: str | None = None,
+               kind: str = "semantic") -> "Codebook":
+    """Fit a k-means codebook: greedy k-means++ seeding, then ``n_iter`` FAISS Lloyd steps.
+
+    Deterministic on CPU for fixed (input, k, seed, n_iter) and software on one machine.
+    """
+    t0 = time.perf_counter()
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 2 <= k <= MAX_K:
+        raise CodebookError(f"k must be an int in [2, {MAX_K}] (uint16 tokens), got {k!r}; "
+                            f"check --num_clusters")
+    k = int(k)
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise CodebookError(f"seed must be a non-negative int, got {seed!r}")
+    if not isinstance(n_iter, (int, np.integer)) or isinstance(n_iter, bool) or n_iter < 0:
+        raise CodebookError(f"n_iter must be a non-negative int, got {n_iter!r}")
+    if not isinstance(kind, str) or not _KIND_RE.match(kind):
+        raise CodebookError(f"kind must match {_KIND_RE.pattern} (it prefixes the codebook id), got {kind!r}")
+    if parent is not None and not isinstance(parent, str):
+        raise CodebookError(f"parent must be a codebook id (str) or None, got {parent!r}")
+    try:
+        json.dumps(sources, allow_nan=False, sort_keys=True)
+    except (TypeError, ValueError) as e:
+        raise CodebookError(f"sources must be JSON-serializable (it goes into the card): {e}") from e
+    x_train = _check_vectors(x_train, "x_train")
+    n, dim = x_train.shape
+    if n < k:
+        raise CodebookError(f"N={n} vectors cannot fit k={k} centroids; sample more frames with "
+                            f"--sample_frames or lower --num_clusters")
+    if x_heldout is not None:
+        x_heldout = _check_vectors(x_heldout, "x_heldout", dim=dim)
+    if use_gpu:
+        _check_gpu()
+    x_sq = _row_sqnorms(x_train, "x_train")
+    if x_heldout is not None:
+        _row_sqnorms(x_heldout, "x_heldout")
+    if n < MIN_POINTS_PER_CENTROID * k:
+        log.warning("fitting k=%d centroids on only N=%d vectors (< %d per centroid, FAISS's threshold); "
+                    "the codebook may overfit: sample more frames with --sample_frames", k, n,
+                    MIN_POINTS_PER_CENTROID)
+
+    rng = np.random.default_rng(seed)
+    init, seeding = kmeanspp_seed(x_train, k, rng, sample=min(n, SEED_SAMPLE_PER_CENTROID * k), x_sq=x_sq)
+    t_seed = time.perf_counter()
+
+    centroids = init
+    if n_iter > 0:
+        cp = faiss.ClusteringParameters()
+        cp.niter = int(n_iter)
+        cp.seed = int(rng.integers(2**31 - 1))   # FAISS's RNG: only used to split empty clusters
+        cp.min_points_per_centroid = 1           # we warn above, FAISS would print to stderr
+        cp.max_points_per_centroid = -(-n // k) + 1   # use every training vector, no hidden subsample
+        clus = faiss.Clustering(dim, k, cp)
+        faiss.copy_array_to_vector(init.ravel(), clus.centroids)
+        index = faiss.IndexFlatL2(dim)
+        if use_gpu:  # pragma: no cover - needs faiss-gpu and a GPU
+            index = faiss.index_cpu_to_all_gpus(index)
+        clus.train(x_train, index)
+        centroids = faiss.vector_float_to_array(clus.centroids).reshape(k, dim).copy()
+    t_lloyd = time.perf_counter()
+
+    cb = Codebook(centroids, {"kind": kind})
+    stats = codebook_stats(centroids, x_train, x_heldout, index=cb._get_index())
+    cb.card = {
+        "card_version": CARD_VERSION,
+        "id": cb.id,
+        "kind": kind, "k": k, "dim": dim, "seed": int(seed), "n_iter": int(n_iter),
+        "seeding": seeding,
+        "n_train_vectors": n,
+        "n_heldout_vectors": 0 if x_heldout is None else int(x_heldout.shape[0]),
+        "sources": sources,
+        **stats,
+        "parent": parent,
+        "device": "gpu" if use_gpu else "cpu",
+        "faiss_version": faiss.__version__,
+        "created_by": f"tokenmill {_tokenmill_version()}",
+    }
+    t_end = time.perf_counter()
+    cb.timing = {"seed_s": t_seed - t0, "lloyd_s": t_lloyd - t_seed, "stats_s": t_end - t_lloyd,
+                 "fit_seconds": t_end - t0}
+    return cb
+
+
+@dataclass(eq=False)
+class Codebook:
+    """float32 centroids [k, D] plus the card (JSON-able dict).
+
+    ``timing`` (wall-clock seconds of the fit) is returned to the caller but never saved,
+    so that ``save`` writes byte-identical files for a repeated fit.
+    """
+    centroids: np.ndarray
+    card: dict
+    timing: dict = field(default_factory=dict)
+    _index: object = field(default=None, init=False, repr=False)
+
+    def __post_init__(self):
+        self.centroids = _check_vectors(self.centroids, "centroids")
+        if self.centroids.shape[0] > MAX_K:
+            raise CodebookError(f"k={self.centroids.shape[0]} centroids do not fit uint16 tokens")
+
+    @property
+    def kind(self) -> str:
+        return self.card.get("kind", "semantic")
+
+    @property
+    def id(self) -> str:
+        return content_id(self.centroids, self.kind)
+
+    @property
+    def k(self) -> int:
+        return int(self.centroids.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.centroids.shape[1])
+
+    def _get_index(self):
+        if self._index is None:
+            self._index = faiss.IndexFlatL2(self.dim)
+            self._index.add(self.centroids)
+        return self._index
+
+    def assign(self, x: np.ndarray) -> np.ndarray:
+        """uint16 [N] nearest-centroid tokens (the FAISS index is built once and cached)."""
+        return _search_uint16(self._get_index(), _check_vectors(x, "x", dim=self.dim))
+
+    def save(self, directory) -> Path:
+        """Write ``<id>.safetensors`` and ``<id>.json`` atomically; return the safetensors path."""
+        from safetensors.numpy import save as st_save
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        cid = self.id
+        card = dict(self.card, id=cid, kind=self.kind)
+        blob = st_save({"centroids": np.ascontiguousarray(self.centroids, dtype="<f4")},
+                       metadata={"id": cid, "kind": self.kind})
+        text = json.dumps(card, sort_keys=True, indent=1, allow_nan=False) + "\n"
+        path = directory / f"{cid}.safetensors"
+        _atomic_write(path, blob)
+        _atomic_write(directory / f"{cid}.json", text.encode("utf-8"))
+        return path
+
+    @classmethod
+    def load(cls, path, id: str | None = None) -> "Codebook":
+        """Load from ``<id>.safetensors``, ``<id>.json``, or ``(directory, id)``; verify the hash."""
+        path = Path(path)
+        if path.is_dir():
+            if id is None:
+                raise CodebookError(f"{path} is a directory; pass the codebook id too")
+            path = path / f"{id}.safetensors"
+        elif path.suffix == ".json":
+            path = path.with_suffix(".safetensors")
+        card_path = path.with_suffix(".json")
+        for p in (path, card_path):
+            if not p.is_file():
+                raise CodebookError(f"codebook file {p} is missing")
+        from safetensors import safe_open
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                meta = f.metadata() or {}
+                centroids = f.get_tensor("centroids")
+        except Exception as e:  # corrupt header, missing tensor, truncated file
+            raise CodebookError(f"cannot read codebook {path}: {e}") from e
+        try:
+            card = json.loads(card_path.read_text("utf-8"))
+        except ValueError as e:
+            raise CodebookError(f"cannot parse codebook card {card_path}: {e}") from e
+        if centroids.dtype != np.float32 or centroids.ndim != 2:
+            raise CodebookError(f"{path}: 'centroids' must be float32 [k, D], got {centroids.dtype} {centroids.shape}")
+        kind = meta.get("kind", card.get("kind", "semantic"))
+        actual = content_id(centroids, kind)
+        for claimed, where in ((meta.get("id"), path), (card.get("id"), card_path),
+                               (id, "the requested id")):
+            if claimed is not None and claimed != actual:
+                raise CodebookError(f"codebook {where} claims id {claimed} but its centroids hash to "
+                                    f"{actual} ({path}): the file was modified or mismatched")
+        return cls(np.ascontiguousarray(centroids), card)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
