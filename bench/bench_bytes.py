@@ -31,7 +31,6 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tokenmill.schemas import rates  # noqa: E402
 from tokenmill.schemas import shards as fmt  # noqa: E402
 from tokenmill.schemas.records import TrackRecord, split_of  # noqa: E402
 from tokenmill.tokenizers import audio  # noqa: E402

@@ -45,3 +45,23 @@ def test_dead_letter_messages_drop_memory_addresses():
     """Regression: '<_io.BytesIO object at 0x7f..>' in a decoder message broke re-run identity."""
     d = dead_letter("a.wav", "decode", ValueError("Error opening <_io.BytesIO object at 0x7faa932ec310>: bad"))
     assert d.message == "Error opening <_io.BytesIO>: bad" and d.reason == "unexpected-error"
+
+
+def test_atomic_write_tolerates_a_parent_created_concurrently(tmp_path, monkeypatch):
+    """Regression: two multi_processing workers raced on mkdirs('parquet/') and one failed."""
+    from apache_beam.io.filesystems import FileSystems
+
+    from tokenmill.pipelines import sinks
+
+    (tmp_path / "parquet").mkdir()
+    real_exists = FileSystems.exists
+    calls = []
+
+    def stale_exists(path):  # the first check says "missing", as if another worker was faster
+        calls.append(path)
+        return False if len(calls) == 1 else real_exists(path)
+
+    monkeypatch.setattr(FileSystems, "exists", staticmethod(stale_exists))
+    sinks.atomic_write(str(tmp_path / "parquet" / "a.bin"), b"data")
+    assert (tmp_path / "parquet" / "a.bin").read_bytes() == b"data"
+    assert not list((tmp_path / "parquet").glob("*.tmp-*"))

@@ -1,6 +1,5 @@
 """Record schema, shard byte formats and their readers (ours, webdataset, datasets)."""
 import io
-import json
 
 import numpy as np
 import pyarrow.parquet as pq

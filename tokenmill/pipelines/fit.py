@@ -13,7 +13,6 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
-from tokenmill import __version__
 from tokenmill.pipelines.handlers import Failed, SemanticFeatureHandler
 from tokenmill.pipelines.ingest import DEAD, ReadAndDecode, dead_letter, frames_priority
 from tokenmill.pipelines.options import FitCodebookConfig

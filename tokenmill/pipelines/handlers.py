@@ -7,7 +7,6 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
@@ -134,11 +133,3 @@ def describe_semantic(cfg: SemanticConfig, codebook_path: str) -> dict:
     codebook = load_codebook(codebook_path)
     return {"extractor": extractor.describe(), "codebook_id": codebook.id,
             "vocab_size": int(codebook.centroids.shape[0]), "codebook_card": codebook.card}, codebook
-
-
-def drop_waves(s: SegmentInput) -> SegmentInput:
-    return SegmentInput(**{**s.__dict__, "waves": {}})
-
-
-def as_array(x) -> np.ndarray:
-    return np.asarray(x)

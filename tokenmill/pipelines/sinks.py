@@ -16,7 +16,7 @@ from apache_beam.io.filesystems import FileSystems
 from tokenmill.schemas import shards as fmt
 from tokenmill.schemas.manifest import DeadLetterFileInfo, ShardInfo
 from tokenmill.schemas.records import (
-    SPLITS, TrackRecord, parquet_shard_name, shard_of, wds_shard_name,
+    SPLITS, parquet_shard_name, shard_of, wds_shard_name,
 )
 
 LOG = logging.getLogger("tokenmill")
@@ -26,8 +26,13 @@ FAILURES_NAME = "failures-00000-of-00001.jsonl"
 def atomic_write(path: str, data: bytes) -> None:
     """Write `data` to `path` via `<path>.tmp-<sha8>` and a rename."""
     parent = path.rsplit("/", 1)[0]
-    if parent and parent != path:
-        FileSystems.mkdirs(parent) if not FileSystems.exists(parent) else None
+    if parent and parent != path and not FileSystems.exists(parent):
+        try:
+            FileSystems.mkdirs(parent)
+        except IOError:
+            # another worker created it between our check and mkdirs (seen in multi_processing)
+            if not FileSystems.exists(parent):
+                raise
     tmp = f"{path}.tmp-{hashlib.sha256(data).hexdigest()[:8]}"
     with FileSystems.create(tmp) as f:
         f.write(data)
@@ -89,7 +94,3 @@ def write_dead_letters(letters: list[fmt.DeadLetter], output: str) -> DeadLetter
     atomic_write(f"{output.rstrip('/')}/{FAILURES_NAME}", data)
     return DeadLetterFileInfo(path=FAILURES_NAME, records=len(letters), bytes=len(data),
                               sha256=hashlib.sha256(data).hexdigest())
-
-
-def to_record_key(r: TrackRecord) -> tuple[str, TrackRecord]:
-    return r.key, r

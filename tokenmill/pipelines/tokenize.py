@@ -18,7 +18,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from tokenmill import __version__
 from tokenmill.pipelines.handlers import Failed, SemanticTokenHandler
-from tokenmill.pipelines.ingest import DEAD, ReadAndDecode, UriDigestFn, dead_letter
+from tokenmill.pipelines.ingest import DEAD, ReadAndDecode, dead_letter
 from tokenmill.pipelines.options import TokenizeConfig
 from tokenmill.pipelines.sinks import WriteShards, atomic_write, write_dead_letters
 from tokenmill.schemas import manifest as mf
