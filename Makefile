@@ -1,5 +1,9 @@
 # Two entry points for a fresh machine: `make demo` and `make test`. Each sets itself up.
+SHELL := bash
+.SHELLFLAGS := -eo pipefail -c
 PY ?= python3
+# this machine's pip config names index folders that do not all exist; pip warns once per package
+QUIET_PIP := { grep -v "^WARNING: Location" || true; }
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.tokenmill-installed
@@ -12,8 +16,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	# torch first, pinned: pip takes the CPU wheel from the machine's local wheel folder instead
 	# of resolving a multi-GB CUDA build for the unpinned requirement.
-	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
-	$(BIN)/pip install -q --disable-pip-version-check -e .
+	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0 2>&1 | $(QUIET_PIP)
+	$(BIN)/pip install -q --disable-pip-version-check -e . 2>&1 | $(QUIET_PIP)
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -26,7 +30,8 @@ demo: setup
 	$(BIN)/python beam_runner.py fit-codebook --input '$(AUDIO)' --output $(DEMO)/codebooks \
 		--num_clusters 64
 	$(BIN)/python beam_runner.py tokenize --input '$(AUDIO)' --codebook $(DEMO)/codebooks \
-		--captions tests/data/captions.jsonl --output $(DEMO)/dataset --num_shards 2
+		--captions tests/data/captions.jsonl --output $(DEMO)/dataset --num_shards 2 \
+		--valid_fraction 0.2
 	$(BIN)/python beam_runner.py verify $(DEMO)/dataset
 
 test: setup

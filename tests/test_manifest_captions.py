@@ -11,7 +11,7 @@ DATA = Path(__file__).parent / "data"
 
 
 def good_manifest():
-    shards = [mf.ShardInfo("parquet/train-00000-of-00001.parquet", "parquet", "train", 3, 30.0, 10, "0" * 64),
+    shards = [mf.ShardInfo("parquet/train-00000-of-00001.parquet", "parquet", "train", 3, 30.0, 10, "0" * 64, 1),
               mf.ShardInfo("wds/train-00000-of-00001.tar.xz", "webdataset", "train", 3, 30.0, 10, "0" * 64)]
     dead = [mf.DeadLetterFileInfo("failures-00000-of-00001.jsonl", 2, 10, "0" * 64)]
     counts = mf.Counts(inputs=4, sources_in_records=2, sources_dead_only=2, dead_letters=2, records=3,

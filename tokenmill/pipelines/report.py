@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -33,6 +34,12 @@ def print_summary(root: str, manifest: dict, *, verified: bool, elapsed_s: float
     print(f"  tracks        {c['sources_in_records']} ({c['records']} records/segments, "
           f"{hours:.3f} h = {c['seconds'] / 60:.1f} min)")
     print(f"  tokens        {'; '.join(token_lines) or '-'}")
+    first = manifest["shards"][0]["format"] if manifest["shards"] else None
+    captioned = sum(s.get("captioned", 0) for s in manifest["shards"] if s["format"] == first)
+    splits = {sp: sum(s["records"] for s in manifest["shards"] if s["format"] == first and s["split"] == sp)
+              for sp in ("train", "valid")}
+    print(f"  captions      {captioned}/{c['records']} records; splits: train {splits['train']}, "
+          f"valid {splits['valid']}")
     reasons = ", ".join(f"{k} {v}" for k, v in c.get("dead_by_reason", {}).items())
     print(f"  dead letters  {c['dead_letters']} ({c['sources_dead_only']} files with no record)"
           + (f": {reasons}" if reasons else ""))
@@ -44,6 +51,10 @@ def print_summary(root: str, manifest: dict, *, verified: bool, elapsed_s: float
     print(f"  manifest      {root}/manifest.json")
     if elapsed_s:
         print(f"  wall time     {elapsed_s:.1f} s ({c['seconds'] / elapsed_s:.0f}x real time)")
+
+
+def _num(x) -> str:
+    return f"{x:.4g}" if isinstance(x, (int, float)) else str(x)
 
 
 def print_fit_summary(output: str, elapsed_s: float) -> None:
@@ -61,6 +72,7 @@ def print_fit_summary(output: str, elapsed_s: float) -> None:
         print(f"  codebook      {path[:-len('.json')]}.safetensors")
         print(f"  k x dim       {card.get('k')} x {card.get('dim')}")
         print(f"  fit sample    {card.get('n_train_vectors')} frames (+{card.get('n_heldout_vectors')} held out)")
-        print(f"  held-out MSE  {card.get('heldout_mse')}")
-        print(f"  usage entropy {card.get('usage_entropy_bits')} bits, dead codes {card.get('dead_codes')}")
+        print(f"  held-out MSE  {_num(card.get('heldout_mse'))} (train {_num(card.get('train_mse'))})")
+        print(f"  usage         {_num(card.get('usage_entropy_bits'))} bits entropy of "
+              f"{math.log2(card['k']):.0f} possible, dead codes {card.get('dead_codes')}")
     print(f"  wall time     {elapsed_s:.1f} s")

@@ -65,7 +65,8 @@ class WriteShard(beam.DoFn):
             atomic_write(f"{self.output}/{rel}", data)
             LOG.info("[write] %s: %d records, %.1f s, %d bytes", rel, len(records), seconds, len(data))
             yield ShardInfo(path=rel, format=name, split=split, records=len(records),
-                            seconds=seconds, bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+                            seconds=seconds, bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
+                            captioned=sum(r.caption is not None for r in records))
 
 
 class WriteShards(beam.PTransform):

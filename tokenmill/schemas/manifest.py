@@ -30,6 +30,7 @@ class ShardInfo:
     seconds: float  # audio seconds covered by the shard's records
     bytes: int
     sha256: str
+    captioned: int = 0  # records with a caption
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ _REQUIRED = {
     "dead_letter_files": list, "counts": dict,
 }
 _SHARD_FIELDS = {"path": str, "format": str, "split": str, "records": int, "seconds": (int, float),
-                 "bytes": int, "sha256": str}
+                 "bytes": int, "sha256": str, "captioned": int}
 _COUNT_FIELDS = {"inputs": int, "sources_in_records": int, "sources_dead_only": int,
                  "dead_letters": int, "records": int, "seconds": (int, float), "inputs_digest": str}
 

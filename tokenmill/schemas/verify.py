@@ -88,6 +88,9 @@ def verify_dataset(root: str, *, keep_records: bool = False) -> VerifyReport:
         if len(recs) != s["records"]:
             rep.problems.append(f"{path}: {len(recs)} records, manifest says {s['records']}")
         secs = round(sum(r.duration_s for r in recs), 6)
+        captioned = sum(r.caption is not None for r in recs)
+        if captioned != s["captioned"]:
+            rep.problems.append(f"{path}: {captioned} captioned records, manifest says {s['captioned']}")
         if abs(secs - s["seconds"]) > 1e-3:
             rep.problems.append(f"{path}: {secs} s of audio, manifest says {s['seconds']}")
         seen = by_format.setdefault(s["format"], {})

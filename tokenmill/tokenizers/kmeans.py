@@ -3,8 +3,9 @@
 Pure code: numpy/faiss/safetensors in, arrays out (DESIGN.md §4).
 
 * Seeding is greedy k-means++ (Arthur & Vassilvitskii 2007; the greedy variant of
-  scikit-learn) on a uniform subsample of ``SEED_SAMPLE_PER_CENTROID * k`` vectors; each
-  new center costs one BLAS pass ``x @ candidates.T`` over the subsample. FAISS then runs
+  scikit-learn) on a uniform subsample of ``SEED_SAMPLE_PER_CENTROID * k`` vectors. Each
+  new center recomputes distances (BLAS) only for the points the triangle inequality cannot
+  rule out, a few percent of them once there are many centers. FAISS then runs
   Lloyd from those centroids on *all* training vectors (no hidden FAISS subsampling).
 * A codebook's id is ``f"{kind}-{sha12}"``: sha256 over the shape (two little-endian
   int64) followed by the centroid bytes (little-endian float32, C order).
@@ -28,6 +29,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from tokenmill import __version__
+
 log = logging.getLogger(__name__)
 
 CARD_VERSION = 1
@@ -40,14 +43,6 @@ _KIND_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 class CodebookError(ValueError):
     """Bad input to a fit, a missing GPU, or a codebook file that fails verification."""
-
-
-def _tokenmill_version() -> str:
-    try:
-        from tokenmill import __version__
-    except ImportError:  # pragma: no cover
-        return "unknown"
-    return __version__
 
 
 def _check_vectors(x, name: str, dim: int | None = None) -> np.ndarray:
@@ -105,32 +100,45 @@ def kmeanspp_seed(x: np.ndarray, k: int, rng: np.random.Generator, *,
         n = sample
     if x_sq is None:
         x_sq = np.einsum("ij,ij->i", x, x)
+    rows_as_bytes = np.ascontiguousarray(x).view(np.dtype((np.void, x.dtype.itemsize * x.shape[1])))
+    n_distinct = len(np.unique(rows_as_bytes.ravel()))
+    if n_distinct < k:   # float32 rounding would otherwise let k-means++ pick duplicates
+        raise CodebookError(f"the training vectors have only {n_distinct} distinct points (in a sample of "
+                            f"{n}), fewer than k={k}; sample more (distinct) frames or lower --num_clusters")
     trials = local_trials if local_trials is not None else 2 + int(math.log(k))
     idx = np.empty(k, dtype=np.int64)
+    centers = np.empty((k, x.shape[1]), dtype=np.float32)
 
-    def sqdist(cand: np.ndarray) -> np.ndarray:   # [len(cand), n] float32, one BLAS pass over x
-        d = (x[cand] * np.float32(-2.0)) @ x.T      # rows contiguous: cheap min/sum/select below
-        d += x_sq
-        d += x_sq[cand][:, None]
+    def sqdist(a: np.ndarray, a_sq: np.ndarray, b: np.ndarray, b_sq: np.ndarray) -> np.ndarray:
+        d = (a * np.float32(-2.0)) @ b.T             # [len(a), len(b)] float32, one BLAS call
+        d += b_sq
+        d += a_sq[:, None]
         return np.maximum(d, 0.0, out=d)
 
     idx[0] = rng.integers(n)
-    mind = sqdist(idx[:1])[0]                       # squared distance to the nearest chosen center
+    centers[0] = x[idx[0]]
+    mind = sqdist(centers[:1], x_sq[idx[:1]], x, x_sq)[0]   # squared distance to the nearest center
+    near = np.zeros(n, dtype=np.int64)                      # which center that is
     for i in range(1, k):
         cum = np.cumsum(mind, dtype=np.float64)
-        if not cum[-1] > 0.0:
-            raise CodebookError(f"the training vectors have only {i} distinct points (in a sample of {n}), "
-                                f"fewer than k={k}; sample more (distinct) frames or lower --num_clusters")
-        r = rng.random(trials) * cum[-1]
-        cand = np.minimum(np.searchsorted(cum, r, side="right"), n - 1)
-        d = sqdist(cand)
-        np.minimum(d, mind, out=d)
-        best = int(np.argmin(d.sum(axis=1, dtype=np.float64)))   # greedy: lowest potential wins
-        idx[i] = cand[best]
-        mind = d[best]
+        if not cum[-1] > 0.0:  # pragma: no cover - excluded by the distinct-row check above
+            raise CodebookError(f"k-means++ ran out of distinct points after {i} centers")
+        cand = np.minimum(np.searchsorted(cum, rng.random(trials) * cum[-1], side="right"), n - 1)
+        z, z_sq = x[cand], x_sq[cand]
+        # Triangle inequality: candidate z can only get closer to point p than p's center c
+        # if |z - c|^2 < 4 mind[p]. Only those points are recomputed (with a rounding margin).
+        dzc = sqdist(z, z_sq, centers[:i], x_sq[idx[:i]])
+        rows = np.flatnonzero((dzc[:, near] < 4.01 * mind).any(axis=0))
+        d = sqdist(z, z_sq, x[rows], x_sq[rows])
+        np.minimum(d, mind[rows], out=d)
+        gain = (mind[rows] - d).sum(axis=1, dtype=np.float64)   # potential drop per candidate
+        best = int(np.argmax(gain))                  # greedy: lowest potential wins
+        idx[i], centers[i] = cand[best], z[best]
+        near[rows[d[best] < mind[rows]]] = i
+        mind[rows] = d[best]
     info = {"method": "kmeans++" if trials == 1 else "greedy-kmeans++",
             "local_trials": trials, "sample_size": n}
-    return np.ascontiguousarray(x[idx]), info
+    return centers, info
 
 
 def _nearest(x: np.ndarray, centroids: np.ndarray, index=None) -> tuple[np.ndarray, np.ndarray]:
@@ -272,7 +280,7 @@ def fit_kmeans(x_train: np.ndarray, k: int, *, seed: int, n_iter: int = 25,
         "parent": parent,
         "device": "gpu" if use_gpu else "cpu",
         "faiss_version": faiss.__version__,
-        "created_by": f"tokenmill {_tokenmill_version()}",
+        "created_by": f"tokenmill {__version__}",
     }
     t_end = time.perf_counter()
     cb.timing = {"seed_s": t_seed - t0, "lloyd_s": t_lloyd - t_seed, "stats_s": t_end - t_lloyd,
@@ -285,7 +293,8 @@ class Codebook:
     """float32 centroids [k, D] plus the card (JSON-able dict).
 
     ``timing`` (wall-clock seconds of the fit) is returned to the caller but never saved,
-    so that ``save`` writes byte-identical files for a repeated fit.
+    so that ``save`` writes byte-identical files for a repeated fit. The centroids are a
+    read-only copy: the id and the cached FAISS index stay valid.
     """
     centroids: np.ndarray
     card: dict
@@ -293,7 +302,8 @@ class Codebook:
     _index: object = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
-        self.centroids = _check_vectors(self.centroids, "centroids")
+        self.centroids = np.array(_check_vectors(self.centroids, "centroids"), copy=True)
+        self.centroids.setflags(write=False)
         if self.centroids.shape[0] > MAX_K:
             raise CodebookError(f"k={self.centroids.shape[0]} centroids do not fit uint16 tokens")
 
@@ -325,13 +335,11 @@ class Codebook:
 
     def save(self, directory) -> Path:
         """Write ``<id>.safetensors`` and ``<id>.json`` atomically; return the safetensors path."""
-        from safetensors.numpy import save as st_save
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         cid = self.id
         card = dict(self.card, id=cid, kind=self.kind)
-        blob = st_save({"centroids": np.ascontiguousarray(self.centroids, dtype="<f4")},
-                       metadata={"id": cid, "kind": self.kind})
+        blob = _safetensors_bytes(self.centroids, {"id": cid, "kind": self.kind})
         text = json.dumps(card, sort_keys=True, indent=1, allow_nan=False) + "\n"
         path = directory / f"{cid}.safetensors"
         _atomic_write(path, blob)
@@ -372,13 +380,28 @@ class Codebook:
             if claimed is not None and claimed != actual:
                 raise CodebookError(f"codebook {where} claims id {claimed} but its centroids hash to "
                                     f"{actual} ({path}): the file was modified or mismatched")
-        return cls(np.ascontiguousarray(centroids), card)
+        card.setdefault("kind", kind)
+        return cls(centroids, card)
+
+
+def _safetensors_bytes(centroids: np.ndarray, metadata: dict) -> bytes:
+    """Deterministic safetensors serialization of one F32 tensor "centroids".
+
+    safetensors' own writer emits ``__metadata__`` in hash-map order, which changes from run
+    to run; this writes the same format with sorted keys, the header padded to 8 bytes."""
+    data = np.ascontiguousarray(centroids, dtype="<f4").tobytes()
+    header = {"__metadata__": metadata,
+              "centroids": {"dtype": "F32", "shape": list(centroids.shape), "data_offsets": [0, len(data)]}}
+    head = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    head += b" " * (-len(head) % 8)
+    return len(head).to_bytes(8, "little") + head + data
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o644)            # mkstemp makes 0600
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
