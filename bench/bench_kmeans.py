@@ -2,8 +2,14 @@
 
 Not a test: it prints ratios measured in one run on this machine.
 
-    .venv/bin/python bench/bench_kmeans.py                      # synthetic stand-in (~3-5 min, 2 cores)
+    .venv/bin/python bench/bench_kmeans.py                      # synthetic stand-in, D=96 (~2 min, 2 cores)
+    .venv/bin/python bench/bench_kmeans.py --sweep_seeding      # + seeding variants (~+3 min)
+    .venv/bin/python bench/bench_kmeans.py --dim 1024 --n_train 60000 --heldout 10000 --repeat 1
+                                                                # w2v-BERT-sized features (~6 min)
     .venv/bin/python bench/bench_kmeans.py --features F.npy     # real features, float32 [N, D]
+
+Times are the fit only (ours: seeding + Lloyd, not the card statistics pass; sklearn:
+fit with compute_labels=False). Held-out MSE is the mean squared L2 to the nearest centroid.
 
 Compared, on one shared train sample and one held-out sample:
   ours      tokenmill.tokenizers.kmeans.fit_kmeans (greedy k-means++ on a subsample, FAISS Lloyd)
@@ -13,7 +19,8 @@ Compared, on one shared train sample and one held-out sample:
             max_no_improvement=100, n_init=20, reassignment_ratio=0.0, init_size=None
             (= 3*batch_size), compute_labels=False. n_init only repeats the k-means++ init on an
             init_size subsample (the mini-batch loop runs once), so by default we run n_init=1 and
-            extrapolate: t(n_init=20) = t(n_init=1) + 19 * t(one init), with t(one init) measured.
+            extrapolate: t(n_init=20) = t(n_init=1) + 19 * t(one init), t(one init) timed inside
+            that fit (the validation-inertia pass per init is left out: in sklearn's favour).
             --sklearn_n_init 20 runs the real thing.
 """
 from __future__ import annotations
@@ -89,38 +96,93 @@ def sklearn_fairseq(x: np.ndarray, k: int, *, seed: int, n_init: int):
                            init_size=None, compute_labels=False, random_state=seed, verbose=0)
 
 
-def sklearn_one_init_seconds(x: np.ndarray, k: int, *, seed: int) -> float:
-    """Time of one MiniBatchKMeans init: k-means++ on init_size = 3*batch_size rows, plus the
-    validation-inertia pass, as done once per n_init inside MiniBatchKMeans.fit."""
-    from sklearn.cluster import kmeans_plusplus
-    rng = np.random.default_rng(seed)
-    init_size = min(len(x), max(3 * 10000, 3 * k))
-    t = time.perf_counter()
-    sub = x[rng.choice(len(x), init_size, replace=False)]
-    c, _ = kmeans_plusplus(sub, k, random_state=seed)
-    heldout_mse(x[rng.choice(len(x), init_size, replace=False)], c)
-    return time.perf_counter() - t
+def fit_timing_inits(model, x: np.ndarray) -> list[float]:
+    """Fit ``model`` and return the seconds of each k-means++ init it ran (n_init of them):
+    MiniBatchKMeans.fit calls self._init_centroids once per n_init, on init_size rows."""
+    times: list[float] = []
+    orig = getattr(model, "_init_centroids", None)
+    if orig is not None:
+        def timed(*args, **kwargs):
+            t = time.perf_counter()
+            out = orig(*args, **kwargs)
+            times.append(time.perf_counter() - t)
+            return out
+        model._init_centroids = timed
+    model.fit(x)
+    return times
+
+
+def lloyd_from(x: np.ndarray, init: np.ndarray, *, seed: int, n_iter: int) -> np.ndarray:
+    cp = faiss.ClusteringParameters()
+    cp.niter, cp.seed, cp.min_points_per_centroid = n_iter, seed, 1
+    cp.max_points_per_centroid = -(-len(x) // len(init)) + 1
+    clus = faiss.Clustering(x.shape[1], len(init), cp)
+    faiss.copy_array_to_vector(np.ascontiguousarray(init, dtype=np.float32).ravel(), clus.centroids)
+    clus.train(x, faiss.IndexFlatL2(x.shape[1]))
+    return faiss.vector_float_to_array(clus.centroids).reshape(len(init), -1)
+
+
+def sweep_seeding(x_tr: np.ndarray, x_ho: np.ndarray, k: int, *, seed: int, n_iter: int) -> None:
+    """Seeding variants, each followed by the same FAISS Lloyd: how fast, how good."""
+    print("\n| seeding | seeding s | held-out MSE after seeding | after Lloyd | final / ours |\n"
+          "|---|---:|---:|---:|---:|")
+    n = len(x_tr)
+    variants = [(f"{'greedy ' if t is None else ''}k-means++ on "
+                 f"{f'{s}*k = {min(n, s * k)}' if s else f'all {n}'} rows", s, t)
+                for s in (8, 16, 32, 64, None) for t in (1, None)]
+    results = []
+    for name, s, t in variants:
+        rng = np.random.default_rng(seed)
+        t0 = time.perf_counter()
+        init, _ = km.kmeanspp_seed(x_tr, k, rng, sample=None if s is None else min(len(x_tr), s * k),
+                                   local_trials=t)
+        results.append((name, time.perf_counter() - t0, init))
+    native = [(n, getattr(faiss, f"ClusteringInitMethod_{m}", None))
+              for n, m in (("FAISS native k-means++ (all rows)", "KMEANS_PLUS_PLUS"),
+                           ("FAISS native AFK-MC2 (all rows)", "AFK_MC2"), ("FAISS random (default)", "RANDOM"))]
+    for name, method in native:
+        if method is None:
+            continue                                    # older FAISS: only random init
+        cp = faiss.ClusteringParameters()
+        cp.niter, cp.seed, cp.init_method, cp.min_points_per_centroid = 0, seed, method, 1
+        cp.max_points_per_centroid = -(-len(x_tr) // k) + 1
+        clus = faiss.Clustering(x_tr.shape[1], k, cp)
+        t0 = time.perf_counter()
+        clus.train(x_tr, faiss.IndexFlatL2(x_tr.shape[1]))
+        results.append((name, time.perf_counter() - t0, faiss.vector_float_to_array(clus.centroids).reshape(k, -1)))
+    finals = [heldout_mse(x_ho, lloyd_from(x_tr, init, seed=seed, n_iter=n_iter)) for _, _, init in results]
+    ours = finals[[s == km.SEED_SAMPLE_PER_CENTROID and t is None for _, s, t in variants].index(True)]
+    for (name, secs, init), final in zip(results, finals):
+        print(f"| {name} | {secs:.2f} | {heldout_mse(x_ho, init):.5g} | {final:.5g} | {final / ours:.3f} |")
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--features", help="float32 [N, D] .npy; the last --heldout rows are held out")
+    ap.add_argument("--features", help="float32 [N, D] .npy; a seeded random split gives --n_train "
+                                       "training and --heldout held-out rows")
     ap.add_argument("--n_train", type=int, default=150_000)
     ap.add_argument("--heldout", type=int, default=20_000)
     ap.add_argument("--dim", type=int, default=96)
     ap.add_argument("-k", "--num_clusters", type=int, default=1024)
     ap.add_argument("--n_iter", type=int, default=25)
+    ap.add_argument("--fast_n_iter", type=int, default=8,
+                    help="also time ours with this many Lloyd iterations (speed/quality trade-off)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sklearn_n_init", type=int, default=1,
                     help="1 (default): run once and extrapolate to fairseq's 20; 20: run it for real")
+    ap.add_argument("--repeat", type=int, default=2,
+                    help="fit ours and FAISS-random this many times, report the fastest (the fits "
+                         "are deterministic; repeats only shield the timing from other load)")
     ap.add_argument("--skip_sklearn", action="store_true")
+    ap.add_argument("--sweep_seeding", action="store_true",
+                    help="also compare seeding variants (subsample size, greedy or not, FAISS's own)")
     a = ap.parse_args(argv)
 
     t = time.perf_counter()
     if a.features:
         x = np.load(a.features, mmap_mode="r")
-        if x.dtype != np.float32 or x.ndim != 2:
-            raise SystemExit(f"{a.features}: need float32 [N, D], got {x.dtype} {x.shape}")
+        if x.dtype != np.float32 or x.ndim != 2 or len(x) <= a.heldout:
+            raise SystemExit(f"{a.features}: need float32 [N, D] with N > --heldout, got {x.dtype} {x.shape}")
         perm = np.random.default_rng(a.seed).permutation(len(x))
         n_tr = min(a.n_train, len(x) - a.heldout)
         x_tr = np.ascontiguousarray(x[np.sort(perm[:n_tr])])
@@ -128,6 +190,7 @@ def main(argv=None) -> None:
         source = a.features
     else:
         x_all = make_mixture(a.n_train + a.heldout, a.dim, seed=a.seed)
+        # (the whole mixture is drawn at once and split, so train and held-out share components)
         x_tr, x_ho = x_all[:a.n_train], x_all[a.n_train:]
         source = f"synthetic mixture (400 Zipf-weighted anisotropic rank-12 components), seed {a.seed}"
     k = a.num_clusters
@@ -135,16 +198,26 @@ def main(argv=None) -> None:
           f"{faiss.omp_get_max_threads()} threads, made in {time.perf_counter() - t:.1f}s", flush=True)
 
     rows = []
-    cb = km.fit_kmeans(x_tr, k, seed=a.seed, n_iter=a.n_iter, x_heldout=x_ho)
+    fits = [km.fit_kmeans(x_tr, k, seed=a.seed, n_iter=a.n_iter, x_heldout=x_ho) for _ in range(a.repeat)]
+    assert len({f.id for f in fits}) == 1, "fit_kmeans is not deterministic here"
+    cb = min(fits, key=lambda f: f.timing["seed_s"] + f.timing["lloyd_s"])
     t_ours, mse_ours = cb.timing["seed_s"] + cb.timing["lloyd_s"], cb.card["heldout_mse"]
     rows.append(("ours: greedy k-means++ + FAISS Lloyd", t_ours, mse_ours,
                  f"seed {cb.timing['seed_s']:.1f}s on {cb.card['seeding']['sample_size']} rows, "
                  f"{a.n_iter} Lloyd iters; dead codes {cb.card['dead_codes']}"))
-    print(f"ours     {t_ours:8.1f}s  held-out MSE {mse_ours:.5g}", flush=True)
+    print(f"ours     {t_ours:8.1f}s  held-out MSE {mse_ours:.5g}  (seeding {cb.timing['seed_s']:.1f}s, "
+          f"Lloyd {cb.timing['lloyd_s']:.1f}s, card stats {cb.timing['stats_s']:.1f}s not counted)", flush=True)
+    fast = min((km.fit_kmeans(x_tr, k, seed=a.seed, n_iter=a.fast_n_iter, x_heldout=x_ho)
+                for _ in range(a.repeat)), key=lambda f: f.timing["seed_s"] + f.timing["lloyd_s"])
+    t_fast, mse_fast = fast.timing["seed_s"] + fast.timing["lloyd_s"], fast.card["heldout_mse"]
+    rows.append((f"ours, --n_iter {a.fast_n_iter}", t_fast, mse_fast, "same seeding, fewer Lloyd iters"))
+    print(f"ours/{a.fast_n_iter:<3} {t_fast:8.1f}s  held-out MSE {mse_fast:.5g}", flush=True)
 
-    t = time.perf_counter()
-    c_rand = fit_faiss_random(x_tr, k, seed=a.seed, n_iter=a.n_iter)
-    t_rand = time.perf_counter() - t
+    t_rand = np.inf
+    for _ in range(a.repeat):
+        t = time.perf_counter()
+        c_rand = fit_faiss_random(x_tr, k, seed=a.seed, n_iter=a.n_iter)
+        t_rand = min(t_rand, time.perf_counter() - t)
     mse_rand = heldout_mse(x_ho, c_rand)
     rows.append(("FAISS default (random init) + Lloyd", t_rand, mse_rand, f"{a.n_iter} Lloyd iters"))
     print(f"faiss    {t_rand:8.1f}s  held-out MSE {mse_rand:.5g}", flush=True)
@@ -152,15 +225,18 @@ def main(argv=None) -> None:
     t_sk = None
     if not a.skip_sklearn:
         t = time.perf_counter()
-        skm = sklearn_fairseq(x_tr, k, seed=a.seed, n_init=a.sklearn_n_init).fit(x_tr)
+        skm = sklearn_fairseq(x_tr, k, seed=a.seed, n_init=a.sklearn_n_init)
+        inits = fit_timing_inits(skm, x_tr)
         t_sk1 = time.perf_counter() - t
         mse_sk = heldout_mse(x_ho, skm.cluster_centers_)
         note = f"n_init={a.sklearn_n_init}, {skm.n_steps_} mini-batch steps"
         t_sk = t_sk1
         if a.sklearn_n_init < 20:
-            t_init = sklearn_one_init_seconds(x_tr, k, seed=a.seed)
+            if not inits:
+                raise SystemExit("cannot time sklearn's init on this version; use --sklearn_n_init 20")
+            t_init = float(np.mean(inits))
             t_sk = t_sk1 + (20 - a.sklearn_n_init) * t_init
-            note += f" ran in {t_sk1:.1f}s; +{20 - a.sklearn_n_init} x {t_init:.1f}s init -> n_init=20"
+            note += f", ran in {t_sk1:.1f}s; + {20 - a.sklearn_n_init} x {t_init:.1f}s k-means++ init -> n_init=20"
         rows.append(("sklearn MiniBatchKMeans, fairseq HuBERT", t_sk, mse_sk, note))
         print(f"sklearn  {t_sk:8.1f}s  held-out MSE {mse_sk:.5g}  ({note})", flush=True)
 
@@ -171,7 +247,12 @@ def main(argv=None) -> None:
     if t_sk is not None:
         print(f"time   sklearn(fairseq, n_init=20) / ours = {t_sk / t_ours:.1f}x   (goal >= 50x)")
         print(f"MSE    sklearn(fairseq) / ours            = {mse_sk / mse_ours:.3f}   (goal >= 1)")
+        print(f"time   sklearn / ours --n_iter {a.fast_n_iter:<2}       = {t_sk / t_fast:.1f}x   "
+              f"at MSE sklearn / ours = {mse_sk / mse_fast:.3f}")
     print(f"MSE    FAISS random init / ours           = {mse_rand / mse_ours:.3f}")
+    print(f"ours: {a.repeat} fits, identical ids ({cb.id}); fastest shown")
+    if a.sweep_seeding:
+        sweep_seeding(x_tr, x_ho, k, seed=a.seed, n_iter=a.n_iter)
 
 
 if __name__ == "__main__":

@@ -157,3 +157,15 @@ def test_verify_catches_a_dropped_dead_letter(dataset, tmp_path):
     problems = verify_dataset(str(copy)).problems
     assert any("failures-00000-of-00001.jsonl" in p for p in problems)
     assert any("inputs_digest" in p or "unaccounted" in p for p in problems)
+
+
+def test_fit_sample_does_not_depend_on_the_runner(real_audio_dir, codebook_dir, tmp_path):
+    """The bottom-k frame sample is a function of (seed, keys): 2 worker processes, same codebook."""
+    out = tmp_path / "cb"
+    assert beam_runner.main(["fit-codebook", "--input", str(real_audio_dir / "*"), "--output", str(out),
+                             "--num_clusters", "16", "--sample_frames", "2000", "--heldout_frames", "300",
+                             "--direct_running_mode=multi_processing", "--direct_num_workers=2"]) == 0
+    (a,) = sorted(codebook_dir.glob("semantic-*.safetensors"))
+    (b,) = sorted(out.glob("semantic-*.safetensors"))
+    assert a.name == b.name and a.read_bytes() == b.read_bytes()
+    assert (codebook_dir / (a.stem + ".json")).read_bytes() == (out / (b.stem + ".json")).read_bytes()

@@ -1,0 +1,1 @@
+"""Beam wiring only: options, ModelHandlers, PTransforms, sinks."""

@@ -3,15 +3,16 @@
 Pure code: numpy/faiss/safetensors in, arrays out (DESIGN.md §4).
 
 * Seeding is greedy k-means++ (Arthur & Vassilvitskii 2007; the greedy variant of
-  scikit-learn) on a uniform subsample of ``SEED_SAMPLE_PER_CENTROID * k`` vectors. Each
-  new center recomputes distances (BLAS) only for the points the triangle inequality cannot
-  rule out, a few percent of them once there are many centers. FAISS then runs
+  scikit-learn) on a uniform subsample of ``SEED_SAMPLE_PER_CENTROID * k`` vectors; each
+  new center costs one BLAS pass ``x @ candidates.T`` over the subsample. FAISS then runs
   Lloyd from those centroids on *all* training vectors (no hidden FAISS subsampling).
 * A codebook's id is ``f"{kind}-{sha12}"``: sha256 over the shape (two little-endian
   int64) followed by the centroid bytes (little-endian float32, C order).
 * Artifacts are byte-identical for the same input, seed and software on the same machine:
   the card holds no timestamps, and wall-clock timings live in ``Codebook.timing``,
-  which is returned to the caller and never written.
+  which is returned to the caller and never written. Verified: the same id with 1 and 2
+  FAISS/BLAS threads and across processes. Not promised across CPU types, BLAS builds,
+  or on GPU (float rounding can differ there, and the id with it).
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 CARD_VERSION = 1
 MAX_K = 1 << 16                 # tokens are uint16
 MIN_POINTS_PER_CENTROID = 39    # FAISS's own warning threshold
-SEED_SAMPLE_PER_CENTROID = 32   # k-means++ runs on min(N, 32*k) vectors (see bench/bench_kmeans.py)
+SEED_SAMPLE_PER_CENTROID = 16   # k-means++ runs on min(N, 16*k) vectors (see bench/bench_kmeans.py)
 _CHUNK = 65536                  # rows per chunk for exact distance statistics
 _KIND_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -107,38 +108,29 @@ def kmeanspp_seed(x: np.ndarray, k: int, rng: np.random.Generator, *,
                             f"{n}), fewer than k={k}; sample more (distinct) frames or lower --num_clusters")
     trials = local_trials if local_trials is not None else 2 + int(math.log(k))
     idx = np.empty(k, dtype=np.int64)
-    centers = np.empty((k, x.shape[1]), dtype=np.float32)
 
-    def sqdist(a: np.ndarray, a_sq: np.ndarray, b: np.ndarray, b_sq: np.ndarray) -> np.ndarray:
-        d = (a * np.float32(-2.0)) @ b.T             # [len(a), len(b)] float32, one BLAS call
-        d += b_sq
-        d += a_sq[:, None]
+    def sqdist(cand: np.ndarray) -> np.ndarray:   # [len(cand), n] float32, one BLAS pass over x
+        d = (x[cand] * np.float32(-2.0)) @ x.T      # rows contiguous: cheap min/sum/select below
+        d += x_sq
+        d += x_sq[cand][:, None]
         return np.maximum(d, 0.0, out=d)
 
     idx[0] = rng.integers(n)
-    centers[0] = x[idx[0]]
-    mind = sqdist(centers[:1], x_sq[idx[:1]], x, x_sq)[0]   # squared distance to the nearest center
-    near = np.zeros(n, dtype=np.int64)                      # which center that is
+    mind = sqdist(idx[:1])[0]                       # squared distance to the nearest chosen center
     for i in range(1, k):
         cum = np.cumsum(mind, dtype=np.float64)
         if not cum[-1] > 0.0:  # pragma: no cover - excluded by the distinct-row check above
             raise CodebookError(f"k-means++ ran out of distinct points after {i} centers")
-        cand = np.minimum(np.searchsorted(cum, rng.random(trials) * cum[-1], side="right"), n - 1)
-        z, z_sq = x[cand], x_sq[cand]
-        # Triangle inequality: candidate z can only get closer to point p than p's center c
-        # if |z - c|^2 < 4 mind[p]. Only those points are recomputed (with a rounding margin).
-        dzc = sqdist(z, z_sq, centers[:i], x_sq[idx[:i]])
-        rows = np.flatnonzero((dzc[:, near] < 4.01 * mind).any(axis=0))
-        d = sqdist(z, z_sq, x[rows], x_sq[rows])
-        np.minimum(d, mind[rows], out=d)
-        gain = (mind[rows] - d).sum(axis=1, dtype=np.float64)   # potential drop per candidate
-        best = int(np.argmax(gain))                  # greedy: lowest potential wins
-        idx[i], centers[i] = cand[best], z[best]
-        near[rows[d[best] < mind[rows]]] = i
-        mind[rows] = d[best]
+        r = rng.random(trials) * cum[-1]
+        cand = np.minimum(np.searchsorted(cum, r, side="right"), n - 1)
+        d = sqdist(cand)
+        np.minimum(d, mind, out=d)
+        best = int(np.argmin(d.sum(axis=1, dtype=np.float64)))   # greedy: lowest potential wins
+        idx[i] = cand[best]
+        mind = d[best]
     info = {"method": "kmeans++" if trials == 1 else "greedy-kmeans++",
             "local_trials": trials, "sample_size": n}
-    return centers, info
+    return np.ascontiguousarray(x[idx]), info
 
 
 def _nearest(x: np.ndarray, centroids: np.ndarray, index=None) -> tuple[np.ndarray, np.ndarray]:
