@@ -70,7 +70,8 @@ def test_jsonl_by_file_uri_and_key():
              {"uri": "gs://b/c.wav", "caption": "by uri", "tags": ["x"]},
              {"key": "00000000000000aa", "caption": "by source hash"}]
     idx = parse_captions("\n".join(json.dumps(x) for x in lines).encode(), "c.jsonl")
-    assert idx.lookup(key="k-0000", uri="/data/a.flac").tags == ("genre: metal",)
+    assert idx.lookup(key="k-0000", uri="/data/flac/a.flac").tags == ("genre: metal",)
+    assert idx.lookup(key="k-0000", uri="/data/a.flac") is None  # 'flac/a.flac' is not a suffix
     assert idx.lookup(key="k-0000", uri="gs://b/c.wav").caption == "by uri"
     assert idx.lookup(key="00000000000000aa-0003", uri="/z.wav").caption == "by source hash"
 
@@ -82,3 +83,15 @@ def test_bad_caption_files_name_the_line():
         parse_captions(b"a,b\n1,2\n", "c.csv")
     with pytest.raises(CaptionFileError, match="unknown captions format"):
         parse_captions(b"", "c.txt")
+
+
+def test_file_paths_with_the_same_name_do_not_collide():
+    """Regression: the large corpus has battle.ogg in several games; basename matching mixed them."""
+    lines = [{"file": "audio/wesnoth/music/battle.ogg", "caption": "wesnoth"},
+             {"file": "audio/supertux/music/battle.ogg", "caption": "supertux"},
+             {"file": "battle.ogg", "caption": "bare"}]
+    idx = parse_captions("\n".join(json.dumps(x) for x in lines).encode(), "c.jsonl")
+    assert idx.lookup(key="k-0000", uri="/corpus/audio/supertux/music/battle.ogg").caption == "supertux"
+    assert idx.lookup(key="k-0000", uri="gs://b/audio/wesnoth/music/battle.ogg").caption == "wesnoth"
+    assert idx.lookup(key="k-0000", uri="/elsewhere/battle.ogg").caption == "bare"
+    assert idx.lookup(key="k-0000", uri="/x/notbattle.ogg") is None

@@ -6,9 +6,11 @@ Accepted formats (chosen by extension, `.csv` or `.jsonl`/`.json`):
   common MusicCaps download scripts produce). aspect_list becomes `tags`.
 - JSONL, one object per line, with `caption` and optional `tags` (list of strings or a dict whose
   values are joined as "name: value"), and one of: `key` (a record key or a source hash), `uri`
-  (matched exactly, then by file name) or `file` (matched by file name).
+  (matched exactly) or `file` (a relative path, matched as a suffix of the uri on whole path
+  components; the longest matching path wins, so `wesnoth/music/battle.ogg` and
+  `supertux/music/battle.ogg` do not collide).
 
-Lookup order for a record: record key, source hash, exact uri, file name, file stem.
+Lookup order for a record: record key, source hash, exact uri, file path suffix, file stem.
 """
 from __future__ import annotations
 
@@ -16,7 +18,6 @@ import ast
 import csv
 import io
 import json
-import posixpath
 from dataclasses import dataclass, field
 
 
@@ -34,20 +35,32 @@ class Caption:
 class CaptionIndex:
     by_key: dict[str, Caption] = field(default_factory=dict)
     by_uri: dict[str, Caption] = field(default_factory=dict)
-    by_name: dict[str, Caption] = field(default_factory=dict)
+    by_name: dict[str, list[tuple[tuple[str, ...], Caption]]] = field(default_factory=dict)
     by_stem: dict[str, Caption] = field(default_factory=dict)
 
     def __len__(self) -> int:
-        return len(self.by_key) + len(self.by_uri) + len(self.by_name) + len(self.by_stem)
+        return (len(self.by_key) + len(self.by_uri) + sum(len(v) for v in self.by_name.values())
+                + len(self.by_stem))
+
+    def add_file(self, relpath: str, cap: Caption) -> None:
+        parts = tuple(p for p in relpath.replace("\\", "/").split("/") if p not in ("", "."))
+        if not parts:
+            raise ValueError("empty 'file' path")
+        self.by_name.setdefault(parts[-1], []).append((parts, cap))
 
     def lookup(self, *, key: str, uri: str) -> Caption | None:
-        name = posixpath.basename(uri.replace("\\", "/"))
-        stem = name.rsplit(".", 1)[0]
-        for table, k in ((self.by_key, key), (self.by_key, key.split("-", 1)[0]),
-                         (self.by_uri, uri), (self.by_name, name), (self.by_stem, stem)):
+        uri_parts = tuple(uri.replace("\\", "/").split("/"))
+        name = uri_parts[-1]
+        for table, k in ((self.by_key, key), (self.by_key, key.split("-", 1)[0]), (self.by_uri, uri)):
             if k in table:
                 return table[k]
-        return None
+        best = None
+        for parts, cap in self.by_name.get(name, ()):
+            if uri_parts[-len(parts):] == parts and (best is None or len(parts) > len(best[0])):
+                best = (parts, cap)
+        if best is not None:
+            return best[1]
+        return self.by_stem.get(name.rsplit(".", 1)[0])
 
 
 def _tags(value) -> tuple[str, ...] | None:
@@ -94,9 +107,11 @@ def parse_jsonl(text: str, source: str = "captions.jsonl") -> CaptionIndex:
             index.by_key[obj["key"]] = cap
         elif "uri" in obj:
             index.by_uri[obj["uri"]] = cap
-            index.by_name[posixpath.basename(obj["uri"])] = cap
         elif "file" in obj:
-            index.by_name[posixpath.basename(obj["file"])] = cap
+            try:
+                index.add_file(obj["file"], cap)
+            except (ValueError, AttributeError) as e:
+                raise CaptionFileError(f"{source}:{line_no}: bad 'file': {e}") from e
         else:
             raise CaptionFileError(f"{source}:{line_no}: needs one of 'key', 'uri' or 'file'")
     return index
