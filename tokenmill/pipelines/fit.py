@@ -24,7 +24,8 @@ LOG = logging.getLogger("tokenmill")
 
 
 class SampleFrames(beam.DoFn):
-    """(key, PredictionResult[features]) → its `n` lowest-priority frames as (priority, key, vec)."""
+    """(key, PredictionResult[features]) → (priorities uint64 [n], key, features float32 [n, D])
+    for the segment's `n` lowest-priority frames: one element per segment, not per frame."""
 
     def __init__(self, n: int, seed: int):
         self.n, self.seed = n, seed
@@ -36,9 +37,49 @@ class SampleFrames(beam.DoFn):
             yield beam.pvalue.TaggedOutput(DEAD, dead_letter(result.example.uri, "semantic", feats.exc, key))
             return
         prio = frames_priority(key, feats.shape[0], self.seed)
-        take = np.argsort(prio, kind="stable")[: self.n]
-        for i in take:
-            yield int(prio[i]), key, np.asarray(feats[i], dtype=np.float32)
+        take = np.sort(np.argsort(prio, kind="stable")[: self.n])
+        yield prio[take], key, np.ascontiguousarray(feats[take], dtype=np.float32)
+
+
+class BottomK(beam.CombineFn):
+    """The `k` frames with the smallest (priority, key) over the whole corpus, vectorized.
+
+    Accumulators are numpy arrays pruned with argpartition whenever they exceed 2k rows, so a
+    worker holds at most ~3k frames whatever the corpus size. Ties (a 2^-64 event) break by key.
+    """
+
+    def __init__(self, k: int):
+        self.k = k
+
+    def create_accumulator(self):
+        return (np.empty(0, np.uint64), np.empty(0, object), None)
+
+    def _prune(self, acc, final=False):
+        prio, keys, feats = acc
+        if len(prio) > (self.k if final else 2 * self.k) or final:
+            order = np.lexsort((keys.astype(str), prio)) if len(prio) else np.empty(0, np.int64)
+            keep = order[: self.k]
+            return prio[keep], keys[keep], None if feats is None else feats[keep]
+        return acc
+
+    def _concat(self, accs):
+        accs = [a for a in accs if len(a[0])]
+        if not accs:
+            return self.create_accumulator()
+        return (np.concatenate([a[0] for a in accs]), np.concatenate([a[1] for a in accs]),
+                np.concatenate([a[2] for a in accs]))
+
+    def add_input(self, acc, element):
+        prio, key, feats = element
+        new = (prio, np.full(len(prio), key, dtype=object), feats)
+        return self._prune(self._concat([acc, new]))
+
+    def merge_accumulators(self, accs):
+        return self._prune(self._concat(list(accs)))
+
+    def extract_output(self, acc):
+        prio, keys, feats = self._prune(acc, final=True)
+        return [(int(p), str(k), f) for p, k, f in zip(prio, keys, feats)] if feats is not None else []
 
 
 def _mix(p: int) -> int:
@@ -101,7 +142,7 @@ def build_fit(p: beam.Pipeline, cfg: FitCodebookConfig, *, extractor_desc: dict)
                 | "Features" >> RunInference(handler))
     total = cfg.sample_frames + cfg.heldout_frames
     frames = features | "Sample" >> beam.ParDo(SampleFrames(total, cfg.seed)).with_outputs(DEAD, main="frames")
-    sample = frames.frames | "BottomK" >> beam.combiners.Top.Smallest(total, key=lambda e: e[0])
+    sample = frames.frames | "BottomK" >> beam.CombineGlobally(BottomK(total))
     dead = (dead_decode, frames[DEAD]) | "AllDead" >> beam.Flatten()
     return sample | "Fit" >> beam.ParDo(
         FitAndSave(cfg, extractor_desc), beam.pvalue.AsList(dead), beam.pvalue.AsSingleton(inputs))
