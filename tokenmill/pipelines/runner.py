@@ -11,13 +11,19 @@ from __future__ import annotations
 import logging
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import (
+    DirectOptions, PipelineOptions, StandardOptions, WorkerOptions,
+)
 
 EMBEDDED = ("DirectRunner", "FnApiRunner", None)
 
 
 def make_pipeline(beam_args: list[str]) -> beam.Pipeline:
     options = PipelineOptions(beam_args)
+    harness = options.view_as(WorkerOptions)
+    if harness.sdk_harness_log_level_overrides is None:
+        # Workers log Beam's INFO internals (batch statistics, gRPC) by default; keep ours only.
+        harness.sdk_harness_log_level_overrides = {"apache_beam": "WARNING"}
     runner_name = options.view_as(StandardOptions).runner
     if runner_name in EMBEDDED:
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
