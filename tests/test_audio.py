@@ -357,5 +357,11 @@ def test_mp3_with_a_damaged_frame_mid_stream_is_kept(real_audio_dir):
     dec = audio.decode(bytes(data), "damaged.mp3")
     clean = audio.decode((real_audio_dir / "asc_frontiers.mp3").read_bytes(), "clean.mp3")
     assert 0 < clean.pcm.shape[0] - dec.pcm.shape[0] <= 1152  # one frame lost, the rest kept
-    with pytest.raises(UndecodableAudio, match="last MPEG frame is cut off"):
+    with pytest.raises(UndecodableAudio, match="Xing header declares|last MPEG frame is cut off"):
         audio.decode(bytes(data[: len(data) - 300]), "cut.mp3")
+
+
+def test_mp3_frame_chain_detects_a_cut_inside_a_frame(real_audio_dir):
+    data = (real_audio_dir / "asc_frontiers.mp3").read_bytes()
+    assert not audio._mp3_ends_mid_frame(data)
+    assert audio._mp3_ends_mid_frame(data[: len(data) - 300])
