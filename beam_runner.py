@@ -44,6 +44,16 @@ def _parser() -> argparse.ArgumentParser:
                                      "failures-*.jsonl dead letters and manifest.json. Every input ends "
                                      "in the shards or in the dead letters, and the manifest reconciles.")
     opts.add_tokenize_args(tok)
+    dec = sub.add_parser("decode", help="write one record's acoustic tokens back to a WAV, for listening",
+                         description="Find KEY in the dataset's shards, rebuild the acoustic codec the "
+                                     "dataset was tokenized with (its weights hash must match the "
+                                     "manifest), decode the codes and write a WAV at the codec's rate.")
+    dec.add_argument("--dataset", required=True, metavar="DIR")
+    dec.add_argument("--key", help="record key (default: the first record of the first shard)")
+    dec.add_argument("--out", required=True, metavar="WAV")
+    dec.add_argument("--levels", type=int, help="decode only the first N levels (e.g. 4 = coarse)")
+    dec.add_argument("--acoustic_model", metavar="PATH",
+                     help="weights path, when it differs from the one recorded in the manifest")
     ver = sub.add_parser("verify", help="check a dataset directory against its manifest",
                          description="Recompute sizes, sha256 and record counts of every shard, decode "
                                      "them under the schema, compare Parquet with WebDataset record by "
@@ -85,6 +95,20 @@ def main(argv: list[str] | None = None) -> int:
                 print_summary(args.dataset, rep.manifest, verified=True)
         return 0 if rep.ok else 1
 
+    if args.command == "decode":
+        if beam_args:
+            raise SystemExit(f"decode: unknown arguments {beam_args}")
+        from tokenmill.training.listen import decode_record, first_key
+
+        import soundfile
+
+        key = args.key or first_key(args.dataset)
+        wave, sr, rec = decode_record(args.dataset, key, args.levels, args.acoustic_model)
+        soundfile.write(args.out, wave, sr, subtype="PCM_16")
+        print(f"{args.out}: {len(wave) / sr:.2f} s at {sr} Hz from record {key} ({rec.uri}, segment "
+              f"{rec.segment}, {rec.acoustic.shape[0] if args.levels is None else args.levels} levels)")
+        return 0
+
     from tokenmill.pipelines.ingest import check_inputs_match
     from tokenmill.pipelines.runner import check_beam_args, make_pipeline
 
@@ -104,15 +128,18 @@ def main(argv: list[str] | None = None) -> int:
         print_fit_summary(cfg.output, time.monotonic() - t0)
         return 0
 
-    from tokenmill.pipelines.handlers import describe_semantic
+    from tokenmill.pipelines.handlers import describe_acoustic, describe_semantic
     from tokenmill.pipelines.tokenize import build_tokenize, load_captions
 
-    cfg = opts.tokenize_config(args)
+    acoustic = opts.acoustic_config(args)
+    acoustic_desc = describe_acoustic(acoustic) if acoustic.enabled else None
+    cfg = opts.tokenize_config(args, acoustic_desc["sample_rate_hz"] if acoustic_desc else None)
     check_inputs_match(cfg.inputs)
     semantic_desc, _ = describe_semantic(cfg.semantic, cfg.codebook)
     captions = load_captions(cfg.captions) if cfg.captions else None
     with make_pipeline(beam_args) as p:
-        build_tokenize(p, cfg, semantic_desc=semantic_desc, captions=captions)
+        build_tokenize(p, cfg, semantic_desc=semantic_desc, captions=captions,
+                       acoustic_desc=acoustic_desc)
     with open(f"{cfg.output.rstrip('/')}/manifest.json") as f:
         print_summary(cfg.output, json.load(f), verified=False, elapsed_s=time.monotonic() - t0)
     return 0

@@ -11,8 +11,9 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from tokenmill.pipelines.ingest import SegmentInput
-from tokenmill.pipelines.options import SemanticConfig
+from tokenmill.pipelines.options import AcousticConfig, SemanticConfig
 from tokenmill.schemas import rates
+from tokenmill.tokenizers.codec import AcousticCodec, build_codec
 from tokenmill.tokenizers.kmeans import Codebook
 from tokenmill.tokenizers.semantic import SemanticExtractor, build_extractor
 
@@ -133,3 +134,38 @@ def describe_semantic(cfg: SemanticConfig, codebook_path: str) -> dict:
     codebook = load_codebook(codebook_path)
     return {"extractor": extractor.describe(), "codebook_id": codebook.id,
             "vocab_size": int(codebook.centroids.shape[0]), "codebook_card": codebook.card}, codebook
+
+
+class AcousticTokenHandler(ModelHandler):
+    """SegmentInput → uint16 [n_q, T_a] codes from the acoustic codec at its own sample rate."""
+
+    def __init__(self, cfg: AcousticConfig):
+        super().__init__(min_batch_size=1, max_batch_size=cfg.batch_size)
+        self.cfg = cfg
+
+    def load_model(self) -> AcousticCodec:
+        return build_codec(self.cfg.codec, **self.cfg.codec_kwargs())
+
+    def run_inference(self, batch, model: AcousticCodec, inference_args=None):
+        waves = [s.waves[model.sample_rate_hz] for s in batch]
+        try:
+            codes = model.encode_batch(waves)
+        except Exception:  # noqa: BLE001 — isolate the failing element
+            codes = []
+            for w in waves:
+                try:
+                    codes.append(model.encode(w))
+                except Exception as e:  # noqa: BLE001
+                    codes.append(Failed(e))
+        return [PredictionResult(s, c) for s, c in zip(batch, codes)]
+
+    def get_num_bytes(self, batch) -> int:
+        return sum(w.nbytes for s in batch for w in s.waves.values())
+
+    def get_metrics_namespace(self) -> str:
+        return "tokenmill_acoustic_tokens"
+
+
+def describe_acoustic(cfg: AcousticConfig) -> dict:
+    """Tokenizer entry of the manifest (builds the codec once at launch: rates, depth, hash)."""
+    return build_codec(cfg.codec, **cfg.codec_kwargs()).describe()

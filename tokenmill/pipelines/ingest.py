@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import apache_beam as beam
 import numpy as np
@@ -34,7 +34,8 @@ class SegmentInput:
     n_quanta: int
     source_sample_rate: int
     source_channels: int
-    waves: dict  # rate_hz -> float32 [n]
+    waves: dict  # rate_hz -> float32 [n]; dropped once the models that need them have run
+    tokens: dict = field(default_factory=dict)  # stream -> codes computed so far
 
     @property
     def source_hash(self) -> str:

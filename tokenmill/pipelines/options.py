@@ -24,6 +24,20 @@ class SemanticConfig:
 
 
 @dataclass(frozen=True)
+class AcousticConfig:
+    codec: str = "none"  # "none" | "soundstream" | "encodec" | "dac" | "mimi"
+    codec_config: tuple[tuple[str, object], ...] = ()  # (name, value) pairs passed to build_codec
+    batch_size: int = 4  # segments per RunInference batch
+
+    @property
+    def enabled(self) -> bool:
+        return self.codec != "none"
+
+    def codec_kwargs(self) -> dict:
+        return dict(self.codec_config)
+
+
+@dataclass(frozen=True)
 class FitCodebookConfig:
     inputs: tuple[str, ...]
     output: str  # directory that receives <kind>-<sha12>.safetensors + .json
@@ -52,6 +66,7 @@ class TokenizeConfig:
     formats: tuple[str, ...] = ("parquet", "webdataset")
     audio: AudioConfig = field(default_factory=AudioConfig)
     semantic: SemanticConfig = field(default_factory=SemanticConfig)
+    acoustic: AcousticConfig = field(default_factory=AcousticConfig)
 
     def shard_count(self, split: str) -> int:
         return self.num_valid_shards if split == "valid" else self.num_shards
@@ -90,6 +105,47 @@ def _add_semantic_args(p: argparse.ArgumentParser) -> None:
                         "baseline (default %(default)s)")
     g.add_argument("--batch_size", type=int, default=8,
                    help="segments per RunInference batch (default %(default)s)")
+
+
+ACOUSTIC_DEFAULT = "none"
+
+
+def _add_acoustic_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("acoustic tokens")
+    g.add_argument("--acoustic_codec", choices=("none", "soundstream", "encodec", "dac", "mimi"),
+                   default=ACOUSTIC_DEFAULT,
+                   help="acoustic codec: 'soundstream' is the built-in 24 kHz, 50 Hz x 12x1024 codec; "
+                        "encodec/dac/mimi load a transformers save_pretrained directory given by "
+                        "--acoustic_model; 'none' leaves the acoustic field null (default %(default)s)")
+    g.add_argument("--acoustic_model", metavar="PATH",
+                   help="weights: a save_pretrained directory (encodec/dac/mimi) or a SoundStream "
+                        ".safetensors (default: the committed built-in checkpoint)")
+    g.add_argument("--acoustic_bandwidth_kbps", type=float,
+                   help="EnCodec only: target bandwidth, which sets the number of levels")
+    g.add_argument("--acoustic_n_q", type=int, help="DAC/Mimi only: number of levels to keep")
+    g.add_argument("--acoustic_batch_size", type=int, default=4,
+                   help="segments per acoustic RunInference batch (default %(default)s)")
+
+
+def acoustic_config(args: argparse.Namespace) -> AcousticConfig:
+    kw = {}
+    if args.acoustic_model:
+        kw["path"] = args.acoustic_model
+    if args.acoustic_bandwidth_kbps is not None:
+        if args.acoustic_codec != "encodec":
+            raise SystemExit("--acoustic_bandwidth_kbps applies to --acoustic_codec encodec only")
+        kw["bandwidth_kbps"] = args.acoustic_bandwidth_kbps
+    if args.acoustic_n_q is not None:
+        if args.acoustic_codec not in ("dac", "mimi"):
+            raise SystemExit("--acoustic_n_q applies to --acoustic_codec dac or mimi only")
+        kw["n_q"] = args.acoustic_n_q
+    if args.acoustic_codec in ("encodec", "dac", "mimi") and "path" not in kw:
+        raise SystemExit(f"--acoustic_codec {args.acoustic_codec} needs --acoustic_model DIR "
+                         "(a transformers save_pretrained directory; nothing is downloaded)")
+    if args.acoustic_codec == "none" and kw:
+        raise SystemExit("--acoustic_model and friends need --acoustic_codec")
+    return AcousticConfig(codec=args.acoustic_codec, codec_config=tuple(sorted(kw.items())),
+                          batch_size=args.acoustic_batch_size)
 
 
 def _common_inputs(p: argparse.ArgumentParser) -> None:
@@ -136,6 +192,7 @@ def add_tokenize_args(p: argparse.ArgumentParser) -> None:
                    help="comma-separated shard formats (default %(default)s)")
     _add_audio_args(p)
     _add_semantic_args(p)
+    _add_acoustic_args(p)
 
 
 def audio_config(args: argparse.Namespace, target_rates_hz: tuple[int, ...]) -> AudioConfig:
@@ -158,7 +215,8 @@ def fit_codebook_config(args: argparse.Namespace) -> FitCodebookConfig:
         semantic=semantic_config(args))
 
 
-def tokenize_config(args: argparse.Namespace) -> TokenizeConfig:
+def tokenize_config(args: argparse.Namespace, acoustic_rate_hz: int | None = None) -> TokenizeConfig:
+    """`acoustic_rate_hz`: the codec's sample rate (the launcher builds the codec once to learn it)."""
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     bad = [f for f in formats if f not in ("parquet", "webdataset")]
     if bad or not formats:
@@ -170,4 +228,6 @@ def tokenize_config(args: argparse.Namespace) -> TokenizeConfig:
         inputs=tuple(args.inputs), output=args.output, codebook=args.codebook,
         captions=args.captions, num_shards=args.num_shards,
         num_valid_shards=args.num_valid_shards, valid_fraction=args.valid_fraction,
-        formats=formats, audio=audio_config(args, (16_000,)), semantic=semantic_config(args))
+        formats=formats,
+        audio=audio_config(args, (16_000,) + ((acoustic_rate_hz,) if acoustic_rate_hz else ())),
+        semantic=semantic_config(args), acoustic=acoustic_config(args))

@@ -1,7 +1,8 @@
-"""The `tokenize` job: audio files → semantic tokens → Parquet + WebDataset shards + manifest.
+"""The `tokenize` job: audio files → acoustic + semantic tokens → Parquet + WebDataset + manifest.
 
-    match ─► read/decode/segment ─► RunInference(semantic) ─► dedupe by content ─► captions, split
-                 │ dead                    │ dead                  │ dead (duplicates)      │
+    match ─► read/decode/segment ─► RunInference(acoustic) ─► RunInference(semantic) ─► dedupe
+                 │ dead                    │ dead                    │ dead         │ dead (dups)
+                 │                                                          captions, split │
                  └──────────────► failures-*.jsonl ◄──────────────┘               shards (f(key))
                                         └──────────────► manifest.json ◄─────────────┘
 
@@ -10,6 +11,7 @@ shuffling decoded audio, and exact duplicates are rare, so their wasted inferenc
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import apache_beam as beam
@@ -17,8 +19,8 @@ import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from tokenmill import __version__
-from tokenmill.pipelines.handlers import Failed, SemanticTokenHandler
-from tokenmill.pipelines.ingest import DEAD, ReadAndDecode, dead_letter
+from tokenmill.pipelines.handlers import AcousticTokenHandler, Failed, SemanticTokenHandler
+from tokenmill.pipelines.ingest import DEAD, ReadAndDecode, SegmentInput, dead_letter
 from tokenmill.pipelines.options import TokenizeConfig
 from tokenmill.pipelines.sinks import WriteShards, atomic_write, write_dead_letters
 from tokenmill.schemas import manifest as mf
@@ -33,25 +35,52 @@ class DuplicateContent(Exception):
     reason = "duplicate"
 
 
-class SplitInference(beam.DoFn):
-    """(key, PredictionResult) → (source_hash, (segment meta, codes)) or a dead letter."""
+class AttachTokens(beam.DoFn):
+    """(key, PredictionResult) → the SegmentInput with `tokens[stream]` set and the waves no later
+    model needs dropped; or a dead letter naming the stream's stage."""
+
+    def __init__(self, stream: str, keep_rates: tuple[int, ...]):
+        self.stream, self.keep_rates = stream, keep_rates
 
     def process(self, element):
         key, result = element
         seg = result.example
         if isinstance(result.inference, Failed):
-            yield beam.pvalue.TaggedOutput(DEAD, dead_letter(seg.uri, "semantic", result.inference.exc, key))
+            yield beam.pvalue.TaggedOutput(DEAD, dead_letter(seg.uri, self.stream, result.inference.exc, key))
             return
-        meta = {k: getattr(seg, k) for k in ("key", "uri", "segment", "start_s", "duration_s",
-                                              "source_sample_rate", "source_channels")}
-        yield seg.source_hash, (meta, np.asarray(result.inference, dtype=np.uint16))
+        yield dataclasses.replace(
+            seg, waves={r: w for r, w in seg.waves.items() if r in self.keep_rates},
+            tokens={**seg.tokens, self.stream: np.asarray(result.inference, dtype=np.uint16)})
 
 
-def failed_batch_letters(element):
+def by_source(seg: SegmentInput):
+    """Key a fully tokenized segment by its source hash (for dedupe), without its audio."""
+    meta = {k: getattr(seg, k) for k in ("key", "uri", "segment", "start_s", "duration_s",
+                                          "source_sample_rate", "source_channels")}
+    return seg.source_hash, (meta, seg.tokens)
+
+
+def failed_batch_letters(element, stream: str):
     """A batch that failed as a whole (e.g. out of memory): one dead letter per element."""
     batch, exc = element
     for key, seg in batch:
-        yield dead_letter(seg.uri, "semantic", exc, key)
+        yield dead_letter(seg.uri, stream, exc, key)
+
+
+class ModelStage(beam.PTransform):
+    """RunInference for one stream, with per-element and per-batch failures as dead letters."""
+
+    def __init__(self, stream: str, handler, keep_rates: tuple[int, ...]):
+        super().__init__()
+        self.stream, self.handler, self.keep_rates = stream, handler, keep_rates
+
+    def expand(self, segments):
+        main, other = (segments | "Key" >> beam.Map(lambda s: (s.key, s))
+                       | "Infer" >> RunInference(KeyedModelHandler(self.handler)).with_exception_handling())
+        out = main | "Attach" >> beam.ParDo(AttachTokens(self.stream, self.keep_rates)).with_outputs(DEAD, main="ok")
+        batch_dead = other.failed_inferences | "BatchDead" >> beam.FlatMap(failed_batch_letters, self.stream)
+        dead = (out[DEAD], batch_dead) | "Dead" >> beam.Flatten()
+        return out.ok, dead
 
 
 class DedupeAndBuild(beam.DoFn):
@@ -65,18 +94,18 @@ class DedupeAndBuild(beam.DoFn):
     def process(self, element):
         source_hash, items = element
         by_uri: dict[str, list] = {}
-        for meta, codes in items:
-            by_uri.setdefault(meta["uri"], []).append((meta, codes))
+        for meta, tokens in items:
+            by_uri.setdefault(meta["uri"], []).append((meta, tokens))
         keep, *dups = sorted(by_uri)
         for dup in dups:
             self.n_dup.inc()
             exc = DuplicateContent(f"{dup} decodes to the same audio as {keep} (content hash "
                                    f"{source_hash}); only {keep} is kept")
             yield beam.pvalue.TaggedOutput(DEAD, dead_letter(dup, "dedupe", exc))
-        for meta, codes in sorted(by_uri[keep], key=lambda mc: mc[0]["segment"]):
+        for meta, tokens in sorted(by_uri[keep], key=lambda mt: mt[0]["segment"]):
             cap = self.captions.lookup(key=meta["key"], uri=keep) if self.captions else None
             yield TrackRecord(
-                **meta, split=split_of(meta["key"], self.cfg.valid_fraction), semantic=codes,
+                **meta, split=split_of(meta["key"], self.cfg.valid_fraction), **tokens,
                 caption=cap.caption if cap else None, tags=cap.tags if cap else None)
 
 
@@ -144,21 +173,32 @@ def semantic_stream_info(vocab_size: int) -> dict:
             "dtype": "uint16", "shape": "[T_s]"}
 
 
+def acoustic_stream_info(desc: dict) -> dict:
+    keys = ("sample_rate_hz", "hop_samples", "frame_rate_hz", "n_q", "codebook_size",
+            "coarse_levels", "fine_levels")
+    return {**{k: desc[k] for k in keys}, "vocab_size": desc["codebook_size"], "dtype": "uint16",
+            "shape": "[n_q, T_a]", "frames": "ceil(duration_s * sample_rate_hz / hop_samples)"}
+
+
 def build_tokenize(p: beam.Pipeline, cfg: TokenizeConfig, *, semantic_desc: dict,
-                   captions: CaptionIndex | None) -> beam.PCollection:
+                   captions: CaptionIndex | None, acoustic_desc: dict | None = None) -> beam.PCollection:
     """Wire the job into `p`; returns the PCollection holding the written manifest."""
     segments, dead_decode, inputs = p | "Ingest" >> ReadAndDecode(cfg.inputs, cfg.audio)
-    handler = KeyedModelHandler(SemanticTokenHandler(cfg.semantic, cfg.codebook))
-    main, other = (segments | "KeyBySegment" >> beam.Map(lambda s: (s.key, s))
-                   | "Semantic" >> RunInference(handler).with_exception_handling())
-    tokens = main | "SplitFailed" >> beam.ParDo(SplitInference()).with_outputs(DEAD, main="ok")
-    dead_batches = other.failed_inferences | "BatchDead" >> beam.FlatMap(failed_batch_letters)
-    built = (tokens.ok | "BySource" >> beam.GroupByKey()
+    dead_parts = [dead_decode]
+    if acoustic_desc is not None:
+        segments, dead_a = segments | "Acoustic" >> ModelStage(
+            "acoustic", AcousticTokenHandler(cfg.acoustic), keep_rates=(rates.SEMANTIC.sample_rate_hz,))
+        dead_parts.append(dead_a)
+    segments, dead_s = segments | "Semantic" >> ModelStage(
+        "semantic", SemanticTokenHandler(cfg.semantic, cfg.codebook), keep_rates=())
+    dead_parts.append(dead_s)
+    built = (segments | "BySource" >> beam.Map(by_source) | "GroupSource" >> beam.GroupByKey()
              | "Dedupe" >> beam.ParDo(DedupeAndBuild(cfg, captions)).with_outputs(DEAD, main="records"))
+    dead_parts.append(built[DEAD])
     records = built.records
     shards = records | "Shards" >> WriteShards(cfg)
 
-    dead = ((dead_decode, tokens[DEAD], dead_batches, built[DEAD]) | "AllDead" >> beam.Flatten())
+    dead = tuple(dead_parts) | "AllDead" >> beam.Flatten()
     dead_file = (dead | "DeadList" >> beam.combiners.ToList()
                  | "WriteDead" >> beam.Map(lambda ls: (write_dead_letters(ls, cfg.output), ls)))
     status = ((records | "RecUri" >> beam.Map(lambda r: (r.uri, True)),
@@ -167,10 +207,14 @@ def build_tokenize(p: beam.Pipeline, cfg: TokenizeConfig, *, semantic_desc: dict
     accounting = status | "Account" >> beam.CombineGlobally(Accounting())
 
     streams = {"semantic": semantic_stream_info(semantic_desc["vocab_size"])}
+    tokenizers = {"semantic": semantic_desc}
+    if acoustic_desc is not None:
+        streams["acoustic"] = acoustic_stream_info(acoustic_desc)
+        tokenizers["acoustic"] = acoustic_desc
     codebooks = {"semantic": semantic_desc["codebook_id"]}
     return (p | "Once" >> beam.Create([None])
             | "Manifest" >> beam.ParDo(
-                WriteManifest(cfg, {"semantic": semantic_desc}, codebooks, streams),
+                WriteManifest(cfg, tokenizers, codebooks, streams),
                 beam.pvalue.AsList(shards), beam.pvalue.AsSingleton(dead_file),
                 beam.pvalue.AsSingleton(inputs), beam.pvalue.AsSingleton(accounting)))
 

@@ -46,6 +46,23 @@ def _records_equal(a: TrackRecord, b: TrackRecord) -> bool:
                                           for k in sa)
 
 
+def _check_acoustic(path: str, r: TrackRecord, info: dict | None) -> list[str]:
+    """The acoustic field is present iff the manifest declares the stream, with its depth and
+    ceil(duration * rate / hop) frames (T_a = 2 T_s for a 50 Hz codec)."""
+    if info is None:
+        return [] if r.acoustic is None else [f"{path}: record {r.key} has acoustic codes but the "
+                                              "manifest declares no acoustic stream"]
+    if r.acoustic is None:
+        return [f"{path}: record {r.key} lacks the acoustic stream the manifest declares"]
+    n = round(r.duration_s * info["sample_rate_hz"])
+    want = (info["n_q"], -(-n // info["hop_samples"]))
+    if r.acoustic.shape != want:
+        return [f"{path}: record {r.key} has acoustic codes {r.acoustic.shape}, expected {want}"]
+    if r.acoustic.size and int(r.acoustic.max()) >= info["codebook_size"]:
+        return [f"{path}: record {r.key} has acoustic codes >= codebook size {info['codebook_size']}"]
+    return []
+
+
 def verify_dataset(root: str, *, keep_records: bool = False) -> VerifyReport:
     rep = VerifyReport(root)
     mpath = os.path.join(root, MANIFEST_NAME)
@@ -109,6 +126,7 @@ def verify_dataset(root: str, *, keep_records: bool = False) -> VerifyReport:
             if r.semantic.shape[0] != round(r.duration_s * 25):
                 rep.problems.append(f"{path}: record {r.key} has {r.semantic.shape[0]} semantic "
                                     f"tokens for {r.duration_s} s (expected 25 per second)")
+            rep.problems += _check_acoustic(path, r, manifest["streams"].get("acoustic"))
 
     formats = sorted(by_format)
     for a, b in zip(formats, formats[1:]):
