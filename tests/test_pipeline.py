@@ -169,3 +169,46 @@ def test_fit_sample_does_not_depend_on_the_runner(real_audio_dir, codebook_dir, 
     (b,) = sorted(out.glob("semantic-*.safetensors"))
     assert a.name == b.name and a.read_bytes() == b.read_bytes()
     assert (codebook_dir / (a.stem + ".json")).read_bytes() == (out / (b.stem + ".json")).read_bytes()
+
+
+@pytest.fixture(scope="module")
+def tiny_encodec(tmp_path_factory):
+    """A randomly initialised EnCodec (24 kHz, 75 Hz) saved with save_pretrained: the real
+    from_pretrained path, and a frame rate that is not 50 Hz."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    model = transformers.EncodecModel(transformers.EncodecConfig(
+        num_filters=4, hidden_size=8, num_lstm_layers=1, codebook_size=1024)).eval()
+    out = tmp_path_factory.mktemp("encodec")
+    model.save_pretrained(out)
+    transformers.EncodecFeatureExtractor(feature_size=1, sampling_rate=24_000).save_pretrained(out)
+    return out
+
+
+def test_acoustic_stream_from_a_75hz_codec_round_trips_and_decodes(real_audio_dir, codebook_dir,
+                                                                   tiny_encodec, tmp_path):
+    from tokenmill.tokenizers.codec import build_codec
+    from tokenmill.training.listen import decode_record
+
+    ds = tokenize(real_audio_dir, codebook_dir, tmp_path / "ds", "--acoustic_codec", "encodec",
+                  "--acoustic_model", str(tiny_encodec), "--acoustic_bandwidth_kbps", "6")
+    rep = verify_dataset(str(ds), keep_records=True)
+    assert rep.ok, rep.problems
+    info = rep.manifest["streams"]["acoustic"]
+    assert info["frame_rate_hz"] == 75.0 and info["hop_samples"] == 320 and info["coarse_levels"] == [1, 2, 3, 4]
+    codec = build_codec("encodec", path=str(tiny_encodec), bandwidth_kbps=6)
+    cfg = audio.AudioConfig(target_rates_hz=(16_000, 24_000), max_segment_s=MAX_SEGMENT_S)
+    rec = rep.records["parquet"][0]
+    seg = next(s for s in audio.prepare(Path(rec.uri).read_bytes(), rec.uri, cfg) if s.key == rec.key)
+    assert np.array_equal(rec.acoustic, codec.encode(seg.waves[24_000]))  # pipeline == pure kernel
+    assert rec.acoustic.shape == (codec.n_q, round(rec.duration_s * 75))
+    wave, sr, _ = decode_record(str(ds), rec.key)
+    assert sr == 24_000 and np.allclose(wave, codec.decode(rec.acoustic), atol=1e-6)
+    out = tmp_path / "x.wav"
+    assert beam_runner.main(["decode", "--dataset", str(ds), "--key", rec.key, "--out", str(out)]) == 0
+    import soundfile
+
+    back, sr2 = soundfile.read(out, dtype="float32")
+    assert sr2 == 24_000 and len(back) == len(wave)
