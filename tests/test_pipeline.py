@@ -181,6 +181,11 @@ def tiny_encodec(tmp_path_factory):
     torch.manual_seed(0)
     model = transformers.EncodecModel(transformers.EncodecConfig(
         num_filters=4, hidden_size=8, num_lstm_layers=1, codebook_size=1024)).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # HF initialises codebooks to zeros (every code 0): give them entries
+        scale = model.encoder(torch.randn(1, 1, 9600, generator=g) * 0.1).std().item()
+        for i, layer in enumerate(model.quantizer.layers):
+            layer.codebook.embed.copy_(torch.randn(layer.codebook.embed.shape, generator=g) * scale * 0.7 ** i)
     out = tmp_path_factory.mktemp("encodec")
     model.save_pretrained(out)
     transformers.EncodecFeatureExtractor(feature_size=1, sampling_rate=24_000).save_pretrained(out)
@@ -203,6 +208,7 @@ def test_acoustic_stream_from_a_75hz_codec_round_trips_and_decodes(real_audio_di
     rec = rep.records["parquet"][0]
     seg = next(s for s in audio.prepare(Path(rec.uri).read_bytes(), rec.uri, cfg) if s.key == rec.key)
     assert np.array_equal(rec.acoustic, codec.encode(seg.waves[24_000]))  # pipeline == pure kernel
+    assert len(np.unique(rec.acoustic[0])) > 10  # codes carry information
     assert rec.acoustic.shape == (codec.n_q, round(rec.duration_s * 75))
     wave, sr, _ = decode_record(str(ds), rec.key)
     assert sr == 24_000 and np.allclose(wave, codec.decode(rec.acoustic), atol=1e-6)

@@ -25,6 +25,21 @@ class Failed:
     exc: BaseException
 
 
+def per_element(run_batch, run_one, items: list) -> list:
+    """Run a batch; if it raises, run the items one by one so only the failing ones become
+    `Failed` (and then dead letters) instead of the whole batch."""
+    try:
+        return list(run_batch(items))
+    except Exception:  # noqa: BLE001 — isolate the failing element
+        out = []
+        for item in items:
+            try:
+                out.append(run_one(item))
+            except Exception as e:  # noqa: BLE001
+                out.append(Failed(e))
+        return out
+
+
 def resolve_codebook_path(path: str) -> str:
     """A .safetensors/.json path, or a directory holding exactly one semantic codebook."""
     if path.endswith(".json"):
@@ -60,16 +75,7 @@ class _SemanticBase(ModelHandler):
 
     def _extract(self, extractor: SemanticExtractor, batch: Sequence[SegmentInput]) -> list[Any]:
         waves = [s.waves[rates.SEMANTIC.sample_rate_hz] for s in batch]
-        try:
-            return list(extractor.extract_batch(waves))
-        except Exception:  # noqa: BLE001 — retry one by one to isolate the failing element
-            out = []
-            for w in waves:
-                try:
-                    out.append(extractor.extract(w))
-                except Exception as e:  # noqa: BLE001
-                    out.append(Failed(e))
-            return out
+        return per_element(extractor.extract_batch, extractor.extract, waves)
 
     def get_num_bytes(self, batch: Sequence[SegmentInput]) -> int:
         return sum(w.nbytes for s in batch for w in s.waves.values())
@@ -148,15 +154,7 @@ class AcousticTokenHandler(ModelHandler):
 
     def run_inference(self, batch, model: AcousticCodec, inference_args=None):
         waves = [s.waves[model.sample_rate_hz] for s in batch]
-        try:
-            codes = model.encode_batch(waves)
-        except Exception:  # noqa: BLE001 — isolate the failing element
-            codes = []
-            for w in waves:
-                try:
-                    codes.append(model.encode(w))
-                except Exception as e:  # noqa: BLE001
-                    codes.append(Failed(e))
+        codes = per_element(model.encode_batch, model.encode, waves)
         return [PredictionResult(s, c) for s, c in zip(batch, codes)]
 
     def get_num_bytes(self, batch) -> int:

@@ -9,8 +9,8 @@ model config; the manifest records them (`describe()`), so nothing downstream as
            n_q = floor(kbps·1000 / (frame_rate · log2(codebook_size))); 24 kHz: 1.5/3/6/12/24 kbps
            → 2/4/8/16/32 levels at 75 Hz (hop = prod(upsampling_ratios) = 320).
   dac      DacModel. n_q = `n_q` (default: config.n_codebooks); hop = config.hop_length.
-  mimi     MimiModel. n_q = `num_quantizers` (default: config.num_quantizers); 12.5 Hz at 24 kHz
-           (hop = config.frame_size = 1920). Level 1 is Mimi's semantic (distilled) codebook.
+  mimi     MimiModel. n_q = `n_q` or `num_quantizers` (default: config.num_quantizers); 12.5 Hz
+           at 24 kHz (hop = config.frame_size = 1920). Level 1 is Mimi's semantic codebook.
 
 Frame count contract (codec.py: T = ceil(n / hop)), measured on transformers 5.24:
   encodec  causal convs pad the tail themselves: model.encode gives ceil(n/hop) frames for any n,
@@ -38,7 +38,12 @@ from typing import Any
 
 import numpy as np
 
-from tokenmill.tokenizers.codec import AcousticCodec, CodecError, register_codec, sha256_of_files
+from tokenmill.tokenizers.codec import (
+    AcousticCodec,
+    CodecError,
+    register_codec,
+    sha256_of_files,
+)
 
 _ADAPTER_TYPES = {"encodec": "encodec", "dac": "dac", "mimi": "mimi"}  # model_type → codec name
 
@@ -91,10 +96,12 @@ class _HFCodec(AcousticCodec):
     model_type: str
     _model_cls: str  # attribute of the transformers package
 
-    def __init__(self, path: Any = None, device: str = "cpu") -> None:
+    def __init__(self, path: Any = None, device: str = "cpu", **unknown: Any) -> None:
         import torch
         import transformers
 
+        if unknown:
+            raise CodecError(f"{self.name}: unknown option(s) {', '.join(sorted(unknown))}")
         self.device = _resolve_device(self.name, device)
         d, weights = _read_checkpoint_dir(self.name, self.model_type, path)
         try:
@@ -115,9 +122,10 @@ class _HFCodec(AcousticCodec):
             sr = json.loads(f.read_text()).get("sampling_rate")
         except (OSError, ValueError, AttributeError) as e:
             raise CodecError(f"{self.name}: cannot read {str(f)!r}: {e}") from e
-        if sr is not None and int(sr) != self.sample_rate_hz:
+        model_sr = int(self.hf_config.sampling_rate)
+        if sr is not None and int(sr) != model_sr:
             raise CodecError(f"{self.name}: {str(f)!r} says sampling_rate {sr} but config.json "
-                             f"says {self.sample_rate_hz}")
+                             f"says {model_sr}")
 
     # --- tensor plumbing -------------------------------------------------------------------
     def _wave_tensor(self, wave: np.ndarray):
@@ -133,7 +141,7 @@ class _HFCodec(AcousticCodec):
         return torch.from_numpy(np.ascontiguousarray(codes, dtype=np.int64)).to(self.device)
 
     def _fit_frames(self, codes, n_samples: int) -> np.ndarray:
-        """[n_q, T'] tensor → int64 [n_q, ceil(n/hop)] array; a mismatch means the model broke the
+        """[n_q, T] tensor → int64 array, checked to be [n_q, ceil(n/hop)]; a mismatch means the model broke the
         contract we measured, so fail loudly rather than invent frames."""
         out = codes.detach().cpu().numpy().astype(np.int64)
         want = self.n_frames(n_samples)
@@ -185,8 +193,9 @@ class EncodecCodec(_HFCodec):
     model_type = "encodec"
     _model_cls = "EncodecModel"
 
-    def __init__(self, path: Any = None, bandwidth_kbps: float = 6.0, device: str = "cpu") -> None:
-        super().__init__(path=path, device=device)
+    def __init__(self, path: Any = None, bandwidth_kbps: float = 6.0, device: str = "cpu",
+                 **unknown: Any) -> None:
+        super().__init__(path=path, device=device, **unknown)
         c = self.hf_config
         if int(c.audio_channels) != 1 or c.chunk_length_s is not None:
             raise CodecError(f"encodec: only mono, unchunked EnCodec (the 24 kHz model) is supported; "
@@ -235,8 +244,9 @@ class DacCodec(_HFCodec):
     model_type = "dac"
     _model_cls = "DacModel"
 
-    def __init__(self, path: Any = None, n_q: int | None = None, device: str = "cpu") -> None:
-        super().__init__(path=path, device=device)
+    def __init__(self, path: Any = None, n_q: int | None = None, device: str = "cpu",
+                 **unknown: Any) -> None:
+        super().__init__(path=path, device=device, **unknown)
         c = self.hf_config
         total = int(c.n_codebooks)
         n_q = total if n_q is None else int(n_q)
@@ -268,19 +278,23 @@ class DacCodec(_HFCodec):
 
 @register_codec("mimi")
 class MimiCodec(_HFCodec):
-    """Kyutai Mimi (24 kHz, 12.5 Hz). `num_quantizers` levels (default: config.num_quantizers)."""
+    """Kyutai Mimi (24 kHz, 12.5 Hz). `n_q` (alias `num_quantizers`) levels, default all."""
 
     name = "mimi"
     model_type = "mimi"
     _model_cls = "MimiModel"
 
-    def __init__(self, path: Any = None, num_quantizers: int | None = None, device: str = "cpu") -> None:
-        super().__init__(path=path, device=device)
+    def __init__(self, path: Any = None, n_q: int | None = None, device: str = "cpu",
+                 num_quantizers: int | None = None, **unknown: Any) -> None:
+        super().__init__(path=path, device=device, **unknown)
         c = self.hf_config
+        if n_q is not None and num_quantizers is not None and int(n_q) != int(num_quantizers):
+            raise CodecError(f"mimi: n_q={n_q} and num_quantizers={num_quantizers} disagree")
+        n_q = n_q if n_q is not None else num_quantizers  # num_quantizers: Mimi's own name
         total, sem = int(c.num_quantizers), int(c.num_semantic_quantizers)
-        n_q = total if num_quantizers is None else int(num_quantizers)
+        n_q = total if n_q is None else int(n_q)
         if not max(1, sem) <= n_q <= total:
-            raise CodecError(f"mimi: num_quantizers={n_q} outside {max(1, sem)}..{total} "
+            raise CodecError(f"mimi: n_q={n_q} outside {max(1, sem)}..{total} "
                              f"(the first {sem} are semantic and always encoded)")
         self.n_q = n_q
         self.sample_rate_hz = int(c.sampling_rate)
