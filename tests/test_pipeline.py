@@ -172,7 +172,7 @@ def test_fit_sample_does_not_depend_on_the_runner(real_audio_dir, codebook_dir, 
 
 
 @pytest.fixture(scope="module")
-def tiny_encodec(tmp_path_factory):
+def tiny_encodec(tmp_path_factory, real_audio_dir):
     """A randomly initialised EnCodec (24 kHz, 75 Hz) saved with save_pretrained: the real
     from_pretrained path, and a frame rate that is not 50 Hz."""
     import torch
@@ -181,11 +181,17 @@ def tiny_encodec(tmp_path_factory):
     torch.manual_seed(0)
     model = transformers.EncodecModel(transformers.EncodecConfig(
         num_filters=4, hidden_size=8, num_lstm_layers=1, codebook_size=1024)).eval()
+    import soundfile
+    import soxr
+
     g = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # HF initialises codebooks to zeros (every code 0): give them entries
-        scale = model.encoder(torch.randn(1, 1, 9600, generator=g) * 0.1).std().item()
-        for i, layer in enumerate(model.quantizer.layers):
-            layer.codebook.embed.copy_(torch.randn(layer.codebook.embed.shape, generator=g) * scale * 0.7 ** i)
+    wave, sr = soundfile.read(real_audio_dir / "score_bach_bwv66_6.wav", dtype="float32")
+    with torch.no_grad():  # HF initialises codebooks to zeros (every code 0): seed them from
+        lat = model.encoder(torch.from_numpy(soxr.resample(wave, sr, 24_000))[None, None])[0].T  # [T, D]
+        for i, layer in enumerate(model.quantizer.layers):  # latents of real music, as k-means would
+            pick = lat[torch.randint(len(lat), (layer.codebook.embed.shape[0],), generator=g)]
+            noise = torch.randn(layer.codebook.embed.shape, generator=g) * lat.std()
+            layer.codebook.embed.copy_(pick + 0.05 * noise if i == 0 else 0.3 * 0.7 ** i * noise)
     out = tmp_path_factory.mktemp("encodec")
     model.save_pretrained(out)
     transformers.EncodecFeatureExtractor(feature_size=1, sampling_rate=24_000).save_pretrained(out)
