@@ -224,3 +224,23 @@ def test_acoustic_stream_from_a_75hz_codec_round_trips_and_decodes(real_audio_di
 
     back, sr2 = soundfile.read(out, dtype="float32")
     assert sr2 == 24_000 and len(back) == len(wave)
+
+
+def test_builtin_soundstream_stream_is_aligned_with_semantic(real_audio_dir, codebook_dir, tmp_path):
+    """The default codec: T_a = 2 T_s at 50 Hz x 12 levels, equal to the pure codec on each segment."""
+    from tokenmill.tokenizers.codec import build_codec
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("score_bach_bwv66_6.wav", "asc_frontiers.mp3"):
+        shutil.copy(real_audio_dir / name, src / name)
+    ds = tokenize(src, codebook_dir, tmp_path / "ds", "--acoustic_codec", "soundstream")
+    rep = verify_dataset(str(ds), keep_records=True)
+    assert rep.ok, rep.problems
+    codec = build_codec("soundstream")
+    assert rep.manifest["tokenizers"]["acoustic"]["weights_sha256"] == codec.weights_sha256
+    cfg = audio.AudioConfig(target_rates_hz=(16_000, 24_000), max_segment_s=MAX_SEGMENT_S)
+    for rec in rep.records["webdataset"]:
+        assert rec.acoustic.shape == (12, 2 * rec.semantic.shape[0])
+        seg = next(s for s in audio.prepare(Path(rec.uri).read_bytes(), rec.uri, cfg) if s.key == rec.key)
+        assert np.array_equal(rec.acoustic, codec.encode(seg.waves[24_000]))
