@@ -150,6 +150,10 @@ class AcousticTokenHandler(ModelHandler):
         self.cfg = cfg
 
     def load_model(self) -> AcousticCodec:
+        if self.cfg.torch_threads:
+            import torch
+
+            torch.set_num_threads(self.cfg.torch_threads)  # this worker process only
         return build_codec(self.cfg.codec, **self.cfg.codec_kwargs())
 
     def run_inference(self, batch, model: AcousticCodec, inference_args=None):

@@ -28,6 +28,7 @@ class AcousticConfig:
     codec: str = "none"  # "none" | "soundstream" | "encodec" | "dac" | "mimi"
     codec_config: tuple[tuple[str, object], ...] = ()  # (name, value) pairs passed to build_codec
     batch_size: int = 4  # segments per RunInference batch
+    torch_threads: int = 0  # per worker process; 0 = torch's default (all cores)
 
     @property
     def enabled(self) -> bool:
@@ -125,6 +126,9 @@ def _add_acoustic_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--acoustic_n_q", type=int, help="DAC/Mimi only: number of levels to keep")
     g.add_argument("--acoustic_batch_size", type=int, default=4,
                    help="segments per acoustic RunInference batch (default %(default)s)")
+    g.add_argument("--torch_threads", type=int, default=0,
+                   help="torch threads per worker process for the codec; with N worker processes on "
+                        "C cores use C/N to avoid oversubscription (default 0: torch's default)")
 
 
 def acoustic_config(args: argparse.Namespace) -> AcousticConfig:
@@ -144,8 +148,10 @@ def acoustic_config(args: argparse.Namespace) -> AcousticConfig:
                          "(a transformers save_pretrained directory; nothing is downloaded)")
     if args.acoustic_codec == "none" and kw:
         raise SystemExit("--acoustic_model and friends need --acoustic_codec")
+    if args.torch_threads < 0:
+        raise SystemExit("--torch_threads must be >= 0")
     return AcousticConfig(codec=args.acoustic_codec, codec_config=tuple(sorted(kw.items())),
-                          batch_size=args.acoustic_batch_size)
+                          batch_size=args.acoustic_batch_size, torch_threads=args.torch_threads)
 
 
 def _common_inputs(p: argparse.ArgumentParser) -> None:
