@@ -4,6 +4,7 @@
     python beam_runner.py fit-codebook --input 'audio/*.flac' --output codebooks/
     python beam_runner.py tokenize --input 'audio/*.flac' --codebook codebooks/ --output dataset/
     python beam_runner.py verify dataset/
+    python beam_runner.py decode --dataset dataset/ --out listen.wav
 
 Options this tool does not know are Beam pipeline options, passed through unchanged:
 --runner (default: the embedded local runner), --direct_running_mode=multi_processing,
@@ -38,8 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     opts.add_fit_codebook_args(fit)
     tok = sub.add_parser("tokenize", epilog=EPILOG, allow_abbrev=False,
                          help="tokenize audio into Parquet + WebDataset shards with a manifest",
-                         description="Match, decode, resample and segment the inputs; compute semantic "
-                                     "tokens with the codebook; dedupe by content; join captions; split "
+                         description="Match, decode, resample and segment the inputs; compute acoustic "
+                                     "tokens with the codec (--acoustic_codec) and semantic tokens "
+                                     "with the codebook; dedupe by content; join captions; split "
                                      "train/valid by content hash; write deterministic shards, "
                                      "failures-*.jsonl dead letters and manifest.json. Every input ends "
                                      "in the shards or in the dead letters, and the manifest reconciles.")
