@@ -22,7 +22,8 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# The main job on the bundled real audio, embedded Beam runner, local files, built-in tokenizers.
+# The main job on the bundled real audio, embedded Beam runner, local files, built-in tokenizers
+# (spectral semantic features + k-means, built-in SoundStream); ends by decoding one record to a WAV.
 # The bundled audio is 2.6 min (~3.9k frames): too few for k=1024 (FAISS wants >= 39 frames per
 # centroid), so the demo fits k=64. Real corpora use the default --num_clusters 1024.
 demo: setup
@@ -33,6 +34,7 @@ demo: setup
 		--captions tests/data/captions.jsonl --output $(DEMO)/dataset --num_shards 2 \
 		--valid_fraction 0.2
 	$(BIN)/python beam_runner.py verify $(DEMO)/dataset
+	$(BIN)/python beam_runner.py decode --dataset $(DEMO)/dataset --out $(DEMO)/decoded.wav
 
 test: setup
 	$(BIN)/python -m pytest

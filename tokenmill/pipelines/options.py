@@ -25,7 +25,7 @@ class SemanticConfig:
 
 @dataclass(frozen=True)
 class AcousticConfig:
-    codec: str = "none"  # "none" | "soundstream" | "encodec" | "dac" | "mimi"
+    codec: str = "soundstream"  # "none" | "soundstream" | "encodec" | "dac" | "mimi"
     codec_config: tuple[tuple[str, object], ...] = ()  # (name, value) pairs passed to build_codec
     batch_size: int = 4  # segments per RunInference batch
     torch_threads: int = 0  # per worker process; 0 = torch's default (all cores)
@@ -108,7 +108,7 @@ def _add_semantic_args(p: argparse.ArgumentParser) -> None:
                    help="segments per RunInference batch (default %(default)s)")
 
 
-ACOUSTIC_DEFAULT = "none"
+ACOUSTIC_DEFAULT = "soundstream"  # the built-in codec with its committed checkpoint
 
 
 def _add_acoustic_args(p: argparse.ArgumentParser) -> None:

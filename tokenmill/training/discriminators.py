@@ -24,7 +24,7 @@ class DiscConfig:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "DiscConfig":
+    def from_json(cls, text: str) -> DiscConfig:
         return cls(**json.loads(text))
 
 
