@@ -349,20 +349,7 @@ class Codebook:
         elif path.suffix == ".json":
             path = path.with_suffix(".safetensors")
         card_path = path.with_suffix(".json")
-        for p in (path, card_path):
-            if not p.is_file():
-                raise CodebookError(f"codebook file {p} is missing")
-        from safetensors import safe_open
-        try:
-            with safe_open(str(path), framework="numpy") as f:
-                meta = f.metadata() or {}
-                centroids = f.get_tensor("centroids")
-        except Exception as e:  # corrupt header, missing tensor, truncated file
-            raise CodebookError(f"cannot read codebook {path}: {e}") from e
-        try:
-            card = json.loads(card_path.read_text("utf-8"))
-        except ValueError as e:
-            raise CodebookError(f"cannot parse codebook card {card_path}: {e}") from e
+        centroids, meta, card = _read_artifact(path, card_path, "centroids", "codebook")
         if centroids.dtype != np.float32 or centroids.ndim != 2:
             raise CodebookError(f"{path}: 'centroids' must be float32 [k, D], got {centroids.dtype} {centroids.shape}")
         kind = meta.get("kind", card.get("kind", "semantic"))
@@ -376,17 +363,36 @@ class Codebook:
         return cls(centroids, card)
 
 
-def _safetensors_bytes(centroids: np.ndarray, metadata: dict) -> bytes:
-    """Deterministic safetensors serialization of one F32 tensor "centroids".
+def _safetensors_bytes(array: np.ndarray, metadata: dict, name: str = "centroids") -> bytes:
+    """Deterministic safetensors serialization of one F32 tensor `name` (shared with rvq.py).
 
     safetensors' own writer emits ``__metadata__`` in hash-map order, which changes from run
     to run; this writes the same format with sorted keys, the header padded to 8 bytes."""
-    data = np.ascontiguousarray(centroids, dtype="<f4").tobytes()
+    data = np.ascontiguousarray(array, dtype="<f4").tobytes()
     header = {"__metadata__": metadata,
-              "centroids": {"dtype": "F32", "shape": list(centroids.shape), "data_offsets": [0, len(data)]}}
+              name: {"dtype": "F32", "shape": list(array.shape), "data_offsets": [0, len(data)]}}
     head = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
     head += b" " * (-len(head) % 8)
     return len(head).to_bytes(8, "little") + head + data
+
+
+def _read_artifact(path: Path, card_path: Path, tensor: str, what: str) -> tuple[np.ndarray, dict, dict]:
+    """(tensor, safetensors metadata, card) of a codebook artifact pair, with errors naming the file."""
+    for p in (path, card_path):
+        if not p.is_file():
+            raise CodebookError(f"{what} file {p} is missing")
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+            array = f.get_tensor(tensor)
+    except Exception as e:  # corrupt header, missing tensor, truncated file
+        raise CodebookError(f"cannot read {what} {path}: {e}") from e
+    try:
+        card = json.loads(card_path.read_text("utf-8"))
+    except ValueError as e:
+        raise CodebookError(f"cannot parse {what} card {card_path}: {e}") from e
+    return array, meta, card
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -58,6 +58,8 @@ from tokenmill.tokenizers.kmeans import (
     MIN_POINTS_PER_CENTROID,
     CodebookError,
     _atomic_write,
+    _read_artifact,
+    _safetensors_bytes,
     _check_vectors,
     _row_sqnorms,
     fit_kmeans,
@@ -150,7 +152,7 @@ class RVQCodebook:
         directory.mkdir(parents=True, exist_ok=True)
         cid = self.id
         card = dict(self.card, id=cid, kind=self.kind)
-        blob = _safetensors_bytes(self.codebooks, {"id": cid, "kind": self.kind})
+        blob = _safetensors_bytes(self.codebooks, {"id": cid, "kind": self.kind}, name="codebooks")
         text = json.dumps(card, sort_keys=True, indent=1, allow_nan=False) + "\n"
         path = directory / f"{cid}.safetensors"
         _atomic_write(path, blob)
@@ -168,20 +170,7 @@ class RVQCodebook:
         elif path.suffix == ".json":
             path = path.with_suffix(".safetensors")
         card_path = path.with_suffix(".json")
-        for p in (path, card_path):
-            if not p.is_file():
-                raise CodebookError(f"RVQ codebook file {p} is missing")
-        from safetensors import safe_open
-        try:
-            with safe_open(str(path), framework="numpy") as f:
-                meta = f.metadata() or {}
-                cbs = f.get_tensor("codebooks")
-        except Exception as e:  # corrupt header, missing tensor, truncated file
-            raise CodebookError(f"cannot read RVQ codebook {path}: {e}") from e
-        try:
-            card = json.loads(card_path.read_text("utf-8"))
-        except ValueError as e:
-            raise CodebookError(f"cannot parse RVQ codebook card {card_path}: {e}") from e
+        cbs, meta, card = _read_artifact(path, card_path, "codebooks", "RVQ codebook")
         cbs = _check_codebooks(cbs)
         kind = meta.get("kind", card.get("kind", "mulan"))
         actual = rvq_content_id(cbs, kind)
@@ -329,12 +318,4 @@ def _fit_codebooks(x_train, n_stages, k, nbits, seed, n_iter, method, kind):
     return cbs, params
 
 
-def _safetensors_bytes(codebooks: np.ndarray, metadata: dict) -> bytes:
-    """Deterministic safetensors bytes of one F32 tensor "codebooks" (sorted-key header, 8-byte pad)."""
-    data = np.ascontiguousarray(codebooks, dtype="<f4").tobytes()
-    header = {"__metadata__": metadata,
-              "codebooks": {"dtype": "F32", "shape": list(codebooks.shape), "data_offsets": [0, len(data)]}}
-    head = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
-    head += b" " * (-len(head) % 8)
-    return len(head).to_bytes(8, "little") + head + data
 
