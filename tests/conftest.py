@@ -80,3 +80,17 @@ def bad_inputs(tmp_path_factory, real_audio_dir) -> dict[str, tuple[Path, str | 
         path.write_bytes(data)
         out[name] = (path, reason)
     return out
+
+
+# ---- torch ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """One torch thread for a test module: tiny models gain nothing from two, and lose seconds to
+    spinning on a loaded 2-core machine. Use with pytestmark = pytest.mark.usefixtures(...)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -19,14 +19,7 @@ from tokenmill.training.losses import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: tiny models gain nothing from two, and lose seconds to spinning on a
-    loaded 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 TINY_ARGS = TrainArgs(batch=2, crop_min_s=0.2, crop_max_s=0.3, vq_start=1, disc_start=2)

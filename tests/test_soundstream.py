@@ -22,14 +22,7 @@ from tokenmill.tokenizers.soundstream import (
 from tokenmill.training.losses import mel_distance
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: tiny models gain nothing from two, and lose seconds to spinning on a
-    loaded 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 TINY = SoundStreamConfig(channels=2, latent_dim=4, codebook_size=8, weight_norm=True)
