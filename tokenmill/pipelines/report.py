@@ -63,7 +63,7 @@ def print_fit_summary(output: str, elapsed_s: float) -> None:
     if not cards:
         print(f"no codebook card found in {out}")
         return
-    # The newest fit is the one whose card lists the most recent inputs; with several cards, show all.
+    # A directory can hold several fits (refits keep their parents): show every card.
     for path in sorted(cards):
         with FileSystems.open(path) as f:
             card = json.loads(f.read())

@@ -341,25 +341,12 @@ class Codebook:
     @classmethod
     def load(cls, path, id: str | None = None) -> "Codebook":
         """Load from ``<id>.safetensors``, ``<id>.json``, or ``(directory, id)``; verify the hash."""
-        path = Path(path)
-        if path.is_dir():
-            if id is None:
-                raise CodebookError(f"{path} is a directory; pass the codebook id too")
-            path = path / f"{id}.safetensors"
-        elif path.suffix == ".json":
-            path = path.with_suffix(".safetensors")
-        card_path = path.with_suffix(".json")
-        centroids, meta, card = _read_artifact(path, card_path, "centroids", "codebook")
-        if centroids.dtype != np.float32 or centroids.ndim != 2:
-            raise CodebookError(f"{path}: 'centroids' must be float32 [k, D], got {centroids.dtype} {centroids.shape}")
-        kind = meta.get("kind", card.get("kind", "semantic"))
-        actual = content_id(centroids, kind)
-        for claimed, where in ((meta.get("id"), path), (card.get("id"), card_path),
-                               (id, "the requested id")):
-            if claimed is not None and claimed != actual:
-                raise CodebookError(f"codebook {where} claims id {claimed} but its centroids hash to "
-                                    f"{actual} ({path}): the file was modified or mismatched")
-        card.setdefault("kind", kind)
+        def check(c: np.ndarray) -> np.ndarray:
+            if c.dtype != np.float32 or c.ndim != 2:
+                raise CodebookError(f"{path}: 'centroids' must be float32 [k, D], got {c.dtype} {c.shape}")
+            return c
+
+        centroids, card = _read_artifact(path, id, "centroids", "codebook", "semantic", check, content_id)
         return cls(centroids, card)
 
 
@@ -376,8 +363,21 @@ def _safetensors_bytes(array: np.ndarray, metadata: dict, name: str = "centroids
     return len(head).to_bytes(8, "little") + head + data
 
 
-def _read_artifact(path: Path, card_path: Path, tensor: str, what: str) -> tuple[np.ndarray, dict, dict]:
-    """(tensor, safetensors metadata, card) of a codebook artifact pair, with errors naming the file."""
+def _read_artifact(path, id: str | None, tensor: str, what: str, default_kind: str,
+                   check, id_of) -> tuple[np.ndarray, dict]:
+    """(tensor, card) of a codebook artifact pair (k-means and RVQ share it).
+
+    `path` is ``<id>.safetensors``, ``<id>.json`` or a directory (then `id` is required). `check`
+    validates the tensor; `id_of(tensor, kind)` recomputes the content id, which must equal every
+    id claimed by the safetensors metadata, the card and the caller. Errors name the file."""
+    path = Path(path)
+    if path.is_dir():
+        if id is None:
+            raise CodebookError(f"{path} is a directory; pass the {what} id too")
+        path = path / f"{id}.safetensors"
+    elif path.suffix == ".json":
+        path = path.with_suffix(".safetensors")
+    card_path = path.with_suffix(".json")
     for p in (path, card_path):
         if not p.is_file():
             raise CodebookError(f"{what} file {p} is missing")
@@ -392,7 +392,15 @@ def _read_artifact(path: Path, card_path: Path, tensor: str, what: str) -> tuple
         card = json.loads(card_path.read_text("utf-8"))
     except ValueError as e:
         raise CodebookError(f"cannot parse {what} card {card_path}: {e}") from e
-    return array, meta, card
+    array = check(array)
+    kind = meta.get("kind", card.get("kind", default_kind))
+    actual = id_of(array, kind)
+    for claimed, where in ((meta.get("id"), path), (card.get("id"), card_path), (id, "the requested id")):
+        if claimed is not None and claimed != actual:
+            raise CodebookError(f"{what} {where} claims id {claimed} but its {tensor} hash to "
+                                f"{actual} ({path}): the file was modified or mismatched")
+    card.setdefault("kind", kind)
+    return array, card
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -162,23 +162,8 @@ class RVQCodebook:
     @classmethod
     def load(cls, path, id: str | None = None) -> RVQCodebook:
         """Load from ``<id>.safetensors``, ``<id>.json`` or ``(directory, id)``; verify the hash."""
-        path = Path(path)
-        if path.is_dir():
-            if id is None:
-                raise CodebookError(f"{path} is a directory; pass the codebook id too")
-            path = path / f"{id}.safetensors"
-        elif path.suffix == ".json":
-            path = path.with_suffix(".safetensors")
-        card_path = path.with_suffix(".json")
-        cbs, meta, card = _read_artifact(path, card_path, "codebooks", "RVQ codebook")
-        cbs = _check_codebooks(cbs)
-        kind = meta.get("kind", card.get("kind", "mulan"))
-        actual = rvq_content_id(cbs, kind)
-        for claimed, where in ((meta.get("id"), path), (card.get("id"), card_path), (id, "the requested id")):
-            if claimed is not None and claimed != actual:
-                raise CodebookError(f"RVQ codebook {where} claims id {claimed} but its codebooks hash to "
-                                    f"{actual} ({path}): the file was modified or mismatched")
-        card.setdefault("kind", kind)
+        cbs, card = _read_artifact(path, id, "codebooks", "RVQ codebook", "mulan",
+                                   _check_codebooks, rvq_content_id)
         return cls(cbs, card)
 
 
