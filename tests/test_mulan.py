@@ -129,8 +129,8 @@ def test_crop_tokens_equal_direct_mean_then_encode(rvq128):
 
 # ---- CLAP adapter ----------------------------------------------------------------------------
 
-def _save_tiny_clap(d, fused: bool = False):
-    """A tiny random CLAP (HTSAT depths [1, 1], 1-layer RoBERTa, projection_dim 128), with an
+def _save_tiny_clap(d, fused: bool = False, dim: int = 128):
+    """A tiny random CLAP (HTSAT depths [1, 1], 1-layer RoBERTa, projection_dim `dim`), with an
     offline byte-level BPE tokenizer (45 tokens, no merges) in a ClapProcessor, saved together."""
     import torch
     import transformers
@@ -139,10 +139,10 @@ def _save_tiny_clap(d, fused: bool = False):
     fusion = {"enable_fusion": True, "fusion_type": "aff_2d"} if fused else {}
     cfg = transformers.ClapConfig(
         audio_config={"depths": [1, 1], "num_attention_heads": [2, 2], "patch_embeds_hidden_size": 8,
-                      "hidden_size": 16, "projection_dim": 128, **fusion},
+                      "hidden_size": 16, "projection_dim": dim, **fusion},
         text_config={"vocab_size": 64, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
-                     "intermediate_size": 32, "max_position_embeddings": 40, "projection_dim": 128},
-        projection_dim=128)
+                     "intermediate_size": 32, "max_position_embeddings": 40, "projection_dim": dim},
+        projection_dim=dim)
     model = transformers.ClapModel(cfg).eval()
     vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 4}
     for c in "abcdefghijklmnopqrstuvwxyz0123456789Ġ,.-":    # Ġ: byte-level BPE's space

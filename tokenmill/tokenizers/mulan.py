@@ -33,6 +33,13 @@ windows averaged are those that hear the most of the crop: the w < W maximizing 
 The chosen windows are averaged, the mean is L2-normalized (text embeddings are unit-norm and
 the RVQ is fit on unit-norm windows; the mean of unit vectors is shorter), then RVQ-encoded.
 ``segment_tokens`` is the crop [0, end) of the whole segment.
+
+RVQ ↔ model. An RVQ is only meaningful for the model whose windows it was fitted on.
+``load_codebook_for(model, codebook)`` resolves the artifact (None: the model's packaged one;
+only the packaged built-in weights have one) and ``check_codebook`` refuses another dimension, or
+other weights when the card records them (``fit-codebook --stream mulan`` writes
+``card.sources.mulan = model.describe()``). ``load_text_tokenizer(model, path, codebook)`` gives
+trainers (and ``beam_runner.py embed-text``) the text → M_T callable, with no Beam import.
 """
 from __future__ import annotations
 
@@ -87,6 +94,7 @@ class MulanModel(abc.ABC):
     stride_s: int = rates.MULAN_STRIDE_S
     weights_sha256: str | None = None
     batch_size: int = 8
+    default_codebook: Path | None = None  # the packaged RVQ fitted on these exact weights, if any
 
     @abc.abstractmethod
     def _embed_windows(self, windows: np.ndarray) -> np.ndarray:
@@ -96,20 +104,39 @@ class MulanModel(abc.ABC):
     def _embed_text(self, texts: list[str]) -> np.ndarray:
         """list of B strings → float32 [B, dim]."""
 
-    def embed_audio_windows(self, wave: np.ndarray) -> np.ndarray:
-        """Mono float32 [n] at `sample_rate_hz` → float32 [W, dim], L2-normalized (module docstring)."""
+    def _check_wave(self, wave: np.ndarray) -> np.ndarray:
         wave = np.asarray(wave)
         if wave.ndim != 1 or wave.size == 0:
             raise MulanError(f"{self.name}: expected a non-empty mono wave [n], got shape {wave.shape}")
         if not np.issubdtype(wave.dtype, np.floating):
             raise MulanError(f"{self.name}: expected float samples in [-1, 1], got {wave.dtype}")
-        windows = cut_windows(np.ascontiguousarray(wave, dtype=np.float32), self.sample_rate_hz)
-        parts = [np.asarray(self._embed_windows(windows[i:i + self.batch_size]), dtype=np.float32)
-                 for i in range(0, windows.shape[0], self.batch_size)]
-        out = np.concatenate(parts, axis=0)
-        if out.shape != (windows.shape[0], self.dim):
-            raise MulanError(f"{self.name}: gave embeddings {out.shape}, expected {(windows.shape[0], self.dim)}")
-        return _l2n(out)
+        return np.ascontiguousarray(wave, dtype=np.float32)
+
+    def embed_audio_windows(self, wave: np.ndarray) -> np.ndarray:
+        """Mono float32 [n] at `sample_rate_hz` → float32 [W, dim], L2-normalized (module docstring)."""
+        return self.embed_audio_windows_batch([wave])[0]
+
+    def embed_audio_windows_batch(self, waves: list[np.ndarray]) -> list[np.ndarray]:
+        """Several mono waves → one float32 [W_i, dim] per wave. The windows of all waves share
+        forward passes of `batch_size` windows (short tracks have one window each, so batching
+        across tracks is what fills a batch), and are cut lazily: memory holds `batch_size`
+        windows, not all W (a 300 s segment at 48 kHz has 291 windows = 0.56 GB of float32)."""
+        checked = [self._check_wave(w) for w in waves]
+        jobs = [(i, a, b) for i, w in enumerate(checked) for a, b in window_spans(w.shape[0], self.sample_rate_hz)]
+        win_samples = self.window_s * self.sample_rate_hz
+        parts = []
+        for j in range(0, len(jobs), self.batch_size):
+            chunk = jobs[j:j + self.batch_size]
+            buf = np.zeros((len(chunk), win_samples), dtype=np.float32)  # zero padding past the end
+            for row, (i, a, b) in enumerate(chunk):
+                seg = checked[i][a:min(b, checked[i].shape[0])]
+                buf[row, :seg.shape[0]] = seg
+            parts.append(np.asarray(self._embed_windows(buf), dtype=np.float32))
+        out = np.concatenate(parts, axis=0) if parts else np.zeros((0, self.dim), np.float32)
+        if out.shape != (len(jobs), self.dim):
+            raise MulanError(f"{self.name}: gave embeddings {out.shape}, expected {(len(jobs), self.dim)}")
+        counts = [len(window_spans(w.shape[0], self.sample_rate_hz)) for w in checked]
+        return np.split(_l2n(out), np.cumsum(counts)[:-1]) if checked else []
 
     def embed_text(self, texts: list[str]) -> np.ndarray:
         """list of B captions → float32 [B, dim], L2-normalized, in the audio windows' space."""
@@ -179,6 +206,110 @@ def text_tokens(model: MulanModel, rvq, texts: list[str]) -> np.ndarray:
     return rvq.encode(model.embed_text(texts))
 
 
+# ---- the RVQ that goes with a model, and text tokens for trainers -----------------------------
+
+FIT_HINT = ("fit one on this model's window embeddings first: beam_runner.py fit-codebook --stream mulan "
+            "--mulan_model {name}{path} --input 'AUDIO_GLOB' --output DIR, then pass --mulan_codebook DIR")
+
+
+def fit_hint(model: MulanModel | str, path: Any = None) -> str:
+    """The fit-codebook command line that makes the missing or mismatched RVQ for `model`."""
+    name = model if isinstance(model, str) else model.name
+    if path is None and not isinstance(model, str):
+        path = getattr(model, "path", None)
+    return FIT_HINT.format(name=name, path=f" --mulan_path {path}" if path is not None else "")
+
+
+def resolve_rvq_path(codebook: Any) -> Path:
+    """A local RVQ artifact: ``<id>.safetensors``, its ``.json`` card, or a directory holding
+    exactly one ``mulan-*.safetensors``."""
+    p = Path(codebook)
+    if p.suffix == ".json":
+        p = p.with_suffix(".safetensors")
+    if p.is_dir():
+        found = sorted(p.glob("mulan-*.safetensors"))
+        if len(found) != 1:
+            raise MulanError(f"MuLan codebook {p}: expected exactly one mulan-*.safetensors there, found "
+                             f"{len(found)} ({', '.join(f.name for f in found) or 'none'}); pass the file itself")
+        p = found[0]
+    if not p.is_file():
+        raise MulanError(f"MuLan codebook {p} does not exist; pass the .safetensors written by "
+                         "`beam_runner.py fit-codebook --stream mulan`, or its directory")
+    return p
+
+
+def check_codebook(model: MulanModel, rvq, source: Any = None) -> None:
+    """Refuse an RVQ that cannot quantize `model`'s embeddings: another dimension, or (when its
+    card records the model it was fitted on) other weights; the tokens would silently mean
+    nothing. `source` names the file in the message."""
+    where = f" ({source})" if source is not None else ""
+    if rvq.dim != model.dim:
+        raise MulanError(f"MuLan RVQ {rvq.id}{where} is {rvq.dim}-d but MuLan model {model.name!r} embeds in "
+                         f"{model.dim}-d; {fit_hint(model)}")
+    fitted = (rvq.card.get("sources") or {}).get("mulan") if isinstance(rvq.card, dict) else None
+    if isinstance(fitted, dict) and (fitted.get("name"), fitted.get("weights_sha256")) != (
+            model.name, model.weights_sha256):
+        raise MulanError(
+            f"MuLan RVQ {rvq.id}{where} was fitted on model {fitted.get('name')!r} with weights sha256 "
+            f"{str(fitted.get('weights_sha256'))[:12]}…, but the model given is {model.name!r} with "
+            f"{str(model.weights_sha256)[:12]}…; {fit_hint(model)}")
+
+
+def load_codebook_for(model: MulanModel, codebook: Any = None):
+    """The RVQCodebook for `model`: `codebook` (file or directory), or the model's packaged one
+    when `codebook` is None (only the packaged default built-in has one). Checked against the model."""
+    from tokenmill.tokenizers.rvq import RVQCodebook
+
+    if codebook is None:
+        if model.default_codebook is None:
+            raise MulanError(f"MuLan model {model.name!r} has no packaged RVQ codebook (only the packaged "
+                             f"default built-in model has one); {fit_hint(model)}")
+        if not Path(model.default_codebook).is_file():
+            raise MulanError(f"the packaged MuLan RVQ codebook {model.default_codebook} is missing: reinstall "
+                             f"tokenmill, or {fit_hint(model)}")
+        path = Path(model.default_codebook)
+    else:
+        path = resolve_rvq_path(codebook)
+    rvq = RVQCodebook.load(path)
+    check_codebook(model, rvq, path)
+    return rvq
+
+
+class TextTokenizer:
+    """Captions → MuLan text tokens M_T, uint16 [B, n_stages]: the same model and RVQ as a
+    dataset's audio tokens (check `describe()` against the manifest's tokenizers.mulan)."""
+
+    def __init__(self, model: MulanModel, rvq):
+        check_codebook(model, rvq)
+        self.model, self.rvq = model, rvq
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        return text_tokens(self.model, self.rvq, texts)
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": self.model.describe(), "codebook_id": self.rvq.id,
+                "n_stages": self.rvq.n_stages, "k": self.rvq.k, "dim": self.rvq.dim}
+
+
+def load_text_tokenizer(model: str = "mulan", path: Any = None, codebook: Any = None,
+                        **config: Any) -> TextTokenizer:
+    """Build the MuLan model (`build_mulan(model, path=path, **config)`; path None = packaged
+    default for 'mulan') and its RVQ (`codebook`: file or directory; None = the packaged one, for
+    the packaged default model only). No Beam: trainers and `beam_runner.py embed-text` use it."""
+    kw = dict(config)
+    if path is not None:
+        kw["path"] = path
+    m = build_mulan(model, **kw)
+    return TextTokenizer(m, load_codebook_for(m, codebook))
+
+
+def embed_text_tokens(texts: list[str], *, model: str = "mulan", path: Any = None,
+                      codebook: Any = None, **config: Any) -> np.ndarray:
+    """One-shot: uint16 [B, n_stages] text tokens (loads the model each call; keep a
+    `load_text_tokenizer(...)` for repeated use)."""
+    return load_text_tokenizer(model, path, codebook, **config)(texts)
+
+
 # ---- registry ----------------------------------------------------------------------------------
 
 _REGISTRY: dict[str, Callable[..., MulanModel]] = {}
@@ -193,13 +324,20 @@ def register_mulan(name: str) -> Callable:
     return deco
 
 
+def _import_backends() -> None:
+    import tokenmill.tokenizers.mulan_builtin  # noqa: F401  (registers 'mulan'; imports torch)
+
+
 def known_mulan() -> list[str]:
+    _import_backends()
     return sorted(_REGISTRY)
 
 
 def build_mulan(name: str, **config: Any) -> MulanModel:
     """Build a MuLan back-end by name: 'clap' (adapter; `path` = a transformers save_pretrained
-    directory holding the model and its processor). The built-in model registers as 'mulan'."""
+    directory holding the model and its processor), 'mulan' (built-in; `path` = a weights file,
+    default the packaged one)."""
+    _import_backends()
     if name not in _REGISTRY:
         raise MulanError(f"unknown MuLan model {name!r}; known: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name](**config)
@@ -245,7 +383,7 @@ class ClapMulan(MulanModel):
         except (OSError, ValueError, RuntimeError, TypeError) as e:
             raise MulanError(f"clap: loading {d} failed ({e}); it needs the model and the ClapProcessor "
                              "files (preprocessor_config.json, tokenizer files) from save_pretrained") from e
-        self.device, self.batch_size = device, int(batch_size)
+        self.device, self.batch_size, self.path = device, int(batch_size), d
         self.weights_sha256 = sha256_of_files(weights)
         self.max_text_tokens = max_text_tokens
         fe = self.processor.feature_extractor
