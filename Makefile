@@ -23,9 +23,12 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 # The main job on the bundled real audio, embedded Beam runner, local files, built-in tokenizers
-# (spectral semantic features + k-means, built-in SoundStream); ends by decoding one record to a WAV.
+# (spectral semantic features + k-means, built-in SoundStream, built-in MuLan with its packaged
+# weights and packaged RVQ: the tokenize defaults), so the shards hold all three streams; ends by
+# decoding one record to a WAV and printing the MuLan text tokens of two captions.
 # The bundled audio is 2.6 min (~3.9k frames): too few for k=1024 (FAISS wants >= 39 frames per
-# centroid), so the demo fits k=64. Real corpora use the default --num_clusters 1024.
+# centroid), so the demo fits k=64. Real corpora use the default --num_clusters 1024. (Its 83
+# MuLan windows are far too few for a 12 x 1024 RVQ, hence the packaged one.)
 demo: setup
 	rm -rf $(DEMO)
 	$(BIN)/python beam_runner.py fit-codebook --input '$(AUDIO)' --output $(DEMO)/codebooks \
@@ -35,6 +38,7 @@ demo: setup
 		--valid_fraction 0.2
 	$(BIN)/python beam_runner.py verify $(DEMO)/dataset
 	$(BIN)/python beam_runner.py decode --dataset $(DEMO)/dataset --out $(DEMO)/decoded.wav
+	$(BIN)/python beam_runner.py embed-text "a calm solo piano piece" "fast rock drums and distorted guitar"
 
 test: setup
 	$(BIN)/python -m pytest

@@ -5,6 +5,8 @@
     python beam_runner.py tokenize --input 'audio/*.flac' --codebook codebooks/ --output dataset/
     python beam_runner.py verify dataset/
     python beam_runner.py decode --dataset dataset/ --out listen.wav
+    python beam_runner.py embed-text "a calm piano piece" "fast drums"
+    python beam_runner.py fit-codebook --stream mulan --input 'audio/*.flac' --output codebooks/
 
 Options this tool does not know are Beam pipeline options, passed through unchanged:
 --runner (default: the embedded local runner), --direct_running_mode=multi_processing,
@@ -13,6 +15,7 @@ Options this tool does not know are Beam pipeline options, passed through unchan
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -31,17 +34,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     fit = sub.add_parser("fit-codebook", epilog=EPILOG, allow_abbrev=False,
-                         help="fit the semantic k-means codebook on a deterministic sample of frames",
+                         help="fit the semantic k-means codebook, or (--stream mulan) the MuLan RVQ",
                          description="Decode the inputs, extract semantic features, draw a "
-                                     "deterministic sample of frames and fit a FAISS k-means codebook. "
-                                     "Writes <kind>-<sha12>.safetensors + a JSON card (sample, "
-                                     "held-out MSE, usage entropy, dead codes) and the fit's dead letters.")
+                                     "deterministic sample of frames and fit a FAISS k-means codebook; or, "
+                                     "with --stream mulan, embed 10 s windows with the MuLan model, draw a "
+                                     "deterministic sample of windows and fit a residual VQ (12 x 1024 by "
+                                     "default). Writes <kind>-<sha12>.safetensors + a JSON card (sample, "
+                                     "model, held-out MSE, usage entropy, dead codes) and the fit's dead letters.")
     opts.add_fit_codebook_args(fit)
     tok = sub.add_parser("tokenize", epilog=EPILOG, allow_abbrev=False,
                          help="tokenize audio into Parquet + WebDataset shards with a manifest",
                          description="Match, decode, resample and segment the inputs; compute acoustic "
-                                     "tokens with the codec (--acoustic_codec) and semantic tokens "
-                                     "with the codebook; dedupe by content; join captions; split "
+                                     "tokens with the codec (--acoustic_codec), MuLan window embeddings "
+                                     "and tokens with the MuLan model and its RVQ (--mulan_model), and "
+                                     "semantic tokens with the codebook; dedupe by content; join captions; split "
                                      "train/valid by content hash; write deterministic shards, "
                                      "failures-*.jsonl dead letters and manifest.json. Every input ends "
                                      "in the shards or in the dead letters, and the manifest reconciles.")
@@ -56,6 +62,17 @@ def _parser() -> argparse.ArgumentParser:
     dec.add_argument("--levels", type=int, help="decode only the first N levels (e.g. 4 = coarse)")
     dec.add_argument("--acoustic_model", metavar="PATH",
                      help="weights path, when it differs from the one recorded in the manifest")
+    emb = sub.add_parser("embed-text", help="print the MuLan text tokens (M_T) of captions",
+                         description="Embed each TEXT with the MuLan model's text tower and quantize it "
+                                     "with the RVQ that quantizes the audio windows, so the tokens are "
+                                     "the ones a text-to-music model is conditioned on. Prints one line "
+                                     "per text: the text, a tab, its tokens separated by spaces (or JSON "
+                                     "lines with --json). Trainers: tokenmill.tokenizers.mulan."
+                                     "load_text_tokenizer(model, path, codebook) returns the same callable.")
+    emb.add_argument("texts", nargs="+", metavar="TEXT")
+    opts.add_embed_text_args(emb)
+    emb.add_argument("--json", action="store_true",
+                     help='one JSON object per line: {"text", "tokens", "codebook_id", "model"}')
     ver = sub.add_parser("verify", help="check a dataset directory against its manifest",
                          description="Recompute sizes, sha256 and record counts of every shard, decode "
                                      "them under the schema, compare Parquet with WebDataset record by "
@@ -97,6 +114,11 @@ def main(argv: list[str] | None = None) -> int:
                 print_summary(args.dataset, rep.manifest, verified=True)
         return 0 if rep.ok else 1
 
+    if args.command == "embed-text":
+        if beam_args:
+            raise SystemExit(f"embed-text: unknown arguments {beam_args}")
+        return _embed_text(args)
+
     if args.command == "decode":
         if beam_args:
             raise SystemExit(f"decode: unknown arguments {beam_args}")
@@ -118,6 +140,18 @@ def main(argv: list[str] | None = None) -> int:
     check_beam_args(beam_args, [o for a in sub._actions for o in a.option_strings])  # noqa: SLF001
 
     t0 = time.monotonic()
+    if args.command == "fit-codebook" and args.stream == "mulan":
+        from tokenmill.pipelines.mulan import build_fit_mulan, build_model
+
+        cfg = opts.fit_codebook_config(args)
+        check_inputs_match(cfg.inputs)
+        with _mulan_errors():
+            desc = build_model(cfg.mulan).describe()
+        cfg = opts.fit_codebook_config(args, mulan_rate_hz=desc["sample_rate_hz"])
+        with make_pipeline(beam_args) as p:
+            build_fit_mulan(p, cfg, mulan_desc=desc)
+        print_fit_summary(cfg.output, time.monotonic() - t0, kind="mulan")
+        return 0
     if args.command == "fit-codebook":
         from tokenmill.pipelines.fit import build_fit
         from tokenmill.tokenizers.semantic import build_extractor
@@ -131,19 +165,56 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from tokenmill.pipelines.handlers import describe_acoustic, describe_semantic
+    from tokenmill.pipelines.mulan import describe_mulan
     from tokenmill.pipelines.tokenize import build_tokenize, load_captions
 
     acoustic = opts.acoustic_config(args)
+    mulan = opts.mulan_config(args)  # flag checks before any model loads
     acoustic_desc = describe_acoustic(acoustic) if acoustic.enabled else None
-    cfg = opts.tokenize_config(args, acoustic_desc["sample_rate_hz"] if acoustic_desc else None)
+    a_rate = acoustic_desc["sample_rate_hz"] if acoustic_desc else None
+    cfg = opts.tokenize_config(args, a_rate)
     check_inputs_match(cfg.inputs)
     semantic_desc, _ = describe_semantic(cfg.semantic, cfg.codebook)
+    mulan_desc = None
+    if mulan.enabled:
+        with _mulan_errors():
+            mulan_desc = describe_mulan(mulan)
+        cfg = opts.tokenize_config(args, a_rate, mulan_desc["model"]["sample_rate_hz"])
     captions = load_captions(cfg.captions) if cfg.captions else None
     with make_pipeline(beam_args) as p:
         build_tokenize(p, cfg, semantic_desc=semantic_desc, captions=captions,
-                       acoustic_desc=acoustic_desc)
+                       acoustic_desc=acoustic_desc, mulan_desc=mulan_desc)
     with open(f"{cfg.output.rstrip('/')}/manifest.json") as f:
         print_summary(cfg.output, json.load(f), verified=False, elapsed_s=time.monotonic() - t0)
+    return 0
+
+
+@contextlib.contextmanager
+def _mulan_errors():
+    """A MuLan model or RVQ that cannot be loaded, or that do not fit together, stops the command
+    with its fix-it message before any job starts (no traceback)."""
+    from tokenmill.tokenizers.kmeans import CodebookError
+    from tokenmill.tokenizers.mulan import MulanError
+
+    try:
+        yield
+    except (MulanError, CodebookError) as e:
+        raise SystemExit(f"error: {e}") from e
+
+
+def _embed_text(args) -> int:
+    from tokenmill.tokenizers.mulan import load_text_tokenizer
+
+    with _mulan_errors():
+        tok = load_text_tokenizer(args.mulan_model, args.mulan_path, args.mulan_codebook,
+                                  batch_size=args.mulan_batch_size)
+        codes = tok(list(args.texts))
+    for text, row in zip(args.texts, codes):
+        if args.json:
+            print(json.dumps({"text": text, "tokens": row.tolist(), "codebook_id": tok.rvq.id,
+                              "model": tok.model.name}, ensure_ascii=False))
+        else:
+            print(f"{text}\t{' '.join(str(int(t)) for t in row)}")
     return 0
 
 

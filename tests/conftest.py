@@ -94,3 +94,30 @@ def torch_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+# ---- MuLan -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def small_mulan_weights(tmp_path_factory) -> Path:
+    """A small randomly initialised built-in MuLan (conv channels 16, 16; text head 32), saved as
+    a weights file for build_mulan('mulan', path=...). Its per-band mel statistics are those of a
+    real clip, so different music gives visibly different (if meaningless) embeddings. Recorded
+    MiniLM hash: the installed one (hashed directly; the text tower loads only when used)."""
+    import soundfile
+    import soxr
+    import torch
+
+    from tokenmill.tokenizers.codec import sha256_of_files
+    from tokenmill.tokenizers.mulan_builtin import MulanNet, MulanNetConfig, minilm_dir, save_mulan
+
+    wave, sr = soundfile.read(DATA_DIR / "audio" / "score_bach_bwv66_6.wav", dtype="float32")
+    wave = soxr.resample(wave.mean(axis=1) if wave.ndim == 2 else wave, sr, 16_000).astype(np.float32)
+    torch.manual_seed(0)
+    net = MulanNet(MulanNetConfig(channels=(16, 16), text_hidden=32)).eval()
+    with torch.no_grad():
+        mel = net.logmel(torch.from_numpy(wave)[None])[0]        # [n_mels, T]
+        net.mel_mean.copy_(mel.mean(dim=1, keepdim=True))
+        net.mel_std.copy_(mel.std(dim=1, keepdim=True).clamp(min=1e-3))
+    path = tmp_path_factory.mktemp("mulan_small") / "mulan-small.safetensors"
+    return save_mulan(net, path, sha256_of_files([minilm_dir() / "model.safetensors"]))

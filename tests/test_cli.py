@@ -15,7 +15,11 @@ def test_help_explains_every_command():
     out = subprocess.run([sys.executable, str(ROOT / "beam_runner.py"), "tokenize", "--help"],
                          capture_output=True, text=True, check=True).stdout
     for text in ("--codebook", "--captions", "--num_shards", "dead letters", "Beam options",
-                 "--direct_running_mode"):
+                 "--direct_running_mode", "--mulan_model", "--mulan_codebook", "fit-codebook --stream mulan"):
+        assert text in out
+    out = subprocess.run([sys.executable, str(ROOT / "beam_runner.py"), "embed-text", "--help"],
+                         capture_output=True, text=True, check=True).stdout
+    for text in ("TEXT", "--json", "--mulan_path", "load_text_tokenizer"):
         assert text in out
 
 

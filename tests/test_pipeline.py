@@ -48,6 +48,8 @@ def tokenize(corpus, codebook_dir, out, *extra):
             "--num_shards", "3", "--valid_fraction", "0.25", "--max_segment_s", str(MAX_SEGMENT_S), *extra]
     if "--acoustic_codec" not in extra:
         args += ["--acoustic_codec", "none"]  # the codec's own tests below; keep the rest fast
+    if not any(a.startswith("--mulan_") for a in extra):
+        args += ["--mulan_model", "none"]  # the MuLan stream's tests: test_pipeline_mulan.py
     assert beam_runner.main(args) == 0
     return out
 

@@ -25,16 +25,17 @@ LOG = logging.getLogger("tokenmill")
 
 class SampleFrames(beam.DoFn):
     """(key, PredictionResult[features]) → (priorities uint64 [n], key, features float32 [n, D])
-    for the segment's `n` lowest-priority frames: one element per segment, not per frame."""
+    for the segment's `n` lowest-priority frames: one element per segment, not per frame. The rows
+    may be semantic frames or MuLan windows (pipelines/mulan.py)."""
 
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed = n, seed
+    def __init__(self, n: int, seed: int, stage: str = "semantic"):
+        self.n, self.seed, self.stage = n, seed, stage  # stage: the dead letters' stage name
 
     def process(self, element):
         key, result = element
         feats = result.inference
         if isinstance(feats, Failed):
-            yield beam.pvalue.TaggedOutput(DEAD, dead_letter(result.example.uri, "semantic", feats.exc, key))
+            yield beam.pvalue.TaggedOutput(DEAD, dead_letter(result.example.uri, self.stage, feats.exc, key))
             return
         prio = frames_priority(key, feats.shape[0], self.seed)
         take = np.sort(np.argsort(prio, kind="stable")[: self.n])

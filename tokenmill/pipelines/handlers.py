@@ -40,32 +40,39 @@ def per_element(run_batch, run_one, items: list) -> list:
         return out
 
 
-def resolve_codebook_path(path: str) -> str:
-    """A .safetensors/.json path, or a directory holding exactly one semantic codebook."""
+def resolve_codebook_path(path: str, kind: str = "semantic", flag: str = "--codebook") -> str:
+    """A .safetensors/.json path, or a directory holding exactly one `<kind>-*.safetensors`."""
     if path.endswith(".json"):
         path = path[: -len(".json")] + ".safetensors"
     if path.endswith(".safetensors"):
         if not FileSystems.exists(path):
-            raise FileNotFoundError(f"codebook {path} does not exist; run fit-codebook first")
+            raise FileNotFoundError(f"codebook {path} does not exist; run fit-codebook"
+                                    f"{'' if kind == 'semantic' else ' --stream ' + kind} first")
         return path
-    found = [m.path for m in FileSystems.match([FileSystems.join(path, "semantic-*.safetensors")])[0].metadata_list]
+    found = [m.path for m in FileSystems.match([FileSystems.join(path, f"{kind}-*.safetensors")])[0].metadata_list]
     if len(found) != 1:
         raise FileNotFoundError(
-            f"--codebook {path}: expected exactly one semantic-*.safetensors there, found "
+            f"{flag} {path}: expected exactly one {kind}-*.safetensors there, found "
             f"{len(found)} ({', '.join(sorted(found)) or 'none'}); pass the file itself")
     return found[0]
 
 
-def load_codebook(path: str) -> Codebook:
-    """Load through Beam FileSystems (gs://, s3://, local) into a local temp copy when remote."""
-    path = resolve_codebook_path(path)
+def local_codebook_path(path: str, kind: str = "semantic", flag: str = "--codebook") -> str:
+    """Resolve through Beam FileSystems (gs://, s3://, local); remote artifacts (the .safetensors
+    and its .json card) are copied to a local temp directory first."""
+    path = resolve_codebook_path(path, kind, flag)
     if os.path.exists(path):
-        return Codebook.load(path)
+        return path
     tmp = tempfile.mkdtemp(prefix="tokenmill-codebook-")
     for src in (path, path[: -len(".safetensors")] + ".json"):
         with FileSystems.open(src) as f, open(os.path.join(tmp, os.path.basename(src)), "wb") as out:
             out.write(f.read())
-    return Codebook.load(os.path.join(tmp, os.path.basename(path)))
+    return os.path.join(tmp, os.path.basename(path))
+
+
+def load_codebook(path: str) -> Codebook:
+    """The semantic codebook at `path` (see local_codebook_path)."""
+    return Codebook.load(local_codebook_path(path))
 
 
 class _SemanticBase(ModelHandler):

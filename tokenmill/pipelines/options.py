@@ -38,18 +38,42 @@ class AcousticConfig:
         return dict(self.codec_config)
 
 
+MULAN_MODELS = ("none", "mulan", "clap")
+
+
+@dataclass(frozen=True)
+class MulanConfig:
+    model: str = "mulan"  # "none" | "mulan" (built-in, 16 kHz, 128-d) | "clap" (adapter, its own rate/dim)
+    path: str | None = None  # mulan: weights .safetensors; clap: save_pretrained dir; None = packaged built-in
+    codebook: str | None = None  # RVQ artifact file or directory; None = the packaged default model's RVQ
+    batch_size: int = 16  # windows per forward pass, and segments per RunInference batch
+    torch_threads: int = 0  # per worker process; 0 = torch's default
+
+    @property
+    def enabled(self) -> bool:
+        return self.model != "none"
+
+    def model_kwargs(self) -> dict:
+        return {"batch_size": self.batch_size, **({"path": self.path} if self.path is not None else {})}
+
+
 @dataclass(frozen=True)
 class FitCodebookConfig:
     inputs: tuple[str, ...]
     output: str  # directory that receives <kind>-<sha12>.safetensors + .json
-    num_clusters: int = 1024
-    sample_frames: int = 200_000  # frames drawn for the fit (deterministic: smallest hash priorities)
+    stream: str = "semantic"  # "semantic": k-means over feature frames; "mulan": RVQ over MuLan windows
+    num_clusters: int = 1024  # k (semantic) or entries per RVQ stage (mulan)
+    sample_frames: int = 200_000  # semantic frames drawn for the fit (deterministic: smallest hash priorities)
     heldout_frames: int = 20_000  # frames drawn beside them for the held-out MSE
-    n_iter: int = 25
+    n_iter: int = 25  # Lloyd iterations (semantic 25; mulan 10 per stage, rvq.py's measured setting)
     seed: int = 0
     use_gpu: bool = False
+    num_stages: int = 12  # mulan: RVQ stages (tokens per crop)
+    max_windows: int = 200_000  # mulan: 10 s windows drawn for the fit, same sampling as frames
+    heldout_windows: int = 20_000  # mulan: windows drawn beside them for the held-out MSE
     audio: AudioConfig = field(default_factory=AudioConfig)
     semantic: SemanticConfig = field(default_factory=SemanticConfig)
+    mulan: MulanConfig | None = None  # stream "mulan" only
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -68,6 +92,7 @@ class TokenizeConfig:
     audio: AudioConfig = field(default_factory=AudioConfig)
     semantic: SemanticConfig = field(default_factory=SemanticConfig)
     acoustic: AcousticConfig = field(default_factory=AcousticConfig)
+    mulan: MulanConfig = field(default_factory=lambda: MulanConfig(model="none"))
 
     def shard_count(self, split: str) -> int:
         return self.num_valid_shards if split == "valid" else self.num_shards
@@ -127,7 +152,7 @@ def _add_acoustic_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--acoustic_batch_size", type=int, default=4,
                    help="segments per acoustic RunInference batch (default %(default)s)")
     g.add_argument("--torch_threads", type=int, default=0,
-                   help="torch threads per worker process for the codec; with N worker processes on "
+                   help="torch threads per worker process for the codec and MuLan; with N worker processes on "
                         "C cores use C/N to avoid oversubscription (default 0: torch's default)")
 
 
@@ -154,6 +179,52 @@ def acoustic_config(args: argparse.Namespace) -> AcousticConfig:
                           batch_size=args.acoustic_batch_size, torch_threads=args.torch_threads)
 
 
+def _add_mulan_args(p: argparse.ArgumentParser, *, with_none: bool = True, default: str = "mulan") -> None:
+    g = p.add_argument_group("MuLan (text/audio embedding) stream")
+    g.add_argument("--mulan_model", choices=MULAN_MODELS if with_none else MULAN_MODELS[1:], default=default,
+                   help="'mulan': the built-in MuLan (16 kHz, 128-d; packaged weights and RVQ); 'clap': "
+                        "a transformers CLAP save_pretrained directory given by --mulan_path (its own rate "
+                        "and dim, e.g. 48 kHz, 512-d)" + ("; 'none' leaves mulan_windows and mulan null"
+                                                          if with_none else "") + " (default %(default)s)")
+    g.add_argument("--mulan_path", metavar="PATH",
+                   help="MuLan weights: a built-in .safetensors (default: the packaged one) or, for clap, "
+                        "the save_pretrained directory (required)")
+    g.add_argument("--mulan_codebook", metavar="PATH",
+                   help="MuLan RVQ codebook: mulan-<sha12>.safetensors (or its .json card, or a directory "
+                        "holding exactly one), as written by `fit-codebook --stream mulan` with the same "
+                        "model. Default: the packaged RVQ, for the packaged built-in model only; any other "
+                        "model needs one")
+    g.add_argument("--mulan_batch_size", type=int, default=16,
+                   help="10 s windows per MuLan forward pass, and segments per RunInference batch "
+                        "(default %(default)s)")
+
+
+def add_embed_text_args(p: argparse.ArgumentParser) -> None:
+    _add_mulan_args(p, with_none=False)
+
+
+def mulan_config(args: argparse.Namespace, *, need_codebook: bool = True) -> MulanConfig:
+    """Flags → MulanConfig, with the checks that need no model loaded (fix-it messages)."""
+    torch_threads = getattr(args, "torch_threads", 0)
+    if args.mulan_model == "none":
+        given = [f for f in ("mulan_path", "mulan_codebook") if getattr(args, f) is not None]
+        if given:
+            raise SystemExit(f"--{given[0]} needs --mulan_model mulan or clap (it is 'none')")
+    if args.mulan_batch_size < 1:
+        raise SystemExit("--mulan_batch_size must be >= 1")
+    if args.mulan_model == "clap" and args.mulan_path is None:
+        raise SystemExit("--mulan_model clap needs --mulan_path DIR (a transformers save_pretrained directory "
+                         "of a CLAP model and its ClapProcessor; nothing is downloaded)")
+    if need_codebook and args.mulan_model == "clap" and getattr(args, "mulan_codebook", None) is None:
+        from tokenmill.tokenizers.mulan import fit_hint
+
+        raise SystemExit(f"--mulan_model clap needs --mulan_codebook (an RVQ fitted on this CLAP's windows); "
+                         f"{fit_hint('clap', args.mulan_path)}")
+    return MulanConfig(model=args.mulan_model, path=args.mulan_path,
+                       codebook=getattr(args, "mulan_codebook", None), batch_size=args.mulan_batch_size,
+                       torch_threads=torch_threads)
+
+
 def _common_inputs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", dest="inputs", action="append", required=True, metavar="GLOB",
                    help="audio files to read; a local glob, gs://bucket/dir/*.flac or s3://...; "
@@ -161,21 +232,54 @@ def _common_inputs(p: argparse.ArgumentParser) -> None:
                         "shards or in the dead letters.")
 
 
+# fit-codebook flags that apply to one stream only: stream -> {dest: default}. Their argparse default
+# is None so a flag given for the other stream is refused instead of silently ignored.
+_FIT_STREAM_FLAGS = {
+    "semantic": {"sample_frames": 200_000, "heldout_frames": 20_000, "use_gpu": False},
+    "mulan": {"num_stages": 12, "max_windows": 200_000, "heldout_windows": 20_000, "mulan_model": "mulan",
+              "mulan_path": None, "mulan_batch_size": 16},
+}
+
+
 def add_fit_codebook_args(p: argparse.ArgumentParser) -> None:
     _common_inputs(p)
     p.add_argument("--output", required=True, metavar="DIR",
                    help="directory for the codebook: <kind>-<sha12>.safetensors plus a JSON card")
-    p.add_argument("--num_clusters", type=int, default=1024, help="k (default %(default)s)")
-    p.add_argument("--sample_frames", type=int, default=200_000,
-                   help="frames used for the fit, drawn deterministically (default %(default)s)")
-    p.add_argument("--heldout_frames", type=int, default=20_000,
-                   help="frames held out for the card's MSE (default %(default)s)")
-    p.add_argument("--n_iter", type=int, default=25, help="Lloyd iterations (default %(default)s)")
+    p.add_argument("--stream", choices=("semantic", "mulan"), default="semantic",
+                   help="'semantic': k-means over semantic feature frames (semantic-<sha12>); 'mulan': "
+                        "residual VQ over the MuLan model's 10 s window embeddings (mulan-<sha12>), the "
+                        "codebook `tokenize --mulan_codebook` and `embed-text` need (default %(default)s)")
+    p.add_argument("--num_clusters", type=int, default=1024,
+                   help="k: centroids (semantic) or entries per RVQ stage (mulan; a power of two) "
+                        "(default %(default)s)")
+    p.add_argument("--sample_frames", type=int,
+                   help="semantic: frames used for the fit, drawn deterministically (default 200000)")
+    p.add_argument("--heldout_frames", type=int,
+                   help="semantic: frames held out for the card's MSE (default 20000)")
+    p.add_argument("--num_stages", type=int, help="mulan: RVQ stages = tokens per crop (default 12)")
+    p.add_argument("--max_windows", type=int,
+                   help="mulan: at most this many 10 s windows used for the fit, drawn deterministically "
+                        "like frames (default 200000)")
+    p.add_argument("--heldout_windows", type=int,
+                   help="mulan: windows held out for the card's per-stage MSE (at most 10%% of those "
+                        "sampled) (default 20000)")
+    p.add_argument("--n_iter", type=int,
+                   help="Lloyd iterations: semantic k-means (default 25), or per RVQ stage (default 10)")
     p.add_argument("--seed", type=int, default=0, help="sampling and seeding seed (default %(default)s)")
-    p.add_argument("--use_gpu", action="store_true",
-                   help="fit with faiss-gpu; fails (no fallback) when faiss-gpu or a GPU is missing")
+    p.add_argument("--use_gpu", action="store_true", default=None,
+                   help="semantic: fit with faiss-gpu; fails (no fallback) when faiss-gpu or a GPU is "
+                        "missing (the RVQ fit runs on the CPU)")
     _add_audio_args(p)
     _add_semantic_args(p)
+    g = p.add_argument_group("MuLan model (--stream mulan)")
+    g.add_argument("--mulan_model", choices=MULAN_MODELS[1:],
+                   help="the model whose windows the RVQ quantizes: 'mulan' (built-in) or 'clap' "
+                        "(default mulan)")
+    g.add_argument("--mulan_path", metavar="PATH",
+                   help="built-in weights .safetensors (default: the packaged one) or a CLAP "
+                        "save_pretrained directory (required for clap)")
+    g.add_argument("--mulan_batch_size", type=int,
+                   help="10 s windows per MuLan forward pass, and segments per batch (default 16)")
 
 
 def add_tokenize_args(p: argparse.ArgumentParser) -> None:
@@ -199,6 +303,7 @@ def add_tokenize_args(p: argparse.ArgumentParser) -> None:
     _add_audio_args(p)
     _add_semantic_args(p)
     _add_acoustic_args(p)
+    _add_mulan_args(p)
 
 
 def audio_config(args: argparse.Namespace, target_rates_hz: tuple[int, ...]) -> AudioConfig:
@@ -213,16 +318,51 @@ def semantic_config(args: argparse.Namespace) -> SemanticConfig:
     return SemanticConfig(extractor=args.semantic_extractor, batch_size=args.batch_size)
 
 
-def fit_codebook_config(args: argparse.Namespace) -> FitCodebookConfig:
+def fit_codebook_config(args: argparse.Namespace, mulan_rate_hz: int | None = None) -> FitCodebookConfig:
+    """`mulan_rate_hz`: the MuLan model's sample rate (--stream mulan; the launcher builds the
+    model once to learn it)."""
+    other = "mulan" if args.stream == "semantic" else "semantic"
+    for dest in _FIT_STREAM_FLAGS[other]:
+        if getattr(args, dest) is not None:
+            raise SystemExit(f"--{dest} applies to --stream {other} only (this is --stream {args.stream})")
+    for dest, default in _FIT_STREAM_FLAGS[args.stream].items():
+        if getattr(args, dest) is None:
+            setattr(args, dest, default)
+    if args.stream == "mulan" and (args.semantic_extractor, args.batch_size) != (
+            SemanticConfig().extractor, SemanticConfig().batch_size):
+        raise SystemExit("--semantic_extractor and --batch_size apply to --stream semantic; the MuLan "
+                         "model's batch is --mulan_batch_size")
+    if args.n_iter is None:
+        args.n_iter = 25 if args.stream == "semantic" else 10
+    kw: dict = {}
+    if args.stream == "mulan":
+        k = args.num_clusters
+        if k < 2 or k & (k - 1) or k > 1 << 16:
+            lo = 1 << max(1, min(16, k.bit_length() - 1))
+            raise SystemExit(f"--num_clusters {k}: the MuLan RVQ needs a power of two in [2, 65536] "
+                             f"entries per stage; try {lo}")
+        for name in ("num_stages", "max_windows"):
+            if getattr(args, name) < 1:
+                raise SystemExit(f"--{name} must be >= 1")
+        if args.heldout_windows < 0:
+            raise SystemExit("--heldout_windows must be >= 0")
+        kw = dict(num_stages=args.num_stages, max_windows=args.max_windows,
+                  heldout_windows=args.heldout_windows,
+                  mulan=mulan_config(args, need_codebook=False))
+        rates_hz = (mulan_rate_hz or 16_000,)
+    else:
+        kw = dict(sample_frames=args.sample_frames, heldout_frames=args.heldout_frames, use_gpu=args.use_gpu)
+        rates_hz = (16_000,)
     return FitCodebookConfig(
-        inputs=tuple(args.inputs), output=args.output, num_clusters=args.num_clusters,
-        sample_frames=args.sample_frames, heldout_frames=args.heldout_frames, n_iter=args.n_iter,
-        seed=args.seed, use_gpu=args.use_gpu, audio=audio_config(args, (16_000,)),
-        semantic=semantic_config(args))
+        inputs=tuple(args.inputs), output=args.output, stream=args.stream, num_clusters=args.num_clusters,
+        n_iter=args.n_iter, seed=args.seed, audio=audio_config(args, rates_hz),
+        semantic=semantic_config(args), **kw)
 
 
-def tokenize_config(args: argparse.Namespace, acoustic_rate_hz: int | None = None) -> TokenizeConfig:
-    """`acoustic_rate_hz`: the codec's sample rate (the launcher builds the codec once to learn it)."""
+def tokenize_config(args: argparse.Namespace, acoustic_rate_hz: int | None = None,
+                    mulan_rate_hz: int | None = None) -> TokenizeConfig:
+    """`acoustic_rate_hz`, `mulan_rate_hz`: the codec's and the MuLan model's sample rates (the
+    launcher builds each model once to learn them)."""
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     bad = [f for f in formats if f not in ("parquet", "webdataset")]
     if bad or not formats:
@@ -230,10 +370,10 @@ def tokenize_config(args: argparse.Namespace, acoustic_rate_hz: int | None = Non
     for name in ("num_shards", "num_valid_shards"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name} must be >= 1")
+    rates_hz = tuple(dict.fromkeys(r for r in (16_000, acoustic_rate_hz, mulan_rate_hz) if r))  # unique, in order
     return TokenizeConfig(
         inputs=tuple(args.inputs), output=args.output, codebook=args.codebook,
         captions=args.captions, num_shards=args.num_shards,
         num_valid_shards=args.num_valid_shards, valid_fraction=args.valid_fraction,
-        formats=formats,
-        audio=audio_config(args, (16_000,) + ((acoustic_rate_hz,) if acoustic_rate_hz else ())),
-        semantic=semantic_config(args), acoustic=acoustic_config(args))
+        formats=formats, audio=audio_config(args, rates_hz),
+        semantic=semantic_config(args), acoustic=acoustic_config(args), mulan=mulan_config(args))

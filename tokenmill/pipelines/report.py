@@ -24,6 +24,9 @@ def print_summary(root: str, manifest: dict, *, verified: bool, elapsed_s: float
         rate = info.get("frame_rate_hz")
         if rate:
             token_lines.append(f"{name} {round(c['seconds'] * rate):,} ({rate:g}/s, vocab {info.get('vocab_size')})")
+        elif name == "mulan":
+            token_lines.append(f"mulan {c['records'] * info['n_stages']:,} ({info['n_stages']}/record, vocab "
+                               f"{info['vocab_size']}; {info['model']} windows {info['dim']}-d, 1/s)")
     by_format: dict[str, list] = {}
     for s in manifest["shards"]:
         by_format.setdefault(s["format"], []).append(s)
@@ -57,11 +60,11 @@ def _num(x) -> str:
     return f"{x:.4g}" if isinstance(x, (int, float)) else str(x)
 
 
-def print_fit_summary(output: str, elapsed_s: float) -> None:
+def print_fit_summary(output: str, elapsed_s: float, kind: str = "semantic") -> None:
     out = output.rstrip("/")
-    cards = [m.path for m in FileSystems.match([f"{out}/semantic-*.json"])[0].metadata_list]
+    cards = [m.path for m in FileSystems.match([f"{out}/{kind}-*.json"])[0].metadata_list]
     if not cards:
-        print(f"no codebook card found in {out}")
+        print(f"no {kind} codebook card found in {out}")
         return
     # A directory can hold several fits (refits keep their parents): show every card.
     for path in sorted(cards):
@@ -70,6 +73,18 @@ def print_fit_summary(output: str, elapsed_s: float) -> None:
         print()
         print(f"tokenmill fit-codebook: {card.get('id')}")
         print(f"  codebook      {path[:-len('.json')]}.safetensors")
+        if kind == "mulan":
+            model = (card.get("sources") or {}).get("mulan") or {}
+            mse = card.get("heldout_mse_per_stage") or card.get("train_mse_per_stage") or []
+            on = "held-out" if card.get("heldout_mse_per_stage") else "train"
+            print(f"  model         {model.get('name')} ({str(model.get('weights_sha256'))[:12]}…, "
+                  f"{model.get('sample_rate_hz')} Hz)")
+            print(f"  stages x k    {card.get('n_stages')} x {card.get('k')}, dim {card.get('dim')}")
+            print(f"  fit sample    {card.get('n_train_vectors')} windows (+{card.get('n_heldout_vectors')} held out)")
+            if mse:
+                at = " / ".join(f"{_num(mse[i - 1])} @{i}" for i in sorted({1, 4, len(mse)}) if i <= len(mse))
+                print(f"  {on + ' MSE':<13} {at} stages")
+            continue
         print(f"  k x dim       {card.get('k')} x {card.get('dim')}")
         print(f"  fit sample    {card.get('n_train_vectors')} frames (+{card.get('n_heldout_vectors')} held out)")
         print(f"  held-out MSE  {_num(card.get('heldout_mse'))} (train {_num(card.get('train_mse'))})")

@@ -1,13 +1,16 @@
-"""The `tokenize` job: audio files → acoustic + semantic tokens → Parquet + WebDataset + manifest.
+"""The `tokenize` job: audio files → acoustic, MuLan, semantic tokens → Parquet + WebDataset + manifest.
 
-    match ─► read/decode/segment ─► RunInference(acoustic) ─► RunInference(semantic) ─► dedupe
-                 │ dead                    │ dead                    │ dead         │ dead (dups)
-                 │                                                          captions, split │
-                 └──────────────► failures-*.jsonl ◄──────────────┘               shards (f(key))
-                                        └──────────────► manifest.json ◄─────────────┘
+    match ─► read/decode/segment ─► RunInference: acoustic ─► mulan ─► semantic ─► dedupe
+                 │ dead                           │ dead    │ dead    │ dead        │ dead (dups)
+                 │                                                    captions, split │
+                 └──────────────► failures-*.jsonl ◄──────────────┘      shards (f(key))
+                                        └──────────────► manifest.json ◄─────────┘
 
-Deduplication happens after inference, on tokens: shuffling tokens is ~1000× cheaper than
-shuffling decoded audio, and exact duplicates are rare, so their wasted inference costs less.
+Each model stage drops the waves no later stage needs (the codec's 24 kHz, MuLan's rate when it
+is not 16 kHz), so segments shuffled later carry 16 kHz audio at most; the MuLan stage's handler
+is in pipelines/mulan.py. Deduplication happens after inference, on tokens: shuffling tokens is
+~1000× cheaper than shuffling decoded audio, and exact duplicates are rare, so their wasted
+inference costs less.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from tokenmill import __version__
 from tokenmill.pipelines.handlers import AcousticTokenHandler, Failed, SemanticTokenHandler
 from tokenmill.pipelines.ingest import DEAD, ReadAndDecode, SegmentInput, dead_letter
+from tokenmill.pipelines.mulan import MulanTokenHandler, mulan_stream_info
 from tokenmill.pipelines.options import TokenizeConfig
 from tokenmill.pipelines.sinks import WriteShards, atomic_write, write_dead_letters
 from tokenmill.schemas import manifest as mf
@@ -36,8 +40,9 @@ class DuplicateContent(Exception):
 
 
 class AttachTokens(beam.DoFn):
-    """(key, PredictionResult) → the SegmentInput with `tokens[stream]` set and the waves no later
-    model needs dropped; or a dead letter naming the stream's stage."""
+    """(key, PredictionResult) → the SegmentInput with `tokens[stream]` set (uint16 codes), or with
+    every field of a dict result set (MuLan: mulan_windows + mulan, dtypes as given), and the waves
+    no later model needs dropped; or a dead letter naming the stream's stage."""
 
     def __init__(self, stream: str, keep_rates: tuple[int, ...]):
         self.stream, self.keep_rates = stream, keep_rates
@@ -48,9 +53,11 @@ class AttachTokens(beam.DoFn):
         if isinstance(result.inference, Failed):
             yield beam.pvalue.TaggedOutput(DEAD, dead_letter(seg.uri, self.stream, result.inference.exc, key))
             return
+        inf = result.inference
+        fields = inf if isinstance(inf, dict) else {self.stream: np.asarray(inf, dtype=np.uint16)}
         yield dataclasses.replace(
             seg, waves={r: w for r, w in seg.waves.items() if r in self.keep_rates},
-            tokens={**seg.tokens, self.stream: np.asarray(result.inference, dtype=np.uint16)})
+            tokens={**seg.tokens, **fields})
 
 
 def by_source(seg: SegmentInput):
@@ -181,14 +188,21 @@ def acoustic_stream_info(desc: dict) -> dict:
 
 
 def build_tokenize(p: beam.Pipeline, cfg: TokenizeConfig, *, semantic_desc: dict,
-                   captions: CaptionIndex | None, acoustic_desc: dict | None = None) -> beam.PCollection:
+                   captions: CaptionIndex | None, acoustic_desc: dict | None = None,
+                   mulan_desc: dict | None = None) -> beam.PCollection:
     """Wire the job into `p`; returns the PCollection holding the written manifest."""
     segments, dead_decode, inputs = p | "Ingest" >> ReadAndDecode(cfg.inputs, cfg.audio)
     dead_parts = [dead_decode]
+    semantic_hz = rates.SEMANTIC.sample_rate_hz
+    mulan_hz = (mulan_desc["model"]["sample_rate_hz"],) if mulan_desc is not None else ()
     if acoustic_desc is not None:
         segments, dead_a = segments | "Acoustic" >> ModelStage(
-            "acoustic", AcousticTokenHandler(cfg.acoustic), keep_rates=(rates.SEMANTIC.sample_rate_hz,))
+            "acoustic", AcousticTokenHandler(cfg.acoustic), keep_rates=(semantic_hz, *mulan_hz))
         dead_parts.append(dead_a)
+    if mulan_desc is not None:
+        segments, dead_m = segments | "Mulan" >> ModelStage(
+            "mulan", MulanTokenHandler(cfg.mulan), keep_rates=(semantic_hz,))
+        dead_parts.append(dead_m)
     segments, dead_s = segments | "Semantic" >> ModelStage(
         "semantic", SemanticTokenHandler(cfg.semantic, cfg.codebook), keep_rates=())
     dead_parts.append(dead_s)
@@ -208,10 +222,14 @@ def build_tokenize(p: beam.Pipeline, cfg: TokenizeConfig, *, semantic_desc: dict
 
     streams = {"semantic": semantic_stream_info(semantic_desc["vocab_size"])}
     tokenizers = {"semantic": semantic_desc}
+    codebooks = {"semantic": semantic_desc["codebook_id"]}
     if acoustic_desc is not None:
         streams["acoustic"] = acoustic_stream_info(acoustic_desc)
         tokenizers["acoustic"] = acoustic_desc
-    codebooks = {"semantic": semantic_desc["codebook_id"]}
+    if mulan_desc is not None:
+        streams["mulan"] = mulan_stream_info(mulan_desc)
+        tokenizers["mulan"] = mulan_desc
+        codebooks["mulan"] = mulan_desc["codebook_id"]
     return (p | "Once" >> beam.Create([None])
             | "Manifest" >> beam.ParDo(
                 WriteManifest(cfg, tokenizers, codebooks, streams),

@@ -1,10 +1,12 @@
 """`verify DIR`: recompute everything the manifest claims and report every mismatch by file.
 
 Checks: manifest structure; each shard's size and sha256; each shard decodes under the record
-schema with the stated record count and seconds; record keys are unique and each record sits in
-the split and shard its key implies; Parquet and WebDataset hold the same records; the dead-letter
-file's hash and line count; and the reconciliation inputs = sources in records + dead-only sources,
-including the order-free digest of the uri set. No Beam: reads local or fsspec-style paths.
+schema with the stated record count and seconds; each stream's shape against the manifest
+(semantic 25/s, acoustic depth x frames, MuLan W x D unit-norm windows and S tokens < K);
+record keys are unique and each record sits in the split and shard its key implies; Parquet and
+WebDataset hold the same records; the dead-letter file's hash and line count; and the
+reconciliation inputs = sources in records + dead-only sources, including the order-free digest of
+the uri set. No Beam: reads local or fsspec-style paths.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tokenmill.schemas import rates
 from tokenmill.schemas import shards as fmt
 from tokenmill.schemas.manifest import uri_digest, validate_manifest
 from tokenmill.schemas.records import MANIFEST_NAME, TrackRecord, shard_of, split_of
@@ -61,6 +64,35 @@ def _check_acoustic(path: str, r: TrackRecord, info: dict | None) -> list[str]:
     if r.acoustic.size and int(r.acoustic.max()) >= info["codebook_size"]:
         return [f"{path}: record {r.key} has acoustic codes >= codebook size {info['codebook_size']}"]
     return []
+
+
+def _check_mulan(path: str, r: TrackRecord, info: dict | None) -> list[str]:
+    """mulan_windows and mulan are present iff the manifest declares the stream: W windows for the
+    duration (rates.mulan_window_count), the manifest's D, unit-norm rows (float16: 1 ± 1e-2), and
+    n_stages tokens below the RVQ's K."""
+    fields = {"mulan_windows": r.mulan_windows, "mulan": r.mulan}
+    if info is None:
+        present = [k for k, v in fields.items() if v is not None]
+        return [f"{path}: record {r.key} has {'/'.join(present)} but the manifest declares no mulan stream"] \
+            if present else []
+    missing = [k for k, v in fields.items() if v is None]
+    if missing:
+        return [f"{path}: record {r.key} lacks {'/'.join(missing)} that the manifest's mulan stream declares"]
+    out = []
+    want = (rates.mulan_window_count(rates.quanta_of_seconds(r.duration_s)), info["dim"])
+    if r.mulan_windows.shape != want:
+        out.append(f"{path}: record {r.key} has mulan_windows {r.mulan_windows.shape} for {r.duration_s} s, "
+                   f"expected {want} (W windows of the manifest's dim)")
+    else:
+        norms = np.linalg.norm(r.mulan_windows.astype(np.float32), axis=1)
+        if not np.all(np.abs(norms - 1.0) < 1e-2):
+            out.append(f"{path}: record {r.key} has mulan_windows that are not unit-norm (norms "
+                       f"{norms.min():.3g}..{norms.max():.3g})")
+    if r.mulan.shape != (info["n_stages"],):
+        out.append(f"{path}: record {r.key} has mulan tokens {r.mulan.shape}, expected ({info['n_stages']},)")
+    elif r.mulan.size and int(r.mulan.max()) >= info["vocab_size"]:
+        out.append(f"{path}: record {r.key} has mulan tokens >= the RVQ's K = {info['vocab_size']}")
+    return out
 
 
 def verify_dataset(root: str, *, keep_records: bool = False) -> VerifyReport:
@@ -127,6 +159,7 @@ def verify_dataset(root: str, *, keep_records: bool = False) -> VerifyReport:
                 rep.problems.append(f"{path}: record {r.key} has {r.semantic.shape[0]} semantic "
                                     f"tokens for {r.duration_s} s (expected 25 per second)")
             rep.problems += _check_acoustic(path, r, manifest["streams"].get("acoustic"))
+            rep.problems += _check_mulan(path, r, manifest["streams"].get("mulan"))
 
     formats = sorted(by_format)
     for a, b in zip(formats, formats[1:]):
