@@ -117,8 +117,11 @@ class FitAndSave(beam.DoFn):
                                 "heldout_frames": cfg.heldout_frames}}
         LOG.info("[fit] k=%d on %d frames (%d held out) from %d tracks", cfg.num_clusters,
                  len(train), 0 if held is None else len(held), stats["n_tracks_sampled"])
+        # SSL extractors declare standardize=True: per-dim mean/std of this fit sample go into the
+        # codebook and are applied before assignment. "spectral" has fixed, designed scales (no stats).
         codebook = fit_kmeans(train, cfg.num_clusters, seed=cfg.seed, n_iter=cfg.n_iter,
-                              x_heldout=held, use_gpu=cfg.use_gpu, sources=sources, kind="semantic")
+                              x_heldout=held, use_gpu=cfg.use_gpu, sources=sources, kind="semantic",
+                              standardize=bool(self.extractor_desc.get("standardize", False)))
         out = cfg.output.rstrip("/")
         path = codebook.save(out) if "://" not in out else _save_remote(codebook, out)
         atomic_write(f"{out}/{codebook.id}.failures.jsonl", fmt.encode_dead_letters(dead))

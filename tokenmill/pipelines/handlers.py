@@ -117,10 +117,7 @@ class SemanticTokenHandler(_SemanticBase):
     def load_model(self) -> SemanticTokenizer:
         extractor = build_extractor(self.cfg.extractor, **self.cfg.extractor_kwargs())
         codebook = load_codebook(self.codebook_path)
-        if codebook.centroids.shape[1] != extractor.dim:
-            raise ValueError(
-                f"codebook {codebook.id} has dim {codebook.centroids.shape[1]} but extractor "
-                f"'{extractor.name}' gives {extractor.dim}; fit the codebook with the same extractor")
+        check_codebook_matches(extractor.describe(), codebook)
         return SemanticTokenizer(extractor, codebook)
 
     def run_inference(self, batch, model: SemanticTokenizer, inference_args=None):
@@ -141,10 +138,29 @@ class SemanticTokenHandler(_SemanticBase):
         return "tokenmill_semantic_tokens"
 
 
+def check_codebook_matches(desc: dict, codebook: Codebook) -> None:
+    """Refuse a codebook fitted on other features: dim always; extractor name, weights sha256 and
+    layer when the card records the fit's extractor (fit-codebook writes it in sources.extractor)."""
+    if codebook.dim != desc["dim"]:
+        raise ValueError(
+            f"codebook {codebook.id} has dim {codebook.dim} but extractor '{desc['name']}' gives "
+            f"{desc['dim']}; fit the codebook with the same extractor")
+    fit = (codebook.card.get("sources") or {}).get("extractor")
+    if not isinstance(fit, dict):
+        return
+    for field, what in (("name", "extractor"), ("weights_sha256", "model weights"), ("layer", "layer")):
+        if fit.get(field) != desc.get(field):
+            raise ValueError(
+                f"codebook {codebook.id} was fitted on {what} {fit.get(field)!r} but this job uses "
+                f"{desc.get(field)!r}; pass the --semantic_extractor/--semantic_path/--semantic_layer the "
+                "codebook was fitted with (its card's sources.extractor), or fit a new codebook")
+
+
 def describe_semantic(cfg: SemanticConfig, codebook_path: str) -> dict:
     """Tokenizer entry of the manifest, computed at launch (loads the model once, locally)."""
     extractor = build_extractor(cfg.extractor, **cfg.extractor_kwargs())
     codebook = load_codebook(codebook_path)
+    check_codebook_matches(extractor.describe(), codebook)
     return {"extractor": extractor.describe(), "codebook_id": codebook.id,
             "vocab_size": int(codebook.centroids.shape[0]), "codebook_card": codebook.card}, codebook
 

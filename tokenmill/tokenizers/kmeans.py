@@ -7,7 +7,15 @@ Pure code: numpy/faiss/safetensors in, arrays out (DESIGN.md §4).
   new center costs one BLAS pass ``x @ candidates.T`` over the subsample. FAISS then runs
   Lloyd from those centroids on *all* training vectors (no hidden FAISS subsampling).
 * A codebook's id is ``f"{kind}-{sha12}"``: sha256 over the shape (two little-endian
-  int64) followed by the centroid bytes (little-endian float32, C order).
+  int64) followed by the centroid bytes (little-endian float32, C order). A codebook with
+  standardization statistics appends the bytes of ``mean`` then ``std`` (little-endian float32
+  [D]); one without them hashes exactly as before, so ids of older artifacts are unchanged.
+* Standardization (``fit_kmeans(standardize=True)``): per-dimension mean and std over the
+  training vectors (float64, population std), std floored at ``STD_FLOOR_REL`` times the median
+  of the non-zero stds, so a constant dimension cannot divide by zero (the median, not the max:
+  SSL models have a few outlier dimensions with huge activations). The centroids live in the standardized space;
+  ``Codebook.assign`` applies ``(x - mean) / std`` to raw features first. Stored as the extra
+  safetensors tensors ``mean`` and ``std`` and summarized in the card's ``standardization``.
 * Artifacts are byte-identical for the same input, seed and software on the same machine:
   the card holds no timestamps, and wall-clock timings live in ``Codebook.timing``,
   which is returned to the caller and never written. Verified: the same id with 1 and 2
@@ -40,6 +48,7 @@ MIN_POINTS_PER_CENTROID = 39    # FAISS's own warning threshold
 SEED_SAMPLE_PER_CENTROID = 16   # k-means++ runs on min(N, 16*k) vectors (see bench/bench_kmeans.py)
 _CHUNK = 65536                  # rows per chunk for exact distance statistics
 _KIND_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+STD_FLOOR_REL = 1e-3            # std floor, relative to the median non-zero per-dimension std
 
 
 class CodebookError(ValueError):
@@ -163,11 +172,39 @@ def _search_uint16(index, x: np.ndarray) -> np.ndarray:
     return lab[:, 0].astype(np.uint16)
 
 
-def content_id(centroids: np.ndarray, kind: str) -> str:
+def content_id(centroids: np.ndarray, kind: str, mean: np.ndarray | None = None,
+               std: np.ndarray | None = None) -> str:
+    """Content hash id; ``mean``/``std`` (both or neither) are hashed after the centroids."""
     c = np.ascontiguousarray(centroids, dtype="<f4")
     h = hashlib.sha256(np.asarray(c.shape, dtype="<i8").tobytes())
     h.update(c.tobytes())
+    if (mean is None) != (std is None):
+        raise CodebookError("standardization needs both 'mean' and 'std' (or neither)")
+    if mean is not None:
+        h.update(np.ascontiguousarray(mean, dtype="<f4").tobytes())
+        h.update(np.ascontiguousarray(std, dtype="<f4").tobytes())
     return f"{kind}-{h.hexdigest()[:12]}"
+
+
+def standardization_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Per-dimension (mean float32 [D], std float32 [D], card info) of float32 [N, D] vectors.
+
+    Accumulated in float64; std is the population std, floored at STD_FLOOR_REL times the median
+    non-zero std."""
+    x = _check_vectors(x, "x")
+    mean = x.mean(axis=0, dtype=np.float64)
+    var = np.zeros(x.shape[1])
+    for s in range(0, len(x), _CHUNK):   # two-pass variance, float64 chunks: bounded memory
+        var += np.square(x[s:s + _CHUNK] - mean).sum(axis=0)
+    std = np.sqrt(var / len(x))
+    if not std.max() > 0.0:
+        raise CodebookError("every feature dimension is constant over the fit sample; the "
+                            "features carry no information (silent input or a broken extractor?)")
+    floor = STD_FLOOR_REL * float(np.median(std[std > 0]))
+    info = {"over": "x_train", "n_vectors": int(x.shape[0]), "std_floor_rel": STD_FLOOR_REL,
+            "n_floored_dims": int((std < floor).sum()),
+            "formula": "(x - mean) / std before nearest-centroid assignment"}
+    return mean.astype(np.float32), np.maximum(std, floor).astype(np.float32), info
 
 
 def codebook_stats(centroids: np.ndarray, x_train: np.ndarray, x_heldout: np.ndarray | None = None,
@@ -199,8 +236,12 @@ def codebook_stats(centroids: np.ndarray, x_train: np.ndarray, x_heldout: np.nda
 def fit_kmeans(x_train: np.ndarray, k: int, *, seed: int, n_iter: int = 25,
                x_heldout: np.ndarray | None = None, use_gpu: bool = False,
                sources: dict | None = None, parent: str | None = None,
-               kind: str = "semantic") -> "Codebook":
+               kind: str = "semantic", standardize: bool = False) -> "Codebook":
     """Fit a k-means codebook: greedy k-means++ seeding, then ``n_iter`` FAISS Lloyd steps.
+
+    ``standardize``: compute per-dimension mean/std over ``x_train`` (standardization_stats),
+    fit on standardized vectors and store the statistics with the codebook; the card's MSEs are
+    then in standardized units.
 
     Deterministic on CPU for fixed (input, k, seed, n_iter) and software on one machine.
     """
@@ -228,6 +269,12 @@ def fit_kmeans(x_train: np.ndarray, k: int, *, seed: int, n_iter: int = 25,
                             f"--sample_frames or lower --num_clusters")
     if x_heldout is not None:
         x_heldout = _check_vectors(x_heldout, "x_heldout", dim=dim)
+    mean = std = std_info = None
+    if standardize:
+        _row_sqnorms(x_train, "x_train")   # finiteness first: NaN would poison the statistics
+        mean, std, std_info = standardization_stats(x_train)
+        x_train = (x_train - mean) / std
+        x_heldout = None if x_heldout is None else (x_heldout - mean) / std
     if use_gpu:
         _check_gpu()
     x_sq = _row_sqnorms(x_train, "x_train")
@@ -258,7 +305,7 @@ def fit_kmeans(x_train: np.ndarray, k: int, *, seed: int, n_iter: int = 25,
         centroids = faiss.vector_float_to_array(clus.centroids).reshape(k, dim).copy()
     t_lloyd = time.perf_counter()
 
-    cb = Codebook(centroids, {"kind": kind})
+    cb = Codebook(centroids, {"kind": kind}, mean=mean, std=std)
     stats = codebook_stats(centroids, x_train, x_heldout, index=cb._get_index())
     cb.card = {
         "card_version": CARD_VERSION,
@@ -274,6 +321,8 @@ def fit_kmeans(x_train: np.ndarray, k: int, *, seed: int, n_iter: int = 25,
         "faiss_version": faiss.__version__,
         "created_by": f"tokenmill {__version__}",
     }
+    if std_info is not None:   # key absent without stats: older cards keep their exact shape
+        cb.card["standardization"] = std_info
     t_end = time.perf_counter()
     cb.timing = {"seed_s": t_seed - t0, "lloyd_s": t_lloyd - t_seed, "stats_s": t_end - t_lloyd,
                  "fit_seconds": t_end - t0}
@@ -282,7 +331,8 @@ def fit_kmeans(x_train: np.ndarray, k: int, *, seed: int, n_iter: int = 25,
 
 @dataclass(eq=False)
 class Codebook:
-    """float32 centroids [k, D] plus the card (JSON-able dict).
+    """float32 centroids [k, D] plus the card (JSON-able dict), and optionally per-dimension
+    standardization statistics ``mean``/``std`` float32 [D] applied by ``assign``.
 
     ``timing`` (wall-clock seconds of the fit) is returned to the caller but never saved,
     so that ``save`` writes byte-identical files for a repeated fit. The centroids are a
@@ -291,6 +341,8 @@ class Codebook:
     centroids: np.ndarray
     card: dict
     timing: dict = field(default_factory=dict)
+    mean: np.ndarray | None = None
+    std: np.ndarray | None = None
     _index: object = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
@@ -298,6 +350,22 @@ class Codebook:
         self.centroids.setflags(write=False)
         if self.centroids.shape[0] > MAX_K:
             raise CodebookError(f"k={self.centroids.shape[0]} centroids do not fit uint16 tokens")
+        if (self.mean is None) != (self.std is None):
+            raise CodebookError("standardization needs both 'mean' and 'std' (or neither)")
+        if self.mean is not None:
+            for name in ("mean", "std"):
+                v = np.asarray(getattr(self, name))
+                if v.dtype != np.float32 or v.shape != (self.dim,) or not np.isfinite(v).all():
+                    raise CodebookError(f"'{name}' must be finite float32 [{self.dim}], got {v.dtype} {v.shape}")
+                v = np.array(v, copy=True)
+                v.setflags(write=False)
+                setattr(self, name, v)
+            if not (self.std > 0).all():
+                raise CodebookError("'std' must be > 0 in every dimension")
+
+    @property
+    def standardized(self) -> bool:
+        return self.mean is not None
 
     @property
     def kind(self) -> str:
@@ -305,7 +373,7 @@ class Codebook:
 
     @property
     def id(self) -> str:
-        return content_id(self.centroids, self.kind)
+        return content_id(self.centroids, self.kind, self.mean, self.std)
 
     @property
     def k(self) -> int:
@@ -322,8 +390,14 @@ class Codebook:
         return self._index
 
     def assign(self, x: np.ndarray) -> np.ndarray:
-        """uint16 [N] nearest-centroid tokens (the FAISS index is built once and cached)."""
-        return _search_uint16(self._get_index(), _check_vectors(x, "x", dim=self.dim))
+        """uint16 [N] nearest-centroid tokens of raw features ``x`` (standardized first when the
+        codebook has statistics; the FAISS index is built once and cached)."""
+        return _search_uint16(self._get_index(), self.standardize(x))
+
+    def standardize(self, x: np.ndarray) -> np.ndarray:
+        """float32 [N, D] raw features → the space of the centroids: (x - mean) / std, or x itself."""
+        x = _check_vectors(x, "x", dim=self.dim)
+        return x if self.mean is None else np.ascontiguousarray((x - self.mean) / self.std)
 
     def save(self, directory) -> Path:
         """Write ``<id>.safetensors`` and ``<id>.json`` atomically; return the safetensors path."""
@@ -331,7 +405,8 @@ class Codebook:
         directory.mkdir(parents=True, exist_ok=True)
         cid = self.id
         card = dict(self.card, id=cid, kind=self.kind)
-        blob = _safetensors_bytes(self.centroids, {"id": cid, "kind": self.kind})
+        extra = {} if self.mean is None else {"mean": self.mean, "std": self.std}
+        blob = _safetensors_bytes(self.centroids, {"id": cid, "kind": self.kind}, extra=extra)
         text = json.dumps(card, sort_keys=True, indent=1, allow_nan=False) + "\n"
         path = directory / f"{cid}.safetensors"
         _atomic_write(path, blob)
@@ -346,26 +421,37 @@ class Codebook:
                 raise CodebookError(f"{path}: 'centroids' must be float32 [k, D], got {c.dtype} {c.shape}")
             return c
 
-        centroids, card = _read_artifact(path, id, "centroids", "codebook", "semantic", check, content_id)
-        return cls(centroids, card)
+        stats: dict = {}
+        centroids, card = _read_artifact(path, id, "centroids", "codebook", "semantic", check, content_id,
+                                         extras=stats)   # content_id refuses other tensors
+        return cls(centroids, card, mean=stats.get("mean"), std=stats.get("std"))
 
 
-def _safetensors_bytes(array: np.ndarray, metadata: dict, name: str = "centroids") -> bytes:
-    """Deterministic safetensors serialization of one F32 tensor `name` (shared with rvq.py).
+def _safetensors_bytes(array: np.ndarray, metadata: dict, name: str = "centroids",
+                       extra: dict | None = None) -> bytes:
+    """Deterministic safetensors serialization of the F32 tensor `name`, then the `extra` F32
+    tensors in sorted name order (shared with rvq.py).
 
     safetensors' own writer emits ``__metadata__`` in hash-map order, which changes from run
     to run; this writes the same format with sorted keys, the header padded to 8 bytes."""
-    data = np.ascontiguousarray(array, dtype="<f4").tobytes()
-    header = {"__metadata__": metadata,
-              name: {"dtype": "F32", "shape": list(array.shape), "data_offsets": [0, len(data)]}}
+    header, chunks, offset = {"__metadata__": metadata}, [], 0
+    for n, a in [(name, array), *sorted((extra or {}).items())]:
+        b = np.ascontiguousarray(a, dtype="<f4").tobytes()
+        header[n] = {"dtype": "F32", "shape": list(np.shape(a)), "data_offsets": [offset, offset + len(b)]}
+        chunks.append(b)
+        offset += len(b)
+    data = b"".join(chunks)
     head = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
     head += b" " * (-len(head) % 8)
     return len(head).to_bytes(8, "little") + head + data
 
 
 def _read_artifact(path, id: str | None, tensor: str, what: str, default_kind: str,
-                   check, id_of) -> tuple[np.ndarray, dict]:
+                   check, id_of, extras: dict | None = None) -> tuple[np.ndarray, dict]:
     """(tensor, card) of a codebook artifact pair (k-means and RVQ share it).
+
+    `extras`: when a dict is given, every other tensor in the file is read into it and passed
+    to `id_of` as keyword arguments (k-means standardization statistics).
 
     `path` is ``<id>.safetensors``, ``<id>.json`` or a directory (then `id` is required). `check`
     validates the tensor; `id_of(tensor, kind)` recomputes the content id, which must equal every
@@ -386,6 +472,8 @@ def _read_artifact(path, id: str | None, tensor: str, what: str, default_kind: s
         with safe_open(str(path), framework="numpy") as f:
             meta = f.metadata() or {}
             array = f.get_tensor(tensor)
+            if extras is not None:
+                extras.update({n: f.get_tensor(n) for n in f.keys() if n != tensor})
     except Exception as e:  # corrupt header, missing tensor, truncated file
         raise CodebookError(f"cannot read {what} {path}: {e}") from e
     try:
@@ -394,7 +482,10 @@ def _read_artifact(path, id: str | None, tensor: str, what: str, default_kind: s
         raise CodebookError(f"cannot parse {what} card {card_path}: {e}") from e
     array = check(array)
     kind = meta.get("kind", card.get("kind", default_kind))
-    actual = id_of(array, kind)
+    try:
+        actual = id_of(array, kind, **(extras or {}))
+    except TypeError as e:   # an extra tensor id_of does not know
+        raise CodebookError(f"{what} {path}: unexpected tensors {sorted(extras or {})}: {e}") from e
     for claimed, where in ((meta.get("id"), path), (card.get("id"), card_path), (id, "the requested id")):
         if claimed is not None and claimed != actual:
             raise CodebookError(f"{what} {where} claims id {claimed} but its {tensor} hash to "

@@ -2,7 +2,8 @@
 
 The k-means codebook (kmeans.py) maps each frame to one of 1024 semantic tokens. Extractors plug
 in through `SemanticExtractor` and the `build_extractor` registry: "spectral" (built-in,
-weight-free) lives here; SSL adapters (w2v-BERT, HuBERT, MERT via transformers) register later.
+weight-free) lives here; the SSL adapters "w2v-bert" and "hubert" (transformers from_pretrained,
+semantic_ssl.py) register when the registry is first used.
 
 Frame contract (every extractor): a wave of n samples, n a multiple of 640 (rates.SEMANTIC hop),
 gives T = n // 640 frames exactly. Frame t describes the audio around [t·640, (t+1)·640): its
@@ -117,11 +118,20 @@ def register_extractor(name: str) -> Callable:
 
 
 def known_extractors() -> list[str]:
+    _import_backends()
     return sorted(_REGISTRY)
+
+
+def _import_backends() -> None:
+    """SSL back-ends register themselves on import; import them lazily (transformers)."""
+    import importlib
+
+    importlib.import_module("tokenmill.tokenizers.semantic_ssl")
 
 
 def build_extractor(name: str, **config: Any) -> SemanticExtractor:
     """Build a registered extractor; `config` overrides its config dataclass fields."""
+    _import_backends()
     if name not in _REGISTRY:
         raise ValueError(f"unknown semantic extractor {name!r}; known: {', '.join(known_extractors())}")
     return _REGISTRY[name](**config)
