@@ -1,8 +1,8 @@
-"""Train (and evaluate) the built-in MuLan (tokenizers/mulan_builtin.py) on captioned real music.
+r"""Train (and evaluate) the built-in MuLan (tokenizers/mulan_builtin.py) on captioned real music.
 
     python -m tokenmill.training.mulan_train --manifest CORPUS/manifest.jsonl --out RUN_DIR \
         [--steps N] [--batch B] [--threads T] [--resume]
-    python -m tokenmill.training.mulan_train --export RUN_DIR/ckpt-latest.safetensors \
+    python -m tokenmill.training.mulan_train --export RUN_DIR/ckpt-latest.pt \
         --to tokenmill/weights/mulan-default.safetensors
     python -m tokenmill.training.mulan_train --manifest CORPUS/manifest.jsonl --out RUN_DIR \
         --eval tokenmill/weights/mulan-default.safetensors        # the model card's figures
@@ -251,14 +251,18 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--manifest", type=Path, help="corpus manifest.jsonl (file + caption per line)")
     ap.add_argument("--out", type=Path, help="run directory: cache/, ckpt-latest.pt, train.jsonl, eval.json")
-    ap.add_argument("--steps", type=int, default=TrainArgs.steps)
-    ap.add_argument("--batch", type=int, default=TrainArgs.batch)
-    ap.add_argument("--lr", type=float, default=TrainArgs.lr)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--heldout_percent", type=int, default=TrainArgs.heldout_percent)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=TrainArgs.steps,
+                    help="optimizer steps; sets the cosine schedule, keep it fixed across --resume (default %(default)s)")
+    ap.add_argument("--batch", type=int, default=TrainArgs.batch,
+                    help="distinct training tracks per step, one random 10 s crop each (default %(default)s)")
+    ap.add_argument("--lr", type=float, default=TrainArgs.lr, help="peak AdamW learning rate (default %(default)s)")
+    ap.add_argument("--seed", type=int, default=0, help="crops, masks and init come from (seed, step) (default %(default)s)")
+    ap.add_argument("--heldout_percent", type=int, default=TrainArgs.heldout_percent,
+                    help="share of tracks held out by file-name hash, never trained on (default %(default)s)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default %(default)s)")
     ap.add_argument("--resume", action="store_true", help="continue from RUN_DIR/ckpt-latest.pt")
-    ap.add_argument("--eval_every", type=int, default=250)
+    ap.add_argument("--eval_every", type=int, default=250,
+                    help="steps between held-out retrieval checks (5 s stride) and checkpoints (default %(default)s)")
     ap.add_argument("--eval_stride_s", type=int, default=1, help="window stride of the final evaluation")
     ap.add_argument("--eval", type=Path, metavar="WEIGHTS", help="only evaluate this weights file")
     ap.add_argument("--export", type=Path, metavar="CKPT", help="write CKPT's model to --to as safetensors")
