@@ -4,6 +4,8 @@
     python beam_runner.py fit-codebook --input 'audio/*.flac' --output codebooks/
     python beam_runner.py tokenize --input 'audio/*.flac' --codebook codebooks/ --output dataset/
     python beam_runner.py verify dataset/
+    python beam_runner.py stats dataset/ --plots plots/
+    python beam_runner.py rebuild --dataset dataset/ --stream semantic --codebook codebooks/ --output dataset.v2/
     python beam_runner.py decode --dataset dataset/ --out listen.wav
     python beam_runner.py embed-text "a calm piano piece" "fast drums"
     python beam_runner.py fit-codebook --stream mulan --input 'audio/*.flac' --output codebooks/
@@ -80,6 +82,37 @@ def _parser() -> argparse.ArgumentParser:
                                      "Exits 1 and names the file on any mismatch.")
     ver.add_argument("dataset", metavar="DIR")
     ver.add_argument("--json", action="store_true", help="print the report as JSON")
+    reb = sub.add_parser("rebuild", allow_abbrev=False,
+                         help="refit one stream's codebook (ids kept) and write a dataset version "
+                              "that rewrites only that stream",
+                         description="Refit the semantic k-means or the MuLan RVQ of --dataset on a new "
+                                     "deterministic sample, warm-started from the parent codebook (--codebook, "
+                                     "whose id must be the manifest's) with ids aligned to the parent's; "
+                                     "print and write the drift report (drift.json: share of tokens changed "
+                                     "on a fixed probe set and over the whole dataset, centroid movement, "
+                                     "usage before/after); and write --output as a new version of the "
+                                     "dataset: one column shard per parent shard holding key + the "
+                                     "rewritten field, and a manifest that lists the parent's shard files "
+                                     "by relative path and sha256 (never copied) with lineage. "
+                                     "shards.read_dataset merges the records; verify checks both. "
+                                     "--stream mulan re-encodes the stored mulan_windows (no audio model "
+                                     "runs); --stream semantic decodes the sources again and runs only the "
+                                     "semantic extractor.")
+    from tokenmill.pipelines.rebuild import add_rebuild_args
+
+    add_rebuild_args(reb)
+    sta = sub.add_parser("stats", help="print what a dataset holds and how well each codebook is used",
+                         description="Read a tokenized dataset's records (Parquet, else WebDataset) and "
+                                     "its dead letters and print: tracks (records and distinct "
+                                     "sources), hours, records/sources/hours per split, dead letters "
+                                     "by reason, stage and error class, and per token stream (acoustic: "
+                                     "per RVQ level; mulan: per RVQ stage) the tokens emitted, distinct "
+                                     "ids used of the vocabulary, usage entropy in bits and as a "
+                                     "fraction of log2(vocab), and dead codes (ids never used).")
+    sta.add_argument("dataset", metavar="DIR")
+    sta.add_argument("--plots", metavar="OUT", help="also write duration_hist.png and "
+                     "token_usage_<stream>.png (sorted usage per id, log scale) into OUT")
+    sta.add_argument("--json", action="store_true", help="print the same numbers as JSON")
     return p
 
 
@@ -113,6 +146,16 @@ def main(argv: list[str] | None = None) -> int:
             if rep.ok:
                 print_summary(args.dataset, rep.manifest, verified=True)
         return 0 if rep.ok else 1
+
+    if args.command == "rebuild":
+        if beam_args:
+            raise SystemExit(f"rebuild: unknown arguments {beam_args}")
+        return _rebuild(args)
+
+    if args.command == "stats":
+        if beam_args:
+            raise SystemExit(f"stats: unknown arguments {beam_args}")
+        return _stats(args)
 
     if args.command == "embed-text":
         if beam_args:
@@ -166,26 +209,53 @@ def main(argv: list[str] | None = None) -> int:
 
     from tokenmill.pipelines.handlers import describe_acoustic, describe_semantic
     from tokenmill.pipelines.mulan import describe_mulan
-    from tokenmill.pipelines.tokenize import build_tokenize, load_captions
+    from tokenmill.pipelines import incremental
+    from tokenmill.pipelines.tokenize import build_tokenize, load_captions, manifest_entries
 
+    if args.retry_failures and not args.into:
+        raise SystemExit("--retry-failures needs --into DIR (the dataset whose dead letters to retry)")
+    base = incremental.load_base(args.into) if args.into else None  # before any model loads
+    layout = base.layout if base else None
     acoustic = opts.acoustic_config(args)
     mulan = opts.mulan_config(args)  # flag checks before any model loads
     acoustic_desc = describe_acoustic(acoustic) if acoustic.enabled else None
     a_rate = acoustic_desc["sample_rate_hz"] if acoustic_desc else None
-    cfg = opts.tokenize_config(args, a_rate)
+    cfg = opts.tokenize_config(args, a_rate, layout=layout)
     check_inputs_match(cfg.inputs)
     semantic_desc, _ = describe_semantic(cfg.semantic, cfg.codebook)
     mulan_desc = None
     if mulan.enabled:
         with _mulan_errors():
             mulan_desc = describe_mulan(mulan)
-        cfg = opts.tokenize_config(args, a_rate, mulan_desc["model"]["sample_rate_hz"])
+        cfg = opts.tokenize_config(args, a_rate, mulan_desc["model"]["sample_rate_hz"], layout=layout)
+    plan = None
+    if base is not None:
+        streams, tokenizers, codebooks = manifest_entries(semantic_desc, acoustic_desc, mulan_desc)
+        incremental.check_compatible(base, tokenizers=tokenizers, codebooks=codebooks, streams=streams,
+                                     audio=cfg.to_json()["audio"])
+        plan = incremental.make_plan(base, args.retry_failures)
+        todo, skipped = incremental.new_inputs(plan, cfg.inputs)
+        print(f"tokenize --into {base.root} (version {plan.version}): {len(todo)} inputs to read, {skipped} "
+              f"skipped (already in the dataset as a record or dead letter), {len(plan.retry)} dead-letter "
+              f"sources retried, {len(plan.retry_missing)} retries missing their file")
+        if not todo:
+            print(f"nothing to add: {base.root} is left unchanged")
+            return 0
     captions = load_captions(cfg.captions) if cfg.captions else None
     with make_pipeline(beam_args) as p:
         build_tokenize(p, cfg, semantic_desc=semantic_desc, captions=captions,
-                       acoustic_desc=acoustic_desc, mulan_desc=mulan_desc)
+                       acoustic_desc=acoustic_desc, mulan_desc=mulan_desc, plan=plan)
     with open(f"{cfg.output.rstrip('/')}/manifest.json") as f:
-        print_summary(cfg.output, json.load(f), verified=False, elapsed_s=time.monotonic() - t0)
+        manifest = json.load(f)
+    print_summary(cfg.output, manifest, verified=False, elapsed_s=time.monotonic() - t0)
+    last = (manifest.get("history") or [None])[-1]
+    if plan is not None and last and last["version"] == plan.version:
+        print(f"  version       {last['version']} ({last['mode']}): {last['inputs_new']} new inputs, "
+              f"{last['skipped_present']} skipped as already present, {last['retried']} retried, "
+              f"{last['records_added']} records added, {last['dead_letters_replaced']} dead letters "
+              f"replaced by {last['dead_letters_added']} new")
+    elif plan is not None:
+        print(f"  version       nothing changed: {base.root} is left as it was")
     return 0
 
 
@@ -200,6 +270,40 @@ def _mulan_errors():
         yield
     except (MulanError, CodebookError) as e:
         raise SystemExit(f"error: {e}") from e
+
+
+def _rebuild(args) -> int:
+    from tokenmill.pipelines.rebuild import RebuildError, print_rebuild_summary, rebuild_config, run_rebuild
+    from tokenmill.schemas.manifest import ManifestError
+    from tokenmill.schemas.shards import ShardFormatError
+    from tokenmill.tokenizers.kmeans import CodebookError
+    from tokenmill.tokenizers.mulan import MulanError
+
+    cfg = rebuild_config(args)
+    try:
+        res = run_rebuild(cfg)
+    except (RebuildError, CodebookError, MulanError, ManifestError, ShardFormatError, FileNotFoundError) as e:
+        raise SystemExit(f"rebuild: {e}") from e
+    print_rebuild_summary(res)
+    return 0
+
+
+def _stats(args) -> int:
+    from tokenmill.schemas.manifest import ManifestError
+    from tokenmill.schemas.shards import ShardFormatError
+    from tokenmill.schemas.stats import StatsError, dataset_stats, format_stats
+
+    try:
+        st = dataset_stats(args.dataset)
+    except (FileNotFoundError, ManifestError, ShardFormatError, StatsError) as e:
+        raise SystemExit(f"stats: {e}") from e
+    print(json.dumps(st.summary, indent=1) if args.json else format_stats(st.summary))
+    if args.plots:
+        from tokenmill.inspect_plots import write_stats_plots
+
+        paths = write_stats_plots(st, args.plots)
+        print(f"plots: {', '.join(str(p) for p in paths)}", file=sys.stderr if args.json else sys.stdout)
+    return 0
 
 
 def _embed_text(args) -> int:

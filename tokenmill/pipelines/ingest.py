@@ -42,6 +42,12 @@ class SegmentInput:
         return self.key.split("-", 1)[0]
 
 
+class DuplicateContent(Exception):
+    """An input whose decoded audio (content hash) is already kept under another uri."""
+
+    reason = "duplicate"
+
+
 _OBJECT_ADDRESS = re.compile(r"<([\w.]+) object at 0x[0-9a-fA-F]+>")
 
 
@@ -158,12 +164,32 @@ class UriDigestFn(beam.CombineFn):
         return acc
 
 
-class ReadAndDecode(beam.PTransform):
-    """patterns → (segments, dead letters, (input count, input digest) singleton)."""
+class SkipPresent(beam.DoFn):
+    """FileMetadata → itself, unless its path is in `skip` (already in the dataset, `--into`):
+    then it goes to the 'skipped' output as its path, counted, and is never read."""
 
-    def __init__(self, patterns: tuple[str, ...], cfg: audio.AudioConfig):
+    def __init__(self, skip: frozenset[str]):
+        self.skip = skip
+        self.n_skipped = beam.metrics.Metrics.counter("tokenmill", "files_skipped_present")
+
+    def process(self, m):
+        if m.path in self.skip:
+            self.n_skipped.inc()
+            yield beam.pvalue.TaggedOutput("skipped", m.path)
+        else:
+            yield m
+
+
+class ReadAndDecode(beam.PTransform):
+    """patterns → (segments, dead letters, (input count, input digest) singleton).
+
+    With `skip` (a set of uris, `tokenize --into`), matched files whose path is in it are not
+    read and not inputs of this run; a fourth output then holds their count (a singleton)."""
+
+    def __init__(self, patterns: tuple[str, ...], cfg: audio.AudioConfig,
+                 skip: frozenset[str] | None = None):
         super().__init__()
-        self.patterns, self.cfg = patterns, cfg
+        self.patterns, self.cfg, self.skip = patterns, cfg, skip
 
     def expand(self, pbegin):
         matched = (
@@ -174,8 +200,14 @@ class ReadAndDecode(beam.PTransform):
             | "ByPath" >> beam.Map(lambda m: (m.path, m))
             | "DistinctPath" >> beam.CombinePerKey(lambda ms: next(iter(ms)))
             | "Metadata" >> beam.Values()
-            | "Spread" >> beam.Reshuffle()
         )
+        skipped = None
+        if self.skip is not None:
+            split = matched | "SkipPresent" >> beam.ParDo(SkipPresent(self.skip)).with_outputs(
+                "skipped", main="new")
+            matched = split.new
+            skipped = split.skipped | "CountSkipped" >> beam.combiners.Count.Globally()
+        matched = matched | "Spread" >> beam.Reshuffle()
         inputs = (matched | "Uri" >> beam.Map(lambda m: m.path)
                   | "InputDigest" >> beam.CombineGlobally(UriDigestFn()))
         decoded = (
@@ -183,6 +215,8 @@ class ReadAndDecode(beam.PTransform):
             | "Read" >> fileio.ReadMatches()
             | "Decode" >> beam.ParDo(DecodeToSegments(self.cfg)).with_outputs(DEAD, main="segments")
         )
+        if skipped is not None:
+            return decoded.segments, decoded[DEAD], inputs, skipped
         return decoded.segments, decoded[DEAD], inputs
 
 

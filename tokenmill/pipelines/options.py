@@ -15,12 +15,19 @@ from tokenmill.tokenizers.audio import AudioConfig
 
 @dataclass(frozen=True)
 class SemanticConfig:
-    extractor: str = "spectral"
+    extractor: str = "spectral"  # "spectral" | "w2v-bert" | "hubert" (semantic.known_extractors())
     extractor_config: tuple[tuple[str, object], ...] = ()  # (name, value) pairs, JSON-able
     batch_size: int = 8  # segments per RunInference batch
+    path: str | None = None  # SSL extractors: transformers save_pretrained directory
+    layer: int | None = None  # SSL extractors: hidden_states[layer]; None = the extractor's default (7)
 
     def extractor_kwargs(self) -> dict:
-        return dict(self.extractor_config)
+        kw = dict(self.extractor_config)
+        if self.path is not None:
+            kw["path"] = self.path
+        if self.layer is not None:
+            kw["layer"] = self.layer
+        return kw
 
 
 @dataclass(frozen=True)
@@ -101,6 +108,28 @@ class TokenizeConfig:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class RebuildConfig:
+    """`rebuild`: refit one stream's codebook (warm start, ids aligned) and write a dataset version
+    that rewrites only that stream (pipelines/rebuild.py, schemas/versions.py)."""
+
+    dataset: str  # the parent dataset directory
+    stream: str  # "semantic" (k-means) | "mulan" (RVQ)
+    output: str  # the new version's directory
+    codebook: str  # the parent codebook artifact; its id must be the manifest's
+    inputs: tuple[str, ...] = ()  # semantic: audio for the refit sample; () = the dataset's own sources
+    n_iter: int = 25  # Lloyd iterations (semantic 25; mulan 10 per stage)
+    align: bool = True  # align new ids to the parent's (off: the control)
+    warm_start: bool = True  # off (hidden --cold_start): k-means++ seeding, the control
+    seed: int = 0  # sample priorities (and the cold start's seeding)
+    sample_frames: int = 200_000  # frames (semantic) / windows (mulan) drawn for the refit
+    probe_frames: int = 20_000  # frames / windows of the fixed probe set of the drift report
+    plots: bool = False  # write codebook_usage.png
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
 def _add_audio_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("audio front end")
     d = AudioConfig()
@@ -124,11 +153,26 @@ def _add_audio_args(p: argparse.ArgumentParser) -> None:
                    default=d.resample_quality, help="soxr quality (default %(default)s)")
 
 
+SSL_EXTRACTORS = ("w2v-bert", "hubert")  # tokenizers/semantic_ssl.py; need --semantic_path
+SEMANTIC_EXTRACTORS = ("spectral", *SSL_EXTRACTORS)
+
+
 def _add_semantic_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("semantic features")
-    g.add_argument("--semantic_extractor", default="spectral",
-                   help="feature extractor; 'spectral' is the built-in weight-free log-mel+chroma "
-                        "baseline (default %(default)s)")
+    g.add_argument("--semantic_extractor", choices=SEMANTIC_EXTRACTORS, default="spectral",
+                   help="feature extractor at 25 Hz: 'spectral' is the built-in weight-free log-mel+chroma "
+                        "baseline; 'w2v-bert' (w2v-BERT 2.0, Wav2Vec2BertModel) and 'hubert' (HubertModel) "
+                        "load --semantic_path and take hidden layer --semantic_layer, averaged over pairs "
+                        "of 50 Hz frames; their codebook standardizes each dimension with the fit "
+                        "sample's mean and std (default %(default)s)")
+    g.add_argument("--semantic_path", metavar="DIR",
+                   help="w2v-bert/hubert (required): a transformers save_pretrained directory holding the "
+                        "model and its feature extractor (config.json, weights, preprocessor_config.json; "
+                        "a Hub snapshot works). Nothing is downloaded. Tokenize with the same model and "
+                        "layer the codebook was fitted with")
+    g.add_argument("--semantic_layer", type=int, metavar="N",
+                   help="w2v-bert/hubert: use hidden_states[N], the output of the N-th transformer layer "
+                        "(1 = first; at most the model's num_hidden_layers) (default 7)")
     g.add_argument("--batch_size", type=int, default=8,
                    help="segments per RunInference batch (default %(default)s)")
 
@@ -282,24 +326,54 @@ def add_fit_codebook_args(p: argparse.ArgumentParser) -> None:
                    help="10 s windows per MuLan forward pass, and segments per batch (default 16)")
 
 
+# tokenize's shard layout: defaults for a new dataset; `--into` takes the existing dataset's.
+LAYOUT_DEFAULTS = {"num_shards": 4, "num_valid_shards": 1, "valid_fraction": 0.05,
+                   "formats": "parquet,webdataset"}
+
+
 def add_tokenize_args(p: argparse.ArgumentParser) -> None:
     _common_inputs(p)
-    p.add_argument("--output", required=True, metavar="DIR",
-                   help="dataset directory: parquet/, wds/, failures-*.jsonl, manifest.json")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--output", metavar="DIR",
+                       help="dataset directory: parquet/, wds/, failures-*.jsonl, manifest.json")
+    where.add_argument("--into", metavar="DIR",
+                       help="add to the existing dataset DIR instead of writing a new one: only inputs "
+                            "whose uri is not already in DIR (as a record or a dead letter) are "
+                            "read (uris compare as matched, so give --input in the same form, relative "
+                            "or absolute, as the first run), and one whose decoded content (key) is "
+                            "already there becomes a 'duplicate' dead letter. New shard files get a version suffix "
+                            "(train-00000-of-00004.v0001.parquet); existing shards are never "
+                            "rewritten. manifest.json is replaced atomically and lists old + new "
+                            "shards, summed counts and a 'history' entry per run, with the count of "
+                            "skipped inputs. The tokenizers and codebooks must equal the dataset's; "
+                            "the shard layout (--num_shards, --num_valid_shards, --valid_fraction, "
+                            "--formats) is the dataset's, and giving another value is refused. With "
+                            "nothing new to add the dataset is left untouched")
+    p.add_argument("--retry-failures", "--retry_failures", dest="retry_failures", action="store_true",
+                   help="with --into: also re-attempt every source listed in the dataset's dead "
+                        "letters (read again from its uri, e.g. after fixing or replacing the file). "
+                        "Successes are added as records; the retried dead letters are replaced by the "
+                        "new outcome in a new failures file, each source still counted once. A "
+                        "source whose file is gone keeps its old dead letter (counted, logged)")
     p.add_argument("--codebook", required=True, metavar="PATH",
                    help="semantic codebook (.safetensors or its .json card, or a directory holding "
                         "exactly one semantic codebook), as written by fit-codebook")
     p.add_argument("--captions", metavar="FILE",
                    help="MusicCaps CSV (ytid,start_s,end_s,caption,aspect_list) or JSONL with "
                         "caption/tags and key, uri or file")
-    p.add_argument("--num_shards", type=int, default=4,
-                   help="train shards per format (fixed, so shard = f(key)) (default %(default)s)")
-    p.add_argument("--num_valid_shards", type=int, default=1, help="valid shards (default %(default)s)")
-    p.add_argument("--valid_fraction", type=float, default=0.05,
+    # Layout flags default to None so that --into can tell a given value (checked against the
+    # dataset's) from an omitted one (the dataset's value is used); tokenize_config fills defaults.
+    p.add_argument("--num_shards", type=int,
+                   help=f"train shards per format (fixed, so shard = f(key)) (default {LAYOUT_DEFAULTS['num_shards']}; "
+                        "with --into: the dataset's)")
+    p.add_argument("--num_valid_shards", type=int,
+                   help=f"valid shards (default {LAYOUT_DEFAULTS['num_valid_shards']}; with --into: the dataset's)")
+    p.add_argument("--valid_fraction", type=float,
                    help="fraction of tracks in the valid split, by hash of the track's content "
-                        "(default %(default)s)")
-    p.add_argument("--formats", default="parquet,webdataset",
-                   help="comma-separated shard formats (default %(default)s)")
+                        f"(default {LAYOUT_DEFAULTS['valid_fraction']}; with --into: the dataset's)")
+    p.add_argument("--formats",
+                   help=f"comma-separated shard formats (default {LAYOUT_DEFAULTS['formats']}; with "
+                        "--into: the dataset's)")
     _add_audio_args(p)
     _add_semantic_args(p)
     _add_acoustic_args(p)
@@ -315,7 +389,24 @@ def audio_config(args: argparse.Namespace, target_rates_hz: tuple[int, ...]) -> 
 
 
 def semantic_config(args: argparse.Namespace) -> SemanticConfig:
-    return SemanticConfig(extractor=args.semantic_extractor, batch_size=args.batch_size)
+    """Flags → SemanticConfig; an SSL checkpoint's directory and layer are checked here (reads
+    config.json only) so a bad flag stops the command before any job starts."""
+    name, path, layer = args.semantic_extractor, args.semantic_path, args.semantic_layer
+    if name not in SSL_EXTRACTORS:
+        given = [f for f, v in (("--semantic_path", path), ("--semantic_layer", layer)) if v is not None]
+        if given:
+            raise SystemExit(f"{given[0]} applies to --semantic_extractor {' or '.join(SSL_EXTRACTORS)} "
+                             f"only (this is {name})")
+    else:
+        from tokenmill.tokenizers.semantic_ssl import DEFAULT_LAYER, SemanticModelError, read_checkpoint
+
+        try:
+            read_checkpoint(name, path, DEFAULT_LAYER if layer is None else layer)
+        except SemanticModelError as e:
+            raise SystemExit(f"error: {e}") from e
+    if args.batch_size < 1:
+        raise SystemExit("--batch_size must be >= 1")
+    return SemanticConfig(extractor=name, batch_size=args.batch_size, path=path, layer=layer)
 
 
 def fit_codebook_config(args: argparse.Namespace, mulan_rate_hz: int | None = None) -> FitCodebookConfig:
@@ -328,10 +419,11 @@ def fit_codebook_config(args: argparse.Namespace, mulan_rate_hz: int | None = No
     for dest, default in _FIT_STREAM_FLAGS[args.stream].items():
         if getattr(args, dest) is None:
             setattr(args, dest, default)
-    if args.stream == "mulan" and (args.semantic_extractor, args.batch_size) != (
-            SemanticConfig().extractor, SemanticConfig().batch_size):
-        raise SystemExit("--semantic_extractor and --batch_size apply to --stream semantic; the MuLan "
-                         "model's batch is --mulan_batch_size")
+    if args.stream == "mulan" and (args.semantic_extractor, args.batch_size, args.semantic_path,
+                                   args.semantic_layer) != (
+            SemanticConfig().extractor, SemanticConfig().batch_size, None, None):
+        raise SystemExit("--semantic_extractor, --semantic_path, --semantic_layer and --batch_size apply "
+                         "to --stream semantic; the MuLan model's batch is --mulan_batch_size")
     if args.n_iter is None:
         args.n_iter = 25 if args.stream == "semantic" else 10
     kw: dict = {}
@@ -360,9 +452,24 @@ def fit_codebook_config(args: argparse.Namespace, mulan_rate_hz: int | None = No
 
 
 def tokenize_config(args: argparse.Namespace, acoustic_rate_hz: int | None = None,
-                    mulan_rate_hz: int | None = None) -> TokenizeConfig:
+                    mulan_rate_hz: int | None = None, layout: dict | None = None) -> TokenizeConfig:
     """`acoustic_rate_hz`, `mulan_rate_hz`: the codec's and the MuLan model's sample rates (the
-    launcher builds each model once to learn them)."""
+    launcher builds each model once to learn them). `layout`: the existing dataset's num_shards,
+    num_valid_shards, valid_fraction and formats (--into); an omitted flag takes its value, a given
+    one must equal it."""
+    if getattr(args, "retry_failures", False) and not getattr(args, "into", None):
+        raise SystemExit("--retry-failures needs --into DIR (the dataset whose dead letters to retry)")
+    for name, default in LAYOUT_DEFAULTS.items():
+        given = getattr(args, name)
+        if layout is None:
+            setattr(args, name, default if given is None else given)
+            continue
+        have = ",".join(layout[name]) if name == "formats" else layout[name]
+        if given is not None and (given.replace(" ", "") if name == "formats" else given) != have:
+            raise SystemExit(f"--{name} {given} differs from the dataset's {have} ({args.into}/manifest.json); "
+                             f"--into keeps the dataset's shard layout: omit --{name}, or write a new "
+                             "dataset with --output")
+        setattr(args, name, have)
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     bad = [f for f in formats if f not in ("parquet", "webdataset")]
     if bad or not formats:
@@ -372,7 +479,7 @@ def tokenize_config(args: argparse.Namespace, acoustic_rate_hz: int | None = Non
             raise SystemExit(f"--{name} must be >= 1")
     rates_hz = tuple(dict.fromkeys(r for r in (16_000, acoustic_rate_hz, mulan_rate_hz) if r))  # unique, in order
     return TokenizeConfig(
-        inputs=tuple(args.inputs), output=args.output, codebook=args.codebook,
+        inputs=tuple(args.inputs), output=args.output or args.into, codebook=args.codebook,
         captions=args.captions, num_shards=args.num_shards,
         num_valid_shards=args.num_valid_shards, valid_fraction=args.valid_fraction,
         formats=formats, audio=audio_config(args, rates_hz),

@@ -41,16 +41,30 @@ def atomic_write(path: str, data: bytes) -> None:
     FileSystems.rename([tmp], [path])
 
 
+def versioned(rel: str, version: int) -> str:
+    """The file name of `rel` written by dataset version `version` (`tokenize --into`): version 0
+    (the first run) keeps the plain name, later ones insert `.vNNNN` before the extension
+    (parquet/train-00000-of-00004.v0001.parquet), so they never collide with earlier files and the
+    `-IIIII-of-NNNNN` part still names the shard that the key implies."""
+    if version == 0:
+        return rel
+    parent, _, name = rel.rpartition("/")
+    stem, dot, ext = name.partition(".")
+    return f"{parent}/{stem}.v{version:04d}{dot}{ext}" if parent else f"{stem}.v{version:04d}{dot}{ext}"
+
+
 def shard_ids(cfg) -> list[tuple[str, int]]:
     return [(split, i) for split in SPLITS for i in range(cfg.shard_count(split))]
 
 
 class WriteShard(beam.DoFn):
     """((split, index), records) → ShardInfo per format. Empty shards are written too, so the
-    shard count is fixed and every reader rank gets a file."""
+    shard count is fixed and every reader rank gets a file (a later version, `--into`, writes only
+    the shards that receive records: version 0 already gave every rank a file)."""
 
-    def __init__(self, output: str, formats: tuple[str, ...], counts: dict[str, int]):
+    def __init__(self, output: str, formats: tuple[str, ...], counts: dict[str, int], version: int = 0):
         self.output, self.formats, self.counts = output.rstrip("/"), formats, counts
+        self.version = version
 
     def process(self, element):
         (split, index), records = element
@@ -62,6 +76,7 @@ class WriteShard(beam.DoFn):
                 rel, data = parquet_shard_name(split, index, count), fmt.encode_parquet(records)
             else:
                 rel, data = wds_shard_name(split, index, count), fmt.encode_wds(records)
+            rel = versioned(rel, self.version)
             atomic_write(f"{self.output}/{rel}", data)
             LOG.info("[write] %s: %d records, %.1f s, %d bytes", rel, len(records), seconds, len(data))
             yield ShardInfo(path=rel, format=name, split=split, records=len(records),
@@ -70,28 +85,31 @@ class WriteShard(beam.DoFn):
 
 
 class WriteShards(beam.PTransform):
-    """records → ShardInfo for every (split, shard, format)."""
+    """records → ShardInfo for every (split, shard, format); for `version` > 0 (`--into`) only
+    for the shards that receive records, under versioned names."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, version: int = 0):
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.version = cfg, version
 
     def expand(self, records):
         cfg = self.cfg
         keyed = records | "ByShard" >> beam.Map(
             lambda r: ((r.split, shard_of(r.key, cfg.shard_count(r.split))), r))
-        every = (records.pipeline | "AllShards" >> beam.Create(shard_ids(cfg))
+        every = (records.pipeline | "AllShards" >> beam.Create(shard_ids(cfg) if self.version == 0 else [])
                  | "Empty" >> beam.Map(lambda sid: (sid, None)))
         grouped = ((keyed, every) | "FlattenShards" >> beam.Flatten()
                    | "GroupShard" >> beam.GroupByKey()
                    | "DropMarker" >> beam.MapTuple(lambda sid, rs: (sid, [r for r in rs if r is not None])))
         counts = {s: cfg.shard_count(s) for s in SPLITS}
-        return grouped | "Write" >> beam.ParDo(WriteShard(cfg.output, cfg.formats, counts))
+        return grouped | "Write" >> beam.ParDo(WriteShard(cfg.output, cfg.formats, counts, self.version))
 
 
-def write_dead_letters(letters: list[fmt.DeadLetter], output: str) -> DeadLetterFileInfo:
-    """All dead letters in one sorted JSONL file (written even when empty)."""
+def write_dead_letters(letters: list[fmt.DeadLetter], output: str, version: int = 0) -> DeadLetterFileInfo:
+    """All dead letters in one sorted JSONL file (written even when empty). A later version of
+    the dataset (`--into`) writes the whole current set under a versioned name."""
     data = fmt.encode_dead_letters(letters)
-    atomic_write(f"{output.rstrip('/')}/{FAILURES_NAME}", data)
-    return DeadLetterFileInfo(path=FAILURES_NAME, records=len(letters), bytes=len(data),
+    rel = versioned(FAILURES_NAME, version)
+    atomic_write(f"{output.rstrip('/')}/{rel}", data)
+    return DeadLetterFileInfo(path=rel, records=len(letters), bytes=len(data),
                               sha256=hashlib.sha256(data).hexdigest())

@@ -23,7 +23,8 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from tokenmill import __version__
 from tokenmill.pipelines.handlers import AcousticTokenHandler, Failed, SemanticTokenHandler
-from tokenmill.pipelines.ingest import DEAD, ReadAndDecode, SegmentInput, dead_letter
+from tokenmill.pipelines.incremental import KnownContent, Plan, WriteIncrementalManifest
+from tokenmill.pipelines.ingest import DEAD, DuplicateContent, ReadAndDecode, SegmentInput, dead_letter
 from tokenmill.pipelines.mulan import MulanTokenHandler, mulan_stream_info
 from tokenmill.pipelines.options import TokenizeConfig
 from tokenmill.pipelines.sinks import WriteShards, atomic_write, write_dead_letters
@@ -33,10 +34,6 @@ from tokenmill.schemas.captions import CaptionIndex
 from tokenmill.schemas.records import MANIFEST_NAME, TrackRecord, split_of
 
 LOG = logging.getLogger("tokenmill")
-
-
-class DuplicateContent(Exception):
-    reason = "duplicate"
 
 
 class AttachTokens(beam.DoFn):
@@ -174,10 +171,16 @@ class WriteManifest(beam.DoFn):
         yield manifest
 
 
-def semantic_stream_info(vocab_size: int) -> dict:
-    return {"sample_rate_hz": rates.SEMANTIC.sample_rate_hz, "hop_samples": rates.SEMANTIC.hop_samples,
+def semantic_stream_info(vocab_size: int, extractor: dict | None = None) -> dict:
+    """The semantic stream's manifest entry; `extractor` (its describe()) adds which features the
+    tokens quantize: extractor name, dim, and for SSL models the weights sha256 and layer."""
+    info = {"sample_rate_hz": rates.SEMANTIC.sample_rate_hz, "hop_samples": rates.SEMANTIC.hop_samples,
             "frame_rate_hz": float(rates.SEMANTIC.frame_rate_hz), "vocab_size": vocab_size,
             "dtype": "uint16", "shape": "[T_s]"}
+    if extractor is not None:
+        info.update(extractor=extractor["name"], feature_dim=extractor["dim"],
+                    weights_sha256=extractor.get("weights_sha256"), layer=extractor.get("layer"))
+    return info
 
 
 def acoustic_stream_info(desc: dict) -> dict:
@@ -187,12 +190,39 @@ def acoustic_stream_info(desc: dict) -> dict:
             "shape": "[n_q, T_a]", "frames": "ceil(duration_s * sample_rate_hz / hop_samples)"}
 
 
+def manifest_entries(semantic_desc: dict, acoustic_desc: dict | None = None,
+                     mulan_desc: dict | None = None) -> tuple[dict, dict, dict]:
+    """(streams, tokenizers, codebooks) of the manifest for the models of a run."""
+    streams = {"semantic": semantic_stream_info(semantic_desc["vocab_size"], semantic_desc["extractor"])}
+    tokenizers = {"semantic": semantic_desc}
+    codebooks = {"semantic": semantic_desc["codebook_id"]}
+    if acoustic_desc is not None:
+        streams["acoustic"] = acoustic_stream_info(acoustic_desc)
+        tokenizers["acoustic"] = acoustic_desc
+    if mulan_desc is not None:
+        streams["mulan"] = mulan_stream_info(mulan_desc)
+        tokenizers["mulan"] = mulan_desc
+        codebooks["mulan"] = mulan_desc["codebook_id"]
+    return streams, tokenizers, codebooks
+
+
 def build_tokenize(p: beam.Pipeline, cfg: TokenizeConfig, *, semantic_desc: dict,
                    captions: CaptionIndex | None, acoustic_desc: dict | None = None,
-                   mulan_desc: dict | None = None) -> beam.PCollection:
-    """Wire the job into `p`; returns the PCollection holding the written manifest."""
-    segments, dead_decode, inputs = p | "Ingest" >> ReadAndDecode(cfg.inputs, cfg.audio)
-    dead_parts = [dead_decode]
+                   mulan_desc: dict | None = None, plan: Plan | None = None) -> beam.PCollection:
+    """Wire the job into `p`; returns the PCollection holding the written manifest. With `plan`
+    (`--into`, pipelines/incremental.py) the job reads only what the dataset lacks and writes a
+    new version of it."""
+    present = None
+    if plan is None:
+        segments, dead_decode, inputs = p | "Ingest" >> ReadAndDecode(cfg.inputs, cfg.audio)
+        dead_parts = [dead_decode]
+    else:
+        segments, dead_decode, inputs, skipped = p | "Ingest" >> ReadAndDecode(
+            cfg.inputs + plan.retry_patterns(), cfg.audio, skip=plan.skip)
+        known = segments | "KnownContent" >> beam.ParDo(KnownContent(plan.base.key_uri)).with_outputs(
+            DEAD, "present", main="new")
+        segments, present = known.new, known.present
+        dead_parts = [dead_decode, known[DEAD]]
     semantic_hz = rates.SEMANTIC.sample_rate_hz
     mulan_hz = (mulan_desc["model"]["sample_rate_hz"],) if mulan_desc is not None else ()
     if acoustic_desc is not None:
@@ -210,9 +240,20 @@ def build_tokenize(p: beam.Pipeline, cfg: TokenizeConfig, *, semantic_desc: dict
              | "Dedupe" >> beam.ParDo(DedupeAndBuild(cfg, captions)).with_outputs(DEAD, main="records"))
     dead_parts.append(built[DEAD])
     records = built.records
-    shards = records | "Shards" >> WriteShards(cfg)
+    shards = records | "Shards" >> WriteShards(cfg, version=plan.version if plan else 0)
 
     dead = tuple(dead_parts) | "AllDead" >> beam.Flatten()
+    streams, tokenizers, codebooks = manifest_entries(semantic_desc, acoustic_desc, mulan_desc)
+    if plan is not None:
+        status = ((records | "RecUri" >> beam.Map(lambda r: (r.uri, True)),
+                   dead | "DeadUri" >> beam.Map(lambda d: (d.uri, False)),
+                   present | "PresentUri" >> beam.Map(lambda u: (u, True)))
+                  | "Uris" >> beam.Flatten() | "AnyRecord" >> beam.CombinePerKey(any))
+        return (p | "Once" >> beam.Create([None])
+                | "Manifest" >> beam.ParDo(
+                    WriteIncrementalManifest(cfg, plan, __version__), beam.pvalue.AsList(shards),
+                    beam.pvalue.AsList(dead), beam.pvalue.AsSingleton(inputs), beam.pvalue.AsList(status),
+                    beam.pvalue.AsSingleton(skipped)))
     dead_file = (dead | "DeadList" >> beam.combiners.ToList()
                  | "WriteDead" >> beam.Map(lambda ls: (write_dead_letters(ls, cfg.output), ls)))
     status = ((records | "RecUri" >> beam.Map(lambda r: (r.uri, True)),
@@ -220,16 +261,6 @@ def build_tokenize(p: beam.Pipeline, cfg: TokenizeConfig, *, semantic_desc: dict
               | "Uris" >> beam.Flatten() | "AnyRecord" >> beam.CombinePerKey(any))
     accounting = status | "Account" >> beam.CombineGlobally(Accounting())
 
-    streams = {"semantic": semantic_stream_info(semantic_desc["vocab_size"])}
-    tokenizers = {"semantic": semantic_desc}
-    codebooks = {"semantic": semantic_desc["codebook_id"]}
-    if acoustic_desc is not None:
-        streams["acoustic"] = acoustic_stream_info(acoustic_desc)
-        tokenizers["acoustic"] = acoustic_desc
-    if mulan_desc is not None:
-        streams["mulan"] = mulan_stream_info(mulan_desc)
-        tokenizers["mulan"] = mulan_desc
-        codebooks["mulan"] = mulan_desc["codebook_id"]
     return (p | "Once" >> beam.Create([None])
             | "Manifest" >> beam.ParDo(
                 WriteManifest(cfg, tokenizers, codebooks, streams),

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
 from tokenmill.schemas.records import SCHEMA_VERSION, json_dumps_stable
+from tokenmill.schemas.versions import validate_version
 
 MANIFEST_VERSION = "1.0"
 SHARD_FORMATS = ("parquet", "webdataset")
@@ -70,6 +71,11 @@ def digest_add(a: str, b: str) -> str:
     return f"{(int(a, 16) + int(b, 16)) % 2**256:064x}"
 
 
+def digest_sub(a: str, b: str) -> str:
+    """The digest of set A minus subset B, given digests a and b."""
+    return f"{(int(a, 16) - int(b, 16)) % 2**256:064x}"
+
+
 def build_manifest(
     *,
     job: dict[str, Any],
@@ -80,7 +86,10 @@ def build_manifest(
     dead_letter_files: list[DeadLetterFileInfo],
     counts: Counts,
     tokenmill_version: str,
+    history: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """`history`: one entry per run that wrote this dataset (`tokenize --into` adds them; a
+    dataset written by one run has none)."""
     manifest = {
         "manifest_version": MANIFEST_VERSION,
         "schema_version": SCHEMA_VERSION,
@@ -93,6 +102,8 @@ def build_manifest(
         "dead_letter_files": [asdict(d) for d in sorted(dead_letter_files, key=lambda d: d.path)],
         "counts": asdict(counts),
     }
+    if history is not None:
+        manifest["history"] = history
     problems = validate_manifest(manifest)
     if problems:
         raise ManifestError("refusing to write an invalid manifest: " + "; ".join(problems))
@@ -154,4 +165,26 @@ def validate_manifest(m: Any) -> list[str]:
     n_dead = sum(d["records"] for d in m["dead_letter_files"])
     if n_dead != c["dead_letters"]:
         problems.append(f"dead-letter files hold {n_dead} lines but counts.dead_letters={c['dead_letters']}")
+    problems += _validate_history(m)
+    problems += validate_version(m)  # rebuild versions (schemas/versions.py)
+    return problems
+
+
+def _validate_history(m: dict[str, Any]) -> list[str]:
+    """Optional `history` (datasets grown with `tokenize --into`): versions 0, 1, 2, ... in order,
+    and the shards they wrote are exactly the manifest's shards."""
+    if "history" not in m:
+        return []
+    h = m["history"]
+    if not isinstance(h, list) or not all(isinstance(e, dict) for e in h):
+        return ["field 'history' must be a list of objects"]
+    problems = []
+    versions = [e.get("version") for e in h]
+    if versions != list(range(len(h))):
+        problems.append(f"history versions must be 0, 1, 2, ... in order, got {versions}")
+    written = [p for e in h for p in (e.get("shards") or [])]
+    listed = sorted(s["path"] for s in m["shards"])
+    if sorted(written) != listed:
+        problems.append(f"history lists shards {sorted(set(written) ^ set(listed))[:5]} that differ "
+                        "from the manifest's shards (or lists one twice)")
     return problems

@@ -9,12 +9,15 @@
 - Dead letters: JSON lines sorted by (uri, stage, key).
 
 Pure functions over bytes / file objects; the atomic file writing lives in pipelines/sinks.py.
+`read_dataset` opens a local dataset directory by its manifest (optionally refusing one tokenized
+with other codebooks or another schema, see schemas/compat.py); `verify` checks the bytes.
 """
 from __future__ import annotations
 
 import io
 import json
 import lzma
+import os
 import tarfile
 from dataclasses import asdict, dataclass
 from typing import IO, Iterable, Iterator
@@ -23,9 +26,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tokenmill.schemas import versions
+from tokenmill.schemas.compat import check_compatible
+from tokenmill.schemas.manifest import ManifestError, validate_manifest
 from tokenmill.schemas.records import (
-    ARROW_SCHEMA, STREAMS, TAR_MTIME, TrackRecord, json_dumps_stable, records_to_table,
-    table_to_records, wds_member_names,
+    ARROW_SCHEMA, MANIFEST_NAME, STREAMS, TAR_MTIME, TrackRecord, json_dumps_stable,
+    records_to_table, table_to_records, wds_member_names,
 )
 
 PARQUET_COMPRESSION = "zstd"
@@ -158,3 +164,72 @@ def decode_dead_letters(data: bytes) -> list[DeadLetter]:
             except (json.JSONDecodeError, TypeError) as e:
                 raise ShardFormatError(f"dead-letter line {i} is malformed: {e}") from e
     return out
+
+
+# ---- dataset reader --------------------------------------------------------------------------
+
+def read_manifest(root: str) -> dict:
+    """The validated manifest.json of a local dataset directory."""
+    path = os.path.join(root, MANIFEST_NAME)
+    try:
+        with open(path, "rb") as f:
+            manifest = json.loads(f.read())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found; is {root} a tokenmill dataset (tokenize "
+                                "--output), and did its job finish?") from None
+    except json.JSONDecodeError as e:
+        raise ManifestError(f"{path}: not valid JSON ({e}); re-run tokenize to rewrite it") from e
+    problems = validate_manifest(manifest)
+    if problems:
+        raise ManifestError(f"{path}: " + "; ".join(problems))
+    return manifest
+
+
+def read_dataset(root: str, *, format: str | None = None, splits: tuple[str, ...] | None = None,
+                 expect_codebooks: dict[str, str] | None = None, expect_schema: str | None = None,
+                 manifest: dict | None = None) -> Iterator[TrackRecord]:
+    """Records of every shard of one format, shard by shard in manifest order (keys sorted within).
+
+    `format`: "parquet" | "webdataset"; None takes Parquet when the manifest lists Parquet shards,
+    else WebDataset (both hold the same records; `verify` checks that). `splits`: only these.
+    `expect_codebooks` (stream -> id) / `expect_schema`: refuse, before reading any shard, a dataset
+    tokenized with other codebooks or another record schema (schemas.compat.CompatibilityError names
+    both values and the fix). Shard bytes are not hashed here; `beam_runner.py verify` does that.
+    A dataset version written by `rebuild` (schemas/versions.py) reads as whole records: its
+    column shards replace the rewritten field of the parent's shards it references.
+    """
+    manifest = manifest if manifest is not None else read_manifest(root)
+    if expect_codebooks is not None or expect_schema is not None:
+        check_compatible(manifest, schema_version=expect_schema, codebooks=expect_codebooks, source=root)
+    formats = sorted({s["format"] for s in manifest["shards"]}, key=lambda f: f != "parquet")
+    if format is None and formats:
+        format = formats[0]
+    if format is not None and format not in formats and manifest["shards"]:
+        raise ValueError(f"{root} has no {format} shards (it has {formats}); pass format={formats[0]!r}")
+    chosen = [s for s in manifest["shards"] if s["format"] == format
+              and (splits is None or s["split"] in splits)]
+    return _iter_shards(root, chosen, manifest)
+
+
+def _iter_shards(root: str, shards: list[dict], manifest: dict | None = None) -> Iterator[TrackRecord]:
+    """Records of `shards`; a dataset version's column shards (schemas/versions.py) replace
+    their fields, so a rebuilt dataset reads as whole records."""
+    for s in shards:
+        path = os.path.join(root, s["path"])
+        try:
+            with open(path, "rb") as f:
+                recs = decode_parquet(f) if s["format"] == "parquet" else decode_wds(f)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: listed in {root}/{MANIFEST_NAME} but missing; "
+                                    "run beam_runner.py verify, then re-run tokenize") from None
+        except ShardFormatError as e:
+            raise ShardFormatError(f"{path}: {e}; run beam_runner.py verify {root}") from e
+        for ov in versions.overrides_for(manifest or {}, s["path"]):
+            cpath = os.path.join(root, ov["shard"]["path"])
+            try:
+                keys, cols = versions.decode_column_shard(cpath, ov["fields"])
+                recs = versions.merge_columns(recs, keys, cols, cpath)
+            except FileNotFoundError:
+                raise FileNotFoundError(f"{cpath}: column shard listed in {root}/{MANIFEST_NAME} but missing; "
+                                        f"run beam_runner.py verify {root}, then re-run rebuild") from None
+        yield from recs

@@ -20,6 +20,7 @@ import numpy as np
 
 from tokenmill.schemas import rates
 from tokenmill.schemas import shards as fmt
+from tokenmill.schemas import versions
 from tokenmill.schemas.manifest import uri_digest, validate_manifest
 from tokenmill.schemas.records import MANIFEST_NAME, TrackRecord, shard_of, split_of
 
@@ -134,6 +135,8 @@ def verify_dataset(root: str, *, keep_records: bool = False) -> VerifyReport:
         except (fmt.ShardFormatError, ValueError) as e:
             rep.problems.append(f"{path}: does not decode as {s['format']}: {e}")
             continue
+        recs, override_problems = versions.verify_overrides(root, manifest, s, recs)  # rebuild versions
+        rep.problems += override_problems
         if len(recs) != s["records"]:
             rep.problems.append(f"{path}: {len(recs)} records, manifest says {s['records']}")
         secs = round(sum(r.duration_s for r in recs), 6)
