@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = opts.fit_codebook_config(args)
         check_inputs_match(cfg.inputs)
-        with _mulan_errors():
+        with _model_errors():
             desc = build_model(cfg.mulan).describe()
         cfg = opts.fit_codebook_config(args, mulan_rate_hz=desc["sample_rate_hz"])
         with make_pipeline(beam_args) as p:
@@ -201,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = opts.fit_codebook_config(args)
         check_inputs_match(cfg.inputs)
-        desc = build_extractor(cfg.semantic.extractor, **cfg.semantic.extractor_kwargs()).describe()
+        with _model_errors():
+            desc = build_extractor(cfg.semantic.extractor, **cfg.semantic.extractor_kwargs()).describe()
         with make_pipeline(beam_args) as p:
             build_fit(p, cfg, extractor_desc=desc)
         print_fit_summary(cfg.output, time.monotonic() - t0)
@@ -222,10 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     a_rate = acoustic_desc["sample_rate_hz"] if acoustic_desc else None
     cfg = opts.tokenize_config(args, a_rate, layout=layout)
     check_inputs_match(cfg.inputs)
-    semantic_desc, _ = describe_semantic(cfg.semantic, cfg.codebook)
+    with _model_errors():
+        semantic_desc, _ = describe_semantic(cfg.semantic, cfg.codebook)
     mulan_desc = None
     if mulan.enabled:
-        with _mulan_errors():
+        with _model_errors():
             mulan_desc = describe_mulan(mulan)
         cfg = opts.tokenize_config(args, a_rate, mulan_desc["model"]["sample_rate_hz"], layout=layout)
     plan = None
@@ -260,15 +262,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 @contextlib.contextmanager
-def _mulan_errors():
-    """A MuLan model or RVQ that cannot be loaded, or that do not fit together, stops the command
-    with its fix-it message before any job starts (no traceback)."""
+def _model_errors():
+    """A model (semantic SSL checkpoint, MuLan) or codebook that cannot be loaded, or that do not
+    fit together, stops the command with its fix-it message before any job starts (no traceback)."""
     from tokenmill.tokenizers.kmeans import CodebookError
     from tokenmill.tokenizers.mulan import MulanError
+    from tokenmill.tokenizers.semantic_ssl import SemanticModelError
 
     try:
         yield
-    except (MulanError, CodebookError) as e:
+    except (MulanError, CodebookError, SemanticModelError) as e:
         raise SystemExit(f"error: {e}") from e
 
 
@@ -309,7 +312,7 @@ def _stats(args) -> int:
 def _embed_text(args) -> int:
     from tokenmill.tokenizers.mulan import load_text_tokenizer
 
-    with _mulan_errors():
+    with _model_errors():
         tok = load_text_tokenizer(args.mulan_model, args.mulan_path, args.mulan_codebook,
                                   batch_size=args.mulan_batch_size)
         codes = tok(list(args.texts))

@@ -248,8 +248,8 @@ def test_fit_and_tokenize_with_hubert_record_model_and_layer(saved, tmp_path, re
     (seg,) = audio.prepare((src / "score_bach_bwv66_6.wav").read_bytes(), uri,
                            audio.AudioConfig(target_rates_hz=(SR,)))
     np.testing.assert_array_equal(recs[uri].semantic, cb.assign(ex.extract(seg.waves[SR])))
-    # a codebook fitted on layer 7 is refused for layer 3
-    with pytest.raises(ValueError, match="fitted on layer 7 but this job uses 3"):
+    # a codebook fitted on layer 7 is refused for layer 3, as a fix-it exit (no traceback)
+    with pytest.raises(SystemExit, match="fitted on layer 7 but this job uses 3"):
         beam_runner.main(["tokenize", "--input", str(src / "*"), "--codebook", str(cbs),
                           "--output", str(tmp_path / "ds3"), "--mulan_model", "none",
                           "--acoustic_codec", "none", *sem, "--semantic_layer", "3"])

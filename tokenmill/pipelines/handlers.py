@@ -14,7 +14,7 @@ from tokenmill.pipelines.ingest import SegmentInput
 from tokenmill.pipelines.options import AcousticConfig, SemanticConfig
 from tokenmill.schemas import rates
 from tokenmill.tokenizers.codec import AcousticCodec, build_codec
-from tokenmill.tokenizers.kmeans import Codebook
+from tokenmill.tokenizers.kmeans import Codebook, CodebookError
 from tokenmill.tokenizers.semantic import SemanticExtractor, build_extractor
 
 
@@ -142,7 +142,7 @@ def check_codebook_matches(desc: dict, codebook: Codebook) -> None:
     """Refuse a codebook fitted on other features: dim always; extractor name, weights sha256 and
     layer when the card records the fit's extractor (fit-codebook writes it in sources.extractor)."""
     if codebook.dim != desc["dim"]:
-        raise ValueError(
+        raise CodebookError(
             f"codebook {codebook.id} has dim {codebook.dim} but extractor '{desc['name']}' gives "
             f"{desc['dim']}; fit the codebook with the same extractor")
     fit = (codebook.card.get("sources") or {}).get("extractor")
@@ -150,7 +150,7 @@ def check_codebook_matches(desc: dict, codebook: Codebook) -> None:
         return
     for field, what in (("name", "extractor"), ("weights_sha256", "model weights"), ("layer", "layer")):
         if fit.get(field) != desc.get(field):
-            raise ValueError(
+            raise CodebookError(
                 f"codebook {codebook.id} was fitted on {what} {fit.get(field)!r} but this job uses "
                 f"{desc.get(field)!r}; pass the --semantic_extractor/--semantic_path/--semantic_layer the "
                 "codebook was fitted with (its card's sources.extractor), or fit a new codebook")
