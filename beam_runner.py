@@ -244,9 +244,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"nothing to add: {base.root} is left unchanged")
             return 0
     captions = load_captions(cfg.captions) if cfg.captions else None
+    journal = _open_journal(cfg, semantic_desc, acoustic_desc, mulan_desc) if plan is None else None
     with make_pipeline(beam_args) as p:
         build_tokenize(p, cfg, semantic_desc=semantic_desc, captions=captions,
-                       acoustic_desc=acoustic_desc, mulan_desc=mulan_desc, plan=plan)
+                       acoustic_desc=acoustic_desc, mulan_desc=mulan_desc, plan=plan, journal=journal)
+    if journal is not None:
+        from tokenmill.pipelines.journal import close_journal
+
+        close_journal(cfg.output, journal)
     with open(f"{cfg.output.rstrip('/')}/manifest.json") as f:
         manifest = json.load(f)
     print_summary(cfg.output, manifest, verified=False, elapsed_s=time.monotonic() - t0)
@@ -258,7 +263,31 @@ def main(argv: list[str] | None = None) -> int:
               f"replaced by {last['dead_letters_added']} new")
     elif plan is not None:
         print(f"  version       nothing changed: {base.root} is left as it was")
+    if journal is not None and journal.finished:
+        print(f"  resumed       {len(journal.finished)} sources skipped (finished before the interruption, "
+              f"taken from its journal), {journal.n_matched - len(journal.finished)} read; see "
+              f"{cfg.output.rstrip('/')}/_resumed.json")
     return 0
+
+
+def _open_journal(cfg, semantic_desc, acoustic_desc, mulan_desc):
+    """The resume journal of a full run (pipelines/journal.py): new, or an interrupted run's."""
+    from tokenmill import __version__
+    from tokenmill.pipelines.journal import JournalError, open_journal
+    from tokenmill.pipelines.tokenize import manifest_entries
+
+    streams, tokenizers, codebooks = manifest_entries(semantic_desc, acoustic_desc, mulan_desc)
+    job = {k: v for k, v in cfg.to_json().items() if k != "output"}
+    try:
+        journal = open_journal(cfg.output, {"job": job, "tokenizers": tokenizers, "codebooks": codebooks,
+                                            "streams": streams, "tokenmill_version": __version__}, cfg.inputs)
+    except JournalError as e:
+        raise SystemExit(f"error: {e}") from e
+    if journal.finished:
+        print(f"tokenize: resuming {cfg.output}: {len(journal.finished)} of {journal.n_matched} sources were "
+              f"finished by an interrupted run and are skipped ({len(journal.entries())} journal entries in "
+              f"{journal.work}); the other {journal.n_matched - len(journal.finished)} are read")
+    return journal
 
 
 @contextlib.contextmanager

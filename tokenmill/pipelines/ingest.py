@@ -36,6 +36,7 @@ class SegmentInput:
     source_channels: int
     waves: dict  # rate_hz -> float32 [n]; dropped once the models that need them have run
     tokens: dict = field(default_factory=dict)  # stream -> codes computed so far
+    n_segments: int = 1  # how many segments the source decoded into (pipelines/journal.py)
 
     @property
     def source_hash(self) -> str:
@@ -129,7 +130,7 @@ class DecodeToSegments(beam.DoFn):
             yield SegmentInput(
                 key=s.key, uri=uri, segment=s.segment, start_s=s.start_s, duration_s=s.duration_s,
                 n_quanta=s.n_quanta, source_sample_rate=s.source_sample_rate,
-                source_channels=s.source_channels, waves=dict(s.waves))
+                source_channels=s.source_channels, waves=dict(s.waves), n_segments=len(segments))
 
 
 def check_inputs_match(patterns: tuple[str, ...]) -> int:

@@ -24,6 +24,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from tokenmill import __version__
 from tokenmill.pipelines.handlers import AcousticTokenHandler, Failed, SemanticTokenHandler
 from tokenmill.pipelines.incremental import KnownContent, Plan, WriteIncrementalManifest
+from tokenmill.pipelines.journal import Journal, JournalDead, JournalPlan, JournalSegment, ReadJournal
 from tokenmill.pipelines.ingest import DEAD, DuplicateContent, ReadAndDecode, SegmentInput, dead_letter
 from tokenmill.pipelines.mulan import MulanTokenHandler, mulan_stream_info
 from tokenmill.pipelines.options import TokenizeConfig
@@ -208,12 +209,22 @@ def manifest_entries(semantic_desc: dict, acoustic_desc: dict | None = None,
 
 def build_tokenize(p: beam.Pipeline, cfg: TokenizeConfig, *, semantic_desc: dict,
                    captions: CaptionIndex | None, acoustic_desc: dict | None = None,
-                   mulan_desc: dict | None = None, plan: Plan | None = None) -> beam.PCollection:
+                   mulan_desc: dict | None = None, plan: Plan | None = None,
+                   journal: Journal | None = None) -> beam.PCollection:
     """Wire the job into `p`; returns the PCollection holding the written manifest. With `plan`
     (`--into`, pipelines/incremental.py) the job reads only what the dataset lacks and writes a
-    new version of it."""
-    present = None
-    if plan is None:
+    new version of it. With `journal` (full runs, pipelines/journal.py) each source's outcome is
+    journaled, and sources an interrupted run finished are taken from the journal, not read."""
+    present = resumed = None
+    if plan is None and journal is not None and journal.finished:
+        segments, dead_decode, inputs, _ = p | "Ingest" >> ReadAndDecode(cfg.inputs, cfg.audio, skip=journal.skip)
+        resumed = (p | "JournalEntries" >> beam.Create(journal.entries())
+                   | "ReadJournal" >> beam.ParDo(ReadJournal()).with_outputs(DEAD, main="items"))
+        done = sorted(journal.finished)
+        inputs = inputs | "AddResumed" >> beam.Map(
+            lambda nd, n, d: (nd[0] + n, mf.digest_add(nd[1], d)), len(done), mf.uri_digest(done))
+        dead_parts = [dead_decode]
+    elif plan is None:
         segments, dead_decode, inputs = p | "Ingest" >> ReadAndDecode(cfg.inputs, cfg.audio)
         dead_parts = [dead_decode]
     else:
@@ -223,6 +234,8 @@ def build_tokenize(p: beam.Pipeline, cfg: TokenizeConfig, *, semantic_desc: dict
             DEAD, "present", main="new")
         segments, present = known.new, known.present
         dead_parts = [dead_decode, known[DEAD]]
+    if journal is not None and plan is None:
+        segments = segments | "JournalPlan" >> beam.ParDo(JournalPlan(journal.work))
     semantic_hz = rates.SEMANTIC.sample_rate_hz
     mulan_hz = (mulan_desc["model"]["sample_rate_hz"],) if mulan_desc is not None else ()
     if acoustic_desc is not None:
@@ -236,7 +249,15 @@ def build_tokenize(p: beam.Pipeline, cfg: TokenizeConfig, *, semantic_desc: dict
     segments, dead_s = segments | "Semantic" >> ModelStage(
         "semantic", SemanticTokenHandler(cfg.semantic, cfg.codebook), keep_rates=())
     dead_parts.append(dead_s)
-    built = (segments | "BySource" >> beam.Map(by_source) | "GroupSource" >> beam.GroupByKey()
+    by_src = segments | "BySource" >> beam.Map(by_source)
+    if journal is not None and plan is None:  # model outcomes only: dedupe is redone on resume
+        by_src = by_src | "JournalSegment" >> beam.ParDo(JournalSegment(journal.work))
+        dead_parts = [tuple(dead_parts) | "ModelDead" >> beam.Flatten()
+                      | "JournalDead" >> beam.ParDo(JournalDead(journal.work))]
+        if resumed is not None:
+            by_src = (by_src, resumed.items) | "WithResumed" >> beam.Flatten()
+            dead_parts.append(resumed[DEAD])
+    built = (by_src | "GroupSource" >> beam.GroupByKey()
              | "Dedupe" >> beam.ParDo(DedupeAndBuild(cfg, captions)).with_outputs(DEAD, main="records"))
     dead_parts.append(built[DEAD])
     records = built.records
@@ -272,11 +293,14 @@ def load_captions(path: str) -> CaptionIndex:
     """Read a captions file through Beam FileSystems (local, gs://, s3://) and parse it."""
     from apache_beam.io.filesystems import FileSystems
 
-    from tokenmill.schemas.captions import parse_captions
+    from tokenmill.schemas.captions import CaptionFileError, parse_captions
 
     if not FileSystems.exists(path):
         raise SystemExit(f"--captions {path}: file not found")
     with FileSystems.open(path) as f:
-        index = parse_captions(f.read(), path)
+        try:
+            index = parse_captions(f.read(), path)
+        except CaptionFileError as e:
+            raise SystemExit(f"--captions: {e}") from e
     LOG.info("captions: %d lookup entries from %s", len(index), path)
     return index

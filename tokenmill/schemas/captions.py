@@ -84,9 +84,9 @@ def parse_musiccaps_csv(text: str, source: str = "captions.csv") -> CaptionIndex
         try:
             aspects = ast.literal_eval(row["aspect_list"]) if row["aspect_list"] else None
             start, end = int(float(row["start_s"])), int(float(row["end_s"]))
-        except (ValueError, SyntaxError) as e:
+            cap = Caption(row["caption"] or None, _tags(aspects))
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as e:
             raise CaptionFileError(f"{source}:{line_no}: bad start_s/end_s/aspect_list: {e}") from e
-        cap = Caption(row["caption"] or None, _tags(aspects))
         ytid = row["ytid"]
         for stem in (ytid, f"{ytid}_{start}", f"{ytid}_{start}-{end}"):
             index.by_stem[stem] = cap
@@ -101,8 +101,15 @@ def parse_jsonl(text: str, source: str = "captions.jsonl") -> CaptionIndex:
         try:
             obj = json.loads(line)
             cap = Caption(obj.get("caption"), _tags(obj.get("tags")))
-        except (json.JSONDecodeError, TypeError, AttributeError) as e:
+        except (json.JSONDecodeError, TypeError, AttributeError, RecursionError) as e:
             raise CaptionFileError(f"{source}:{line_no}: {e}; each line must be a JSON object") from e
+        if not isinstance(cap.caption, (str, type(None))):
+            raise CaptionFileError(f"{source}:{line_no}: 'caption' must be a string or null, got "
+                                   f"{type(cap.caption).__name__}")
+        for field_name in ("key", "uri"):
+            if field_name in obj and not isinstance(obj[field_name], str):
+                raise CaptionFileError(f"{source}:{line_no}: '{field_name}' must be a string, got "
+                                       f"{type(obj[field_name]).__name__}")
         if "key" in obj:
             index.by_key[obj["key"]] = cap
         elif "uri" in obj:
@@ -119,7 +126,11 @@ def parse_jsonl(text: str, source: str = "captions.jsonl") -> CaptionIndex:
 
 def parse_captions(data: bytes, source: str) -> CaptionIndex:
     """Parse a captions file's bytes; the format comes from `source`'s extension."""
-    text = data.decode("utf-8-sig")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise CaptionFileError(f"{source}: not UTF-8 text (byte {e.start}: {e.reason}); save the "
+                               "captions file as UTF-8") from e
     if source.endswith(".csv"):
         return parse_musiccaps_csv(text, source)
     if source.endswith((".jsonl", ".json")):

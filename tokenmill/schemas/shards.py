@@ -10,10 +10,17 @@
 
 Pure functions over bytes / file objects; the atomic file writing lives in pipelines/sinks.py.
 `read_dataset` opens a local dataset directory by its manifest (optionally refusing one tokenized
-with other codebooks or another schema, see schemas/compat.py); `verify` checks the bytes.
+with other codebooks or another schema, see schemas/compat.py) and checks each shard's sha256
+against the manifest before decoding it; `verify` checks everything else about the bytes.
+
+Readers decode data, never code: arrays load with allow_pickle=False, pickled members (`.pyd`,
+`.pickle`, `.pkl`) are refused, and tar members must be regular files with plain relative names
+(no absolute path, no `..`, no links or devices), so a crafted shard cannot run code or point
+outside itself.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import lzma
@@ -40,6 +47,29 @@ XZ_PRESET = 9 | lzma.PRESET_EXTREME
 
 class ShardFormatError(ValueError):
     """A shard's bytes do not decode to valid records."""
+
+
+class ChecksumError(ShardFormatError):
+    """A shard's sha256 differs from the one its manifest lists."""
+
+
+PICKLE_SUFFIXES = (".pyd", ".pickle", ".pkl")
+
+
+def _check_member(info: tarfile.TarInfo) -> None:
+    """Refuse members a WebDataset shard of ours never holds and a crafted one could abuse."""
+    name = info.name
+    if not info.isfile():
+        kind = ("symlink" if info.issym() else "hard link" if info.islnk() else "fifo" if info.isfifo()
+                else "device" if info.isdev() else "directory" if info.isdir() else f"type {info.type!r}")
+        raise ShardFormatError(f"member {name!r} is a {kind}; shards hold regular files only")
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":") or \
+            ".." in name.replace("\\", "/").split("/"):
+        raise ShardFormatError(f"member {name!r} has an absolute or parent-relative path; "
+                               "shard members are plain KEY.<field> names")
+    if name.lower().endswith(PICKLE_SUFFIXES):
+        raise ShardFormatError(f"member {name!r} is a pickle; tokenmill never reads pickles (they can run "
+                               "code), and its shards hold only .json and .npy members")
 
 
 # ---- Parquet ---------------------------------------------------------------------------------
@@ -99,8 +129,7 @@ def iter_wds_samples(fileobj: IO[bytes]) -> Iterator[tuple[str, dict[str, bytes]
     try:
         with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
             for info in tar:
-                if not info.isfile():
-                    continue
+                _check_member(info)
                 key, _, suffix = info.name.partition(".")
                 data = tar.extractfile(info).read()
                 if current is not None and key != current:
@@ -119,16 +148,26 @@ def decode_wds(fileobj: IO[bytes]) -> list[TrackRecord]:
     for key, members in iter_wds_samples(fileobj):
         if "json" not in members:
             raise ShardFormatError(f"sample {key} has no {key}.json member")
-        meta = json.loads(members["json"])
+        unknown = set(members) - {"json"} - {f"{s}.npy" for s in STREAMS}
+        if unknown:
+            raise ShardFormatError(f"sample {key} has unknown members {sorted(unknown)}")
+        try:
+            meta = json.loads(members["json"])
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ShardFormatError(f"member {key}.json is not valid JSON: {e}") from e
         arrays = {}
         for stream in STREAMS:
             blob = members.get(f"{stream}.npy")
             if blob is not None:
-                arrays[stream] = np.lib.format.read_array(io.BytesIO(blob), allow_pickle=False)
-        unknown = set(members) - {"json"} - {f"{s}.npy" for s in STREAMS}
-        if unknown:
-            raise ShardFormatError(f"sample {key} has unknown members {sorted(unknown)}")
-        out.append(TrackRecord.from_parts(meta, arrays))
+                try:
+                    arrays[stream] = np.lib.format.read_array(io.BytesIO(blob), allow_pickle=False)
+                except ValueError as e:  # object dtype (needs pickle), bad header, short data
+                    raise ShardFormatError(f"member {key}.{stream}.npy cannot be loaded without pickle or "
+                                           f"is malformed: {e}") from e
+        try:
+            out.append(TrackRecord.from_parts(meta, arrays))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ShardFormatError(f"sample {key} is not a valid record: {e}") from e
     return out
 
 
@@ -187,14 +226,16 @@ def read_manifest(root: str) -> dict:
 
 def read_dataset(root: str, *, format: str | None = None, splits: tuple[str, ...] | None = None,
                  expect_codebooks: dict[str, str] | None = None, expect_schema: str | None = None,
-                 manifest: dict | None = None) -> Iterator[TrackRecord]:
+                 manifest: dict | None = None, verify_checksums: bool = True) -> Iterator[TrackRecord]:
     """Records of every shard of one format, shard by shard in manifest order (keys sorted within).
 
     `format`: "parquet" | "webdataset"; None takes Parquet when the manifest lists Parquet shards,
     else WebDataset (both hold the same records; `verify` checks that). `splits`: only these.
     `expect_codebooks` (stream -> id) / `expect_schema`: refuse, before reading any shard, a dataset
     tokenized with other codebooks or another record schema (schemas.compat.CompatibilityError names
-    both values and the fix). Shard bytes are not hashed here; `beam_runner.py verify` does that.
+    both values and the fix). `verify_checksums`: hash each shard (and column shard) file and
+    compare it with the manifest's sha256 before decoding it; a mismatch raises ChecksumError
+    naming the file and both hashes. `beam_runner.py verify` checks the rest (sizes, counts, keys).
     A dataset version written by `rebuild` (schemas/versions.py) reads as whole records: its
     column shards replace the rewritten field of the parent's shards it references.
     """
@@ -208,17 +249,37 @@ def read_dataset(root: str, *, format: str | None = None, splits: tuple[str, ...
         raise ValueError(f"{root} has no {format} shards (it has {formats}); pass format={formats[0]!r}")
     chosen = [s for s in manifest["shards"] if s["format"] == format
               and (splits is None or s["split"] in splits)]
-    return _iter_shards(root, chosen, manifest)
+    return _iter_shards(root, chosen, manifest, verify_checksums=verify_checksums)
 
 
-def _iter_shards(root: str, shards: list[dict], manifest: dict | None = None) -> Iterator[TrackRecord]:
+def _read_checked(path: str, entry: dict, root: str, verify_checksums: bool) -> IO[bytes]:
+    """The bytes of `path` (a file object over them), checked against `entry['sha256']`."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if verify_checksums:
+        want = entry.get("sha256")
+        if not want:
+            raise ChecksumError(f"{path}: {root}/{MANIFEST_NAME} lists no sha256 for it, so it cannot be "
+                                "checked; re-run tokenize, or pass verify_checksums=False to read it anyway")
+        got = hashlib.sha256(data).hexdigest()
+        if got != want:
+            raise ChecksumError(f"{path}: sha256 {got} but {root}/{MANIFEST_NAME} lists {want}; the file "
+                                f"was modified or truncated after it was written. Run beam_runner.py verify "
+                                f"{root}, then re-run tokenize to rewrite it")
+    return io.BytesIO(data)
+
+
+def _iter_shards(root: str, shards: list[dict], manifest: dict | None = None,
+                 verify_checksums: bool = False) -> Iterator[TrackRecord]:
     """Records of `shards`; a dataset version's column shards (schemas/versions.py) replace
     their fields, so a rebuilt dataset reads as whole records."""
     for s in shards:
         path = os.path.join(root, s["path"])
         try:
-            with open(path, "rb") as f:
-                recs = decode_parquet(f) if s["format"] == "parquet" else decode_wds(f)
+            f = _read_checked(path, s, root, verify_checksums)
+            recs = decode_parquet(f) if s["format"] == "parquet" else decode_wds(f)
+        except ChecksumError:
+            raise
         except FileNotFoundError:
             raise FileNotFoundError(f"{path}: listed in {root}/{MANIFEST_NAME} but missing; "
                                     "run beam_runner.py verify, then re-run tokenize") from None
@@ -227,7 +288,8 @@ def _iter_shards(root: str, shards: list[dict], manifest: dict | None = None) ->
         for ov in versions.overrides_for(manifest or {}, s["path"]):
             cpath = os.path.join(root, ov["shard"]["path"])
             try:
-                keys, cols = versions.decode_column_shard(cpath, ov["fields"])
+                keys, cols = versions.decode_column_shard(
+                    _read_checked(cpath, ov["shard"], root, verify_checksums), ov["fields"])
                 recs = versions.merge_columns(recs, keys, cols, cpath)
             except FileNotFoundError:
                 raise FileNotFoundError(f"{cpath}: column shard listed in {root}/{MANIFEST_NAME} but missing; "
