@@ -197,12 +197,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "fit-codebook":
         from tokenmill.pipelines.fit import build_fit
-        from tokenmill.tokenizers.semantic import build_extractor
+        from tokenmill.pipelines.handlers import semantic_extractor
 
         cfg = opts.fit_codebook_config(args)
         check_inputs_match(cfg.inputs)
         with _model_errors():
-            desc = build_extractor(cfg.semantic.extractor, **cfg.semantic.extractor_kwargs()).describe()
+            desc = semantic_extractor(cfg.semantic).describe()
         with make_pipeline(beam_args) as p:
             build_fit(p, cfg, extractor_desc=desc)
         print_fit_summary(cfg.output, time.monotonic() - t0)
@@ -219,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     layout = base.layout if base else None
     acoustic = opts.acoustic_config(args)
     mulan = opts.mulan_config(args)  # flag checks before any model loads
-    acoustic_desc = describe_acoustic(acoustic) if acoustic.enabled else None
+    with _model_errors():
+        acoustic_desc = describe_acoustic(acoustic) if acoustic.enabled else None
     a_rate = acoustic_desc["sample_rate_hz"] if acoustic_desc else None
     cfg = opts.tokenize_config(args, a_rate, layout=layout)
     check_inputs_match(cfg.inputs)
@@ -252,7 +253,9 @@ def main(argv: list[str] | None = None) -> int:
         from tokenmill.pipelines.journal import close_journal
 
         close_journal(cfg.output, journal)
-    with open(f"{cfg.output.rstrip('/')}/manifest.json") as f:
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(f"{cfg.output.rstrip('/')}/manifest.json") as f:  # gs:// etc. too
         manifest = json.load(f)
     print_summary(cfg.output, manifest, verified=False, elapsed_s=time.monotonic() - t0)
     last = (manifest.get("history") or [None])[-1]
@@ -300,7 +303,7 @@ def _model_errors():
 
     try:
         yield
-    except (MulanError, CodebookError, SemanticModelError) as e:
+    except (MulanError, CodebookError, SemanticModelError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from e
 
 

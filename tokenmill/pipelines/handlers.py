@@ -70,6 +70,65 @@ def local_codebook_path(path: str, kind: str = "semantic", flag: str = "--codebo
     return os.path.join(tmp, os.path.basename(path))
 
 
+def local_model_path(path: str | None, flag: str) -> str | None:
+    """A model given as a Beam FileSystems URL (gs://, s3://, ...): a file (MuLan/SoundStream
+    weights) or a directory (a transformers save_pretrained checkpoint), copied once per machine
+    to <tmp>/tokenmill-models/<sha16 of the URL and its files' sizes and mtimes>/<name> (so a
+    replaced remote file is copied again) and that local path returned. Local
+    paths are returned unchanged. The models read local files; their manifest entries hash the
+    weights' bytes, so where they were read from changes nothing in the output."""
+    if path is None or "://" not in path:
+        return path
+    import hashlib
+    import shutil
+
+    url = path.rstrip("/")
+    name = url.rsplit("/", 1)[-1]
+    if FileSystems.exists(url):
+        found = FileSystems.match([url])[0].metadata_list
+        files = [(url, name)]
+    else:
+        found = sorted(FileSystems.match([url + "/**"])[0].metadata_list, key=lambda m: m.path)
+        files = [(m.path, os.path.join(name, m.path[len(url) + 1:])) for m in found]
+    if not files:
+        raise FileNotFoundError(f"{flag} {path}: no file, and no files under it as a directory (read "
+                                "through Beam FileSystems: check the URL, and that this machine has the "
+                                "filesystem's package and credentials, e.g. apache-beam[gcp] for gs://)")
+    stamp = "\n".join([url] + [f"{m.path}\t{m.size_in_bytes}\t{m.last_updated_in_seconds}" for m in found])
+    root = os.path.join(tempfile.gettempdir(), "tokenmill-models", hashlib.sha256(stamp.encode()).hexdigest()[:16])
+    dest = os.path.join(root, name)
+    if os.path.exists(dest):
+        return dest
+    os.makedirs(root, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".download-", dir=root)
+    for src, rel in files:
+        os.makedirs(os.path.dirname(os.path.join(tmp, rel)), exist_ok=True)
+        with FileSystems.open(src) as f, open(os.path.join(tmp, rel), "wb") as out:
+            shutil.copyfileobj(f, out, 1 << 20)
+    try:
+        os.rename(os.path.join(tmp, name), dest)  # atomic: a concurrent copy by another process wins or loses whole
+    except OSError:
+        if not os.path.exists(dest):
+            raise
+    shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def with_local_path(kwargs: dict, flag: str) -> dict:
+    """Model kwargs with a remote `path` (see local_model_path) replaced by its local copy."""
+    if kwargs.get("path") is None:
+        return kwargs
+    return {**kwargs, "path": local_model_path(str(kwargs["path"]), flag)}
+
+
+def semantic_extractor(cfg: SemanticConfig) -> SemanticExtractor:
+    return build_extractor(cfg.extractor, **with_local_path(cfg.extractor_kwargs(), "--semantic_path"))
+
+
+def acoustic_codec(cfg: AcousticConfig) -> AcousticCodec:
+    return build_codec(cfg.codec, **with_local_path(cfg.codec_kwargs(), "--acoustic_model"))
+
+
 def load_codebook(path: str) -> Codebook:
     """The semantic codebook at `path` (see local_codebook_path)."""
     return Codebook.load(local_codebook_path(path))
@@ -92,7 +151,7 @@ class SemanticFeatureHandler(_SemanticBase):
     """SegmentInput → float32 [T_s, D] features (for the codebook fit)."""
 
     def load_model(self) -> SemanticExtractor:
-        return build_extractor(self.cfg.extractor, **self.cfg.extractor_kwargs())
+        return semantic_extractor(self.cfg)
 
     def run_inference(self, batch, model, inference_args=None) -> Iterable[PredictionResult]:
         return [PredictionResult(s, f) for s, f in zip(batch, self._extract(model, batch))]
@@ -115,7 +174,7 @@ class SemanticTokenHandler(_SemanticBase):
         self.codebook_path = codebook_path
 
     def load_model(self) -> SemanticTokenizer:
-        extractor = build_extractor(self.cfg.extractor, **self.cfg.extractor_kwargs())
+        extractor = semantic_extractor(self.cfg)
         codebook = load_codebook(self.codebook_path)
         check_codebook_matches(extractor.describe(), codebook)
         return SemanticTokenizer(extractor, codebook)
@@ -158,7 +217,7 @@ def check_codebook_matches(desc: dict, codebook: Codebook) -> None:
 
 def describe_semantic(cfg: SemanticConfig, codebook_path: str) -> dict:
     """Tokenizer entry of the manifest, computed at launch (loads the model once, locally)."""
-    extractor = build_extractor(cfg.extractor, **cfg.extractor_kwargs())
+    extractor = semantic_extractor(cfg)
     codebook = load_codebook(codebook_path)
     check_codebook_matches(extractor.describe(), codebook)
     return {"extractor": extractor.describe(), "codebook_id": codebook.id,
@@ -177,7 +236,7 @@ class AcousticTokenHandler(ModelHandler):
             import torch
 
             torch.set_num_threads(self.cfg.torch_threads)  # this worker process only
-        return build_codec(self.cfg.codec, **self.cfg.codec_kwargs())
+        return acoustic_codec(self.cfg)
 
     def run_inference(self, batch, model: AcousticCodec, inference_args=None):
         waves = [s.waves[model.sample_rate_hz] for s in batch]
@@ -193,4 +252,4 @@ class AcousticTokenHandler(ModelHandler):
 
 def describe_acoustic(cfg: AcousticConfig) -> dict:
     """Tokenizer entry of the manifest (builds the codec once at launch: rates, depth, hash)."""
-    return build_codec(cfg.codec, **cfg.codec_kwargs()).describe()
+    return acoustic_codec(cfg).describe()

@@ -49,6 +49,9 @@ class DuplicateContent(Exception):
     reason = "duplicate"
 
 
+# Beam counters (namespace "tokenmill"), reconciled with the manifest by tests/test_metrics.py.
+DEAD_LETTERS = beam.metrics.Metrics.counter("tokenmill", "dead_letters")
+
 _OBJECT_ADDRESS = re.compile(r"<([\w.]+) object at 0x[0-9a-fA-F]+>")
 
 
@@ -57,6 +60,7 @@ def dead_letter(uri: str, stage: str, exc: BaseException, key: str | None = None
     0x7f..>") are removed so the failures file is byte-identical across runs."""
     reason = getattr(exc, "reason", None) or "unexpected-error"
     message = _OBJECT_ADDRESS.sub(r"<\1>", str(exc) or repr(exc))
+    DEAD_LETTERS.inc()  # in a pipeline: counted where the letter is made (a no-op outside one)
     return DeadLetter(uri=uri, stage=stage, error=type(exc).__name__, reason=reason,
                       message=message, key=key)
 
@@ -97,6 +101,8 @@ class DecodeToSegments(beam.DoFn):
         self.n_files = beam.metrics.Metrics.counter("tokenmill", "files_read")
         self.n_dead = beam.metrics.Metrics.counter("tokenmill", "files_dead_decode")
         self.n_segments = beam.metrics.Metrics.counter("tokenmill", "segments")
+        self.n_decoded = beam.metrics.Metrics.counter("tokenmill", "files_decoded")
+        self.ms_decoded = beam.metrics.Metrics.counter("tokenmill", "audio_ms_decoded")
 
     def setup(self):
         self.progress = Progress("decode")
@@ -124,6 +130,8 @@ class DecodeToSegments(beam.DoFn):
             yield beam.pvalue.TaggedOutput(DEAD, dead_letter(uri, "decode", e))
             return
         self.progress.tick(audio_s=sum(s.duration_s for s in segments))
+        self.n_decoded.inc()
+        self.ms_decoded.inc(round(1000 * sum(s.duration_s for s in segments)))
         LOG.debug("[decode] %s: %d segment(s), %.1f s", uri, len(segments), sum(s.duration_s for s in segments))
         for s in segments:
             self.n_segments.inc()

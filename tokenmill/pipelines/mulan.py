@@ -23,7 +23,7 @@ import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 
 from tokenmill.pipelines.fit import BottomK, SampleFrames, _save_remote, split_sample
-from tokenmill.pipelines.handlers import Failed, local_codebook_path, per_element
+from tokenmill.pipelines.handlers import Failed, local_codebook_path, per_element, with_local_path
 from tokenmill.pipelines.ingest import DEAD, ReadAndDecode, SegmentInput
 from tokenmill.pipelines.options import FitCodebookConfig, MulanConfig
 from tokenmill.pipelines.sinks import atomic_write
@@ -41,7 +41,7 @@ def build_model(cfg: MulanConfig) -> MulanModel:
         import torch
 
         torch.set_num_threads(cfg.torch_threads)  # this worker process only
-    return build_mulan(cfg.model, **cfg.model_kwargs())
+    return build_mulan(cfg.model, **with_local_path(cfg.model_kwargs(), "--mulan_path"))
 
 
 def load_rvq(cfg: MulanConfig, model: MulanModel) -> RVQCodebook:
@@ -73,10 +73,15 @@ class _MulanBase(ModelHandler):
         self.cfg = cfg
 
     def _windows(self, model: MulanModel, batch: Sequence[SegmentInput]) -> list:
-        """float32 [W, D] per segment (or Failed); the windows of the whole batch share forward passes."""
+        """float32 [W, D] per segment (or Failed), one segment's windows per forward pass (chunked by
+        the model's batch size). Not embed_audio_windows_batch over the whole RunInference batch:
+        a conv's float results change in the last bits with the batch's composition, and which
+        segments share a RunInference batch depends on the runner's bundles, so the fitted RVQ
+        (and float16 windows) would differ between runners (tests/test_distributed.py)."""
         waves = [s.waves[model.sample_rate_hz] for s in batch]
         out = []
-        for s, w in zip(batch, per_element(model.embed_audio_windows_batch, model.embed_audio_windows, waves)):
+        one_by_one = lambda ws: [model.embed_audio_windows(w) for w in ws]  # noqa: E731
+        for s, w in zip(batch, per_element(one_by_one, model.embed_audio_windows, waves)):
             if not isinstance(w, Failed):
                 try:
                     w = check_windows(w, s, model)

@@ -401,8 +401,10 @@ def semantic_config(args: argparse.Namespace) -> SemanticConfig:
         from tokenmill.tokenizers.semantic_ssl import DEFAULT_LAYER, SemanticModelError, read_checkpoint
 
         try:
-            read_checkpoint(name, path, DEFAULT_LAYER if layer is None else layer)
-        except SemanticModelError as e:
+            from tokenmill.pipelines.handlers import local_model_path  # gs:// etc.: copied once per machine
+
+            read_checkpoint(name, local_model_path(path, "--semantic_path"), DEFAULT_LAYER if layer is None else layer)
+        except (SemanticModelError, FileNotFoundError) as e:
             raise SystemExit(f"error: {e}") from e
     if args.batch_size < 1:
         raise SystemExit("--batch_size must be >= 1")

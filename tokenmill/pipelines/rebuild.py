@@ -171,13 +171,13 @@ def _unique_records(base: list[tuple[dict, list]]) -> dict:
 def _semantic_setup(manifest: dict, parent: Codebook):
     from tokenmill.pipelines.handlers import check_codebook_matches
     from tokenmill.tokenizers import audio
-    from tokenmill.tokenizers.semantic import build_extractor
+    from tokenmill.pipelines.handlers import semantic_extractor
 
     job = manifest["job"]
     scfg = dict(job["semantic"])
     scfg["extractor_config"] = tuple(tuple(x) for x in scfg.get("extractor_config") or ())
     scfg = SemanticConfig(**scfg)
-    extractor = build_extractor(scfg.extractor, **scfg.extractor_kwargs())
+    extractor = semantic_extractor(scfg)
     desc, was = extractor.describe(), manifest["tokenizers"]["semantic"]["extractor"]
     for k in ("name", "dim", "weights_sha256"):
         if desc.get(k) != was.get(k):

@@ -16,6 +16,43 @@ from apache_beam.options.pipeline_options import (
 )
 
 EMBEDDED = ("DirectRunner", "FnApiRunner", None)
+LOG = logging.getLogger("tokenmill")
+LAST_RESULT = None  # PipelineResult of the latest job a make_pipeline() pipeline ran (`with` block)
+
+
+class _Pipeline(beam.Pipeline):
+    """beam.Pipeline that, when its `with` block has run the job, keeps the PipelineResult in
+    LAST_RESULT (tests read the job's counters from it) and logs one line of its counters."""
+
+    def __exit__(self, exc_type, exc_val, exc_tb):
+        global LAST_RESULT
+        super().__exit__(exc_type, exc_val, exc_tb)
+        if exc_type is None:
+            LAST_RESULT = self.result
+            if not self._options.view_as(StandardOptions).no_wait_until_finish:
+                log_counters(self.result)
+
+
+def tokenmill_counters(result) -> dict[str, int]:
+    """The job's "tokenmill" counters by name, summed over steps (committed values where the
+    runner reports them, else attempted)."""
+    from apache_beam.metrics.metric import MetricsFilter
+
+    out: dict[str, int] = {}
+    for c in result.metrics().query(MetricsFilter().with_namespace("tokenmill"))["counters"]:
+        value = c.committed if c.committed is not None else c.attempted
+        out[c.key.metric.name] = out.get(c.key.metric.name, 0) + int(value or 0)
+    return dict(sorted(out.items()))
+
+
+def log_counters(result) -> None:
+    try:
+        counters = tokenmill_counters(result)
+    except Exception as e:  # noqa: BLE001 — a runner without metrics support must not fail the job
+        LOG.info("metrics: not available from this runner (%s)", e)
+        return
+    if counters:
+        LOG.info("metrics: %s", ", ".join(f"{k}={v}" for k, v in counters.items()))
 
 
 def make_pipeline(beam_args: list[str]) -> beam.Pipeline:
@@ -31,11 +68,11 @@ def make_pipeline(beam_args: list[str]) -> beam.Pipeline:
         direct = options.view_as(DirectOptions)
         if direct.direct_running_mode == "multi_processing" and not direct.direct_num_workers:
             direct.direct_num_workers = 0  # 0 = one worker per CPU core
-        logging.getLogger("tokenmill").info(
+        LOG.info(
             "runner: embedded FnApiRunner (mode=%s, workers=%s)", direct.direct_running_mode,
             direct.direct_num_workers or "auto")
-        return beam.Pipeline(runner=FnApiRunner(), options=options)
-    return beam.Pipeline(options=options)
+        return _Pipeline(runner=FnApiRunner(), options=options)
+    return _Pipeline(options=options)
 
 
 def check_beam_args(beam_args: list[str], own_options: list[str]) -> None:

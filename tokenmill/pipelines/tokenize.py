@@ -88,6 +88,9 @@ class ModelStage(beam.PTransform):
         return out.ok, dead
 
 
+TOKEN_FIELDS = ("acoustic", "mulan", "semantic")  # record fields counted as tokens_<field> (not mulan_windows)
+
+
 class DedupeAndBuild(beam.DoFn):
     """(source_hash, [(meta, codes)]) → TrackRecords of one canonical uri (the smallest);
     the other uris with the same decoded audio become 'duplicate' dead letters."""
@@ -95,6 +98,9 @@ class DedupeAndBuild(beam.DoFn):
     def __init__(self, cfg: TokenizeConfig, captions: CaptionIndex | None):
         self.cfg, self.captions = cfg, captions
         self.n_dup = beam.metrics.Metrics.counter("tokenmill", "duplicates")
+        self.n_records = beam.metrics.Metrics.counter("tokenmill", "records")
+        self.ms_records = beam.metrics.Metrics.counter("tokenmill", "record_audio_ms")
+        self.n_tokens = {f: beam.metrics.Metrics.counter("tokenmill", f"tokens_{f}") for f in TOKEN_FIELDS}
 
     def process(self, element):
         source_hash, items = element
@@ -109,6 +115,11 @@ class DedupeAndBuild(beam.DoFn):
             yield beam.pvalue.TaggedOutput(DEAD, dead_letter(dup, "dedupe", exc))
         for meta, tokens in sorted(by_uri[keep], key=lambda mt: mt[0]["segment"]):
             cap = self.captions.lookup(key=meta["key"], uri=keep) if self.captions else None
+            self.n_records.inc()
+            self.ms_records.inc(round(1000 * meta["duration_s"]))
+            for f, codes in tokens.items():
+                if f in self.n_tokens:
+                    self.n_tokens[f].inc(int(np.size(codes)))
             yield TrackRecord(
                 **meta, split=split_of(meta["key"], self.cfg.valid_fraction), **tokens,
                 caption=cap.caption if cap else None, tags=cap.tags if cap else None)
