@@ -40,7 +40,8 @@ def test_pattern_matching_nothing_fails_fast(tmp_path):
 
 
 def test_missing_codebook_names_the_fix(tmp_path, real_audio_dir):
-    with pytest.raises(FileNotFoundError, match="semantic-\\*.safetensors"):
+    """A missing codebook stops the launch with the fix-it message (SystemExit, no traceback)."""
+    with pytest.raises(SystemExit, match="semantic-\\*.safetensors"):
         beam_runner.main(["tokenize", "--input", str(real_audio_dir / "*.wav"), "--codebook",
                           str(tmp_path), "--output", str(tmp_path / "o")])
 
