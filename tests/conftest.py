@@ -5,6 +5,7 @@ Add new fixtures in their own section below; keep each one documented and determ
 from __future__ import annotations
 
 import io
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -121,3 +122,19 @@ def small_mulan_weights(tmp_path_factory) -> Path:
         net.mel_std.copy_(mel.std(dim=1, keepdim=True).clamp(min=1e-3))
     path = tmp_path_factory.mktemp("mulan_small") / "mulan-small.safetensors"
     return save_mulan(net, path, sha256_of_files([minilm_dir() / "model.safetensors"]))
+
+
+# ---- a small corpus with a duplicate and a dead letter (distributed and metrics tests) -------
+
+def small_corpus(root: Path, real_audio_dir: Path) -> Path:
+    """4 s excerpts of two bundled clips under their own names (so captions join), a byte copy of
+    one (a duplicate) and an undecodable file (a dead letter)."""
+    import soundfile
+
+    root.mkdir(parents=True, exist_ok=True)
+    for name, start_s in (("score_bach_bwv66_6.wav", 0), ("pushover_greek.flac", 2)):
+        pcm, sr = soundfile.read(real_audio_dir / name, dtype="int16")
+        soundfile.write(root / name, pcm[start_s * sr: (start_s + 4) * sr], sr, subtype="PCM_16")
+    shutil.copy(root / "score_bach_bwv66_6.wav", root / "zz_copy_of_bach.wav")
+    (root / "broken.mp3").write_bytes(b"This is not audio.\n" * 50)
+    return root

@@ -16,7 +16,6 @@ Parquet + WebDataset shards, failures file and manifest; and both fit-codebook s
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -26,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import small_corpus
+
 import beam_runner
 import tokenmill
 
@@ -34,20 +35,6 @@ PACKAGED_MULAN = Path(tokenmill.__file__).parent / "weights" / "mulan-default.sa
 JOB_TIMEOUT_S = 300
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
-
-
-def small_corpus(root: Path, real_audio_dir: Path) -> Path:
-    """4 s excerpts of two bundled clips under their own names (so captions join), a byte copy of
-    one (a duplicate) and an undecodable file (a dead letter)."""
-    import soundfile
-
-    root.mkdir(parents=True, exist_ok=True)
-    for name, start_s in (("score_bach_bwv66_6.wav", 0), ("pushover_greek.flac", 2)):
-        pcm, sr = soundfile.read(real_audio_dir / name, dtype="int16")
-        soundfile.write(root / name, pcm[start_s * sr: (start_s + 4) * sr], sr, subtype="PCM_16")
-    shutil.copy(root / "score_bach_bwv66_6.wav", root / "zz_copy_of_bach.wav")
-    (root / "broken.mp3").write_bytes(b"This is not audio.\n" * 50)
-    return root
 
 
 def _free_port() -> int:

@@ -3,30 +3,18 @@ and shards, and every RunInference model loads once per worker process."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import small_corpus
 
 import beam_runner
 from tokenmill.pipelines import runner
 from tokenmill.schemas.shards import read_dataset
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
-
-
-def small_corpus(root: Path, real_audio_dir: Path) -> Path:
-    """Two 4 s excerpts, a byte copy (duplicate) and an undecodable file (as test_distributed)."""
-    import soundfile
-
-    root.mkdir(parents=True, exist_ok=True)
-    for name, start_s in (("score_bach_bwv66_6.wav", 0), ("pushover_greek.flac", 2)):
-        pcm, sr = soundfile.read(real_audio_dir / name, dtype="int16")
-        soundfile.write(root / name, pcm[start_s * sr: (start_s + 4) * sr], sr, subtype="PCM_16")
-    shutil.copy(root / "score_bach_bwv66_6.wav", root / "zz_copy_of_bach.wav")
-    (root / "broken.mp3").write_bytes(b"This is not audio.\n" * 50)
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -41,12 +41,7 @@ def _tiny(name: str):
     return model.eval(), fe
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")  # conftest: tiny models, 1 thread
 
 
 @pytest.fixture(scope="module")

@@ -90,6 +90,21 @@ class AcousticCodec(abc.ABC):
         }
 
 
+def resolve_device(name: str, device: str, error: type[Exception] = ValueError) -> str:
+    """'cpu', 'cuda' or 'cuda:N' for a model adapter `name`; raises `error` (the adapter's own
+    error class) for CUDA without a GPU or an unknown device. Shared by codec and SSL adapters."""
+    import torch
+
+    if device == "cpu":
+        return device
+    if device == "cuda" or device.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise error(f"{name}: device {device!r} asked for but CUDA is not available here; "
+                        "pass device='cpu'")
+        return device
+    raise error(f"{name}: unknown device {device!r}; use 'cpu' or 'cuda'")
+
+
 def sha256_of_files(paths: list[Path]) -> str:
     """One hash over weight files (sorted by name), for the manifest."""
     h = hashlib.sha256()

@@ -42,23 +42,11 @@ from tokenmill.tokenizers.codec import (
     AcousticCodec,
     CodecError,
     register_codec,
+    resolve_device,
     sha256_of_files,
 )
 
 _ADAPTER_TYPES = {"encodec": "encodec", "dac": "dac", "mimi": "mimi"}  # model_type → codec name
-
-
-def _resolve_device(name: str, device: str) -> str:
-    import torch
-
-    if device == "cpu":
-        return device
-    if device == "cuda" or device.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise CodecError(f"{name}: device {device!r} asked for but CUDA is not available here; "
-                             "pass device='cpu'")
-        return device
-    raise CodecError(f"{name}: unknown device {device!r}; use 'cpu' or 'cuda'")
 
 
 def _read_checkpoint_dir(name: str, model_type: str, path: Any) -> tuple[Path, list[Path]]:
@@ -102,7 +90,7 @@ class _HFCodec(AcousticCodec):
 
         if unknown:
             raise CodecError(f"{self.name}: unknown option(s) {', '.join(sorted(unknown))}")
-        self.device = _resolve_device(self.name, device)
+        self.device = resolve_device(self.name, device, CodecError)
         d, weights = _read_checkpoint_dir(self.name, self.model_type, path)
         try:
             model = getattr(transformers, self._model_cls).from_pretrained(str(d), dtype=torch.float32)

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from tokenmill.schemas import rates
+from tokenmill.tokenizers.codec import resolve_device
 from tokenmill.tokenizers.semantic import (
     HOP_SAMPLES,
     SAMPLE_RATE_HZ,
@@ -146,7 +147,7 @@ class SSLExtractor(SemanticExtractor):
         if isinstance(config.chunk_frames, bool) or not isinstance(config.chunk_frames, int) \
                 or config.chunk_frames < 1:
             raise SemanticModelError(f"{name}: chunk_frames must be an int >= 1, got {config.chunk_frames!r}")
-        self.device = _resolve_device(name, config.device)
+        self.device = resolve_device(name, config.device, SemanticModelError)
         d, hf_config, weights = read_checkpoint(name, config.path, config.layer)
         self.weights_sha256 = sha256_of_files(weights)
         try:
@@ -200,19 +201,6 @@ class SSLExtractor(SemanticExtractor):
                           "hidden_size": int(c.hidden_size), "weights_sha256": self.weights_sha256},
                 "layer_index": "hidden_states[layer]: output of transformer layer `layer`, counting from 1",
                 "pooling": "50 Hz frames trimmed to 2T (or last frame repeated), mean of pairs (2t, 2t+1)"}
-
-
-def _resolve_device(name: str, device: str) -> str:
-    import torch
-
-    if device == "cpu":
-        return device
-    if device == "cuda" or device.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise SemanticModelError(f"{name}: device {device!r} asked for but CUDA is not available; "
-                                     "use device='cpu'")
-        return device
-    raise SemanticModelError(f"{name}: unknown device {device!r}; use 'cpu' or 'cuda'")
 
 
 def _factory(name: str):
