@@ -19,7 +19,6 @@ import argparse
 import glob
 import gzip
 import io
-import lzma
 import math
 import sys
 import tarfile
@@ -79,7 +78,7 @@ def tar_of(members, compress=None):
     if compress == "gz":
         return gzip.compress(data, compresslevel=9, mtime=0)
     if compress == "xz":
-        return lzma.compress(data, preset=fmt.XZ_PRESET)
+        return fmt.xz_compress(data)
     return data
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import uuid
+from typing import IO, Callable
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -23,8 +25,7 @@ LOG = logging.getLogger("tokenmill")
 FAILURES_NAME = "failures-00000-of-00001.jsonl"
 
 
-def atomic_write(path: str, data: bytes) -> None:
-    """Write `data` to `path` via `<path>.tmp-<sha8>` and a rename."""
+def _ensure_parent(path: str) -> None:
     parent = path.rsplit("/", 1)[0]
     if parent and parent != path and not FileSystems.exists(parent):
         try:
@@ -33,12 +34,59 @@ def atomic_write(path: str, data: bytes) -> None:
             # another worker created it between our check and mkdirs (seen in multi_processing)
             if not FileSystems.exists(parent):
                 raise
-    tmp = f"{path}.tmp-{hashlib.sha256(data).hexdigest()[:8]}"
-    with FileSystems.create(tmp) as f:
-        f.write(data)
+
+
+def _publish(tmp: str, path: str) -> None:
     if FileSystems.exists(path):
         FileSystems.delete([path])
     FileSystems.rename([tmp], [path])
+
+
+def atomic_write(path: str, data: bytes) -> None:
+    """Write `data` to `path` via `<path>.tmp-<sha8>` and a rename."""
+    _ensure_parent(path)
+    tmp = f"{path}.tmp-{hashlib.sha256(data).hexdigest()[:8]}"
+    with FileSystems.create(tmp) as f:
+        f.write(data)
+    _publish(tmp, path)
+
+
+class _Hashing:
+    """Forwards writes to `f`, counting bytes and hashing them on the way."""
+
+    def __init__(self, f):
+        self.f, self.sha, self.bytes = f, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        data = bytes(data)
+        self.sha.update(data)
+        self.bytes += len(data)
+        self.f.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def tell(self) -> int:
+        return self.bytes
+
+    @property
+    def closed(self) -> bool:
+        return False
+
+
+def atomic_write_stream(path: str, fill: Callable[[IO[bytes]], None]) -> tuple[int, str]:
+    """Stream a file to `path`: `fill(f)` writes it to `<path>.tmp-<random8>` (random, because its
+    sha256 is not known before the end; two retries of one bundle never share a temp file), then
+    a rename publishes it. Nothing is held in memory beyond what `fill` holds. Returns (bytes,
+    sha256 hex)."""
+    _ensure_parent(path)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with FileSystems.create(tmp) as f:
+        out = _Hashing(f)
+        fill(out)
+    _publish(tmp, path)
+    return out.bytes, out.sha.hexdigest()
 
 
 def versioned(rel: str, version: int) -> str:
@@ -73,14 +121,15 @@ class WriteShard(beam.DoFn):
         count = self.counts[split]
         for name in self.formats:
             if name == "parquet":
-                rel, data = parquet_shard_name(split, index, count), fmt.encode_parquet(records)
+                rel, write = parquet_shard_name(split, index, count), fmt.write_parquet
             else:
-                rel, data = wds_shard_name(split, index, count), fmt.encode_wds(records)
+                rel, write = wds_shard_name(split, index, count), fmt.write_wds
             rel = versioned(rel, self.version)
-            atomic_write(f"{self.output}/{rel}", data)
-            LOG.info("[write] %s: %d records, %.1f s, %d bytes", rel, len(records), seconds, len(data))
+            # streamed to the file: the encoded shard is never held whole (issue 6, flat memory)
+            nbytes, sha = atomic_write_stream(f"{self.output}/{rel}", lambda f, w=write: w(records, f))
+            LOG.info("[write] %s: %d records, %.1f s, %d bytes", rel, len(records), seconds, nbytes)
             yield ShardInfo(path=rel, format=name, split=split, records=len(records),
-                            seconds=seconds, bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
+                            seconds=seconds, bytes=nbytes, sha256=sha,
                             captioned=sum(r.caption is not None for r in records))
 
 

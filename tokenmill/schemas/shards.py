@@ -43,6 +43,12 @@ from tokenmill.schemas.records import (
 
 PARQUET_COMPRESSION = "zstd"
 XZ_PRESET = 9 | lzma.PRESET_EXTREME
+# The xz dictionary is capped at 8 MiB (preset 9 alone means 64 MiB): the encoder's memory grows
+# with the input up to ~11x the dictionary, measured +363 MB RSS for a 32 MB tar at preset 9 vs
+# +105 MB with 8 MiB, at the same ratio on token data (bench/bench_bytes.py). With the cap, peak
+# memory no longer grows with shard size (issue 6, 10,000 files in one run).
+XZ_DICT_BYTES = 8 << 20
+XZ_FILTERS = ({"id": lzma.FILTER_LZMA2, "preset": XZ_PRESET, "dict_size": XZ_DICT_BYTES},)
 
 
 class ShardFormatError(ValueError):
@@ -74,11 +80,16 @@ def _check_member(info: tarfile.TarInfo) -> None:
 
 # ---- Parquet ---------------------------------------------------------------------------------
 
-def encode_parquet(records: list[TrackRecord]) -> bytes:
+def write_parquet(records: list[TrackRecord], out: IO[bytes]) -> None:
+    """The Parquet shard of `records` (sorted by key) written to the binary file object `out`."""
     table = records_to_table(sorted(records, key=lambda r: r.key))
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression=PARQUET_COMPRESSION, use_dictionary=True,
+    pq.write_table(table, out, compression=PARQUET_COMPRESSION, use_dictionary=True,
                    write_statistics=True)
+
+
+def encode_parquet(records: list[TrackRecord]) -> bytes:
+    buf = io.BytesIO()
+    write_parquet(records, buf)
     return buf.getvalue()
 
 
@@ -110,17 +121,46 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def encode_wds(records: list[TrackRecord]) -> bytes:
-    """Whole-shard xz-compressed tar; deterministic bytes for the same records."""
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+class _XzWriter:
+    """A write-only file object that xz-compresses what it is given into `out` as it goes, so
+    neither the raw tar nor the compressed shard is ever held whole in memory."""
+
+    def __init__(self, out: IO[bytes]):
+        self.out = out
+        self._c = lzma.LZMACompressor(format=lzma.FORMAT_XZ, filters=list(XZ_FILTERS))
+
+    def write(self, data: bytes) -> int:
+        self.out.write(self._c.compress(data))
+        return len(data)
+
+    def finish(self) -> None:
+        self.out.write(self._c.flush())
+
+
+def xz_compress(data: bytes) -> bytes:
+    """`data` compressed exactly as a WebDataset shard's tar is (same filters)."""
+    return lzma.compress(data, format=lzma.FORMAT_XZ, filters=list(XZ_FILTERS))
+
+
+def write_wds(records: list[TrackRecord], out: IO[bytes]) -> None:
+    """The whole-shard xz-compressed tar of `records` (sorted by key), streamed to `out`:
+    deterministic bytes for the same records, memory bounded by one record + the xz window."""
+    xz = _XzWriter(out)
+    with tarfile.open(fileobj=xz, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
         for rec in sorted(records, key=lambda r: r.key):
             streams = rec.streams()
             names = wds_member_names(rec.key, list(streams))
             _add_member(tar, names[0], json_dumps_stable(rec.meta()))
             for name, stream in zip(names[1:], streams):
                 _add_member(tar, name, _npy_bytes(streams[stream]))
-    return lzma.compress(raw.getvalue(), format=lzma.FORMAT_XZ, preset=XZ_PRESET)
+    xz.finish()
+
+
+def encode_wds(records: list[TrackRecord]) -> bytes:
+    """Whole-shard xz-compressed tar as bytes (see write_wds)."""
+    buf = io.BytesIO()
+    write_wds(records, buf)
+    return buf.getvalue()
 
 
 def iter_wds_samples(fileobj: IO[bytes]) -> Iterator[tuple[str, dict[str, bytes]]]:
