@@ -9,6 +9,7 @@
     python beam_runner.py decode --dataset dataset/ --out listen.wav
     python beam_runner.py embed-text "a calm piano piece" "fast drums"
     python beam_runner.py fit-codebook --stream mulan --input 'audio/*.flac' --output codebooks/
+    python beam_runner.py generate --text "a calm piano piece" --checkpoints runs/ --out piano.wav
 
 Options this tool does not know are Beam pipeline options, passed through unchanged:
 --runner (default: the embedded local runner), --direct_running_mode=multi_processing,
@@ -113,7 +114,56 @@ def _parser() -> argparse.ArgumentParser:
     sta.add_argument("--plots", metavar="OUT", help="also write duration_hist.png and "
                      "token_usage_<stream>.png (sorted usage per id, log scale) into OUT")
     sta.add_argument("--json", action="store_true", help="print the same numbers as JSON")
+    _add_generate_parser(sub)
     return p
+
+
+def _add_generate_parser(sub) -> None:
+    from tokenmill.training.generate import DEFAULT_TEMPERATURES
+
+    gen = sub.add_parser(
+        "generate", help="text to music with trained semantic, coarse and fine stage checkpoints",
+        formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
+        description="The MusicLM chain: embed TEXT with the dataset's MuLan model and RVQ (M_T), sample "
+                    "semantic tokens, then coarse acoustic levels, then fine levels, decode them with the "
+                    "dataset's codec and write OUT (PCM_16 WAV at the codec's rate; NAME-0.wav, NAME-1.wav, "
+                    "... for --batch > 1) and OUT with .json: the prompt, M_T, seeds per stage window, "
+                    "config, checkpoint steps and token shapes.\n\n"
+                    "Any length: each stage generates windows of its training crop length (e.g. 30 s "
+                    "semantic, 10 s coarse, 3 s fine); each later window moves by --stride_fraction of a "
+                    "window and is prompted with the tokens already generated in its first part "
+                    "(tokenmill/training/generate.py documents the arithmetic). The same --seed gives the "
+                    "same tokens and WAV bytes.",
+        epilog="example: beam_runner.py generate --text 'upbeat jazz with a walking bass' "
+               "--checkpoints runs/ --out jazz.wav --seconds 60 --batch 2 --seed 7")
+    gen.add_argument("--text", required=True, help="the text prompt")
+    gen.add_argument("--out", required=True, metavar="WAV", help="output WAV path (its .json sidecar goes next to it)")
+    gen.add_argument("--checkpoints", metavar="DIR",
+                     help="a directory holding semantic/, coarse/ and fine/ stage checkpoints (each a trainer "
+                          "--out directory with latest.json, or a step-NNNNNNN folder)")
+    for stage in ("semantic", "coarse", "fine"):
+        gen.add_argument(f"--{stage}", metavar="PATH", help=f"the {stage} stage checkpoint (overrides DIR/{stage})")
+    gen.add_argument("--seconds", type=float, default=10.0, help="output length, a multiple of 0.04 s (default 10)")
+    gen.add_argument("--batch", type=int, default=1, help="samples of the prompt, one WAV each (default 1)")
+    gen.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    gen.add_argument("--top_k", type=int, help="sample among the K most likely tokens, every stage (default: all)")
+    for stage, t in DEFAULT_TEMPERATURES.items():
+        gen.add_argument(f"--top_k_{stage}", type=int, metavar="K", help=f"top-k of the {stage} stage (overrides --top_k)")
+        gen.add_argument(f"--temperature_{stage}", type=float, default=t, metavar="T",
+                         help=f"sampling temperature of the {stage} stage, 0 = greedy (default {t})")
+    gen.add_argument("--stride_fraction", type=float, default=0.5,
+                     help="window stride as a fraction of the window; the rest is the next window's prompt "
+                          "(default 0.5: 30 s semantic windows move by 15 s, as in the paper)")
+    gen.add_argument("--device", default="cpu", help="device of the stage models: cpu or cuda (default cpu)")
+    gen.add_argument("--torch_threads", type=int, default=0, metavar="N",
+                     help="torch intra-op threads (default 0: torch's choice; 1 is fastest for small models "
+                          "on a busy CPU)")
+    gen.add_argument("--mulan_model", help="MuLan model name (default: the dataset's tokenize job's)")
+    gen.add_argument("--mulan_path", metavar="PATH", help="MuLan weights (default: the dataset's tokenize job's)")
+    gen.add_argument("--mulan_codebook", metavar="PATH",
+                     help="MuLan RVQ file or directory (default: the dataset's; its id must match the checkpoints')")
+    gen.add_argument("--acoustic_model", metavar="PATH",
+                     help="codec weights path, when it differs from the one recorded in the dataset")
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -161,6 +211,11 @@ def main(argv: list[str] | None = None) -> int:
         if beam_args:
             raise SystemExit(f"embed-text: unknown arguments {beam_args}")
         return _embed_text(args)
+
+    if args.command == "generate":
+        if beam_args:
+            raise SystemExit(f"generate: unknown arguments {beam_args}")
+        return _generate(args)
 
     if args.command == "decode":
         if beam_args:
@@ -338,6 +393,35 @@ def _stats(args) -> int:
 
         paths = write_stats_plots(st, args.plots)
         print(f"plots: {', '.join(str(p) for p in paths)}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def _generate(args) -> int:
+    from tokenmill.tokenizers.codec import CodecError
+    from tokenmill.tokenizers.mulan import MulanError
+    from tokenmill.training.checkpoint import CheckpointError
+    from tokenmill.training.crops import CropError
+    from tokenmill.training.generate import GenerateConfig, GenerateError, generate_from_paths
+
+    # progress per stage window; set on the module's logger because an import that logs before
+    # _setup_logging (Beam's) leaves the root logger at WARNING
+    logging.getLogger("tokenmill.training.generate").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        cfg = GenerateConfig(
+            seconds=args.seconds, batch=args.batch, seed=args.seed, top_k=args.top_k,
+            top_k_semantic=args.top_k_semantic, top_k_coarse=args.top_k_coarse, top_k_fine=args.top_k_fine,
+            temperature_semantic=args.temperature_semantic, temperature_coarse=args.temperature_coarse,
+            temperature_fine=args.temperature_fine, stride_fraction=args.stride_fraction, device=args.device)
+        side = generate_from_paths(args.text, args.out, cfg, checkpoints=args.checkpoints, semantic=args.semantic,
+                                   coarse=args.coarse, fine=args.fine, mulan_model=args.mulan_model,
+                                   mulan_path=args.mulan_path, mulan_codebook=args.mulan_codebook,
+                                   acoustic_model=args.acoustic_model, torch_threads=args.torch_threads).sidecar
+    except (GenerateError, CheckpointError, CropError, MulanError, CodecError, FileNotFoundError) as e:
+        raise SystemExit(f"generate: {e}") from e
+    steps = ", ".join(f"{s} step {c['step']}" for s, c in side["checkpoints"].items())
+    print(f"{', '.join(side['wavs'])}: {side['samples'] / side['sample_rate_hz']:.2f} s at {side['sample_rate_hz']} Hz "
+          f"({steps}; seed {side['seed']}; {side['elapsed_s']:.1f} s); sidecar "
+          f"{args.out.rsplit('.', 1)[0]}.json")
     return 0
 
 

@@ -207,9 +207,15 @@ class Transformer(nn.Module):
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, n_new: int, *, temperature: float = 1.0, top_k: int | None = None,
                  generator: torch.Generator | None = None, allowed: torch.Tensor | None = None) -> torch.Tensor:
-        """prompt int64 [B, T0 >= 1] → int64 [B, T0 + n_new], sampled with the KV cache (eval mode)."""
+        """prompt int64 [B, T0 >= 1] → int64 [B, T0 + n_new], sampled with the KV cache (eval mode).
+        `allowed`: bool [V] for every new token, or [P, V]: row j % P for the j-th new token (a
+        stage's frame-major levels, ``StageLayout.allowed()``; the prompt must end on a whole frame)."""
         if prompt.ndim != 2 or prompt.shape[1] < 1:
             raise ValueError(f"prompt must be int64 [B, T0 >= 1] (start with a BOS id), got {tuple(prompt.shape)}")
+        if allowed is not None and (allowed.ndim not in (1, 2) or allowed.shape[-1] != self.cfg.vocab_size
+                                    or allowed.shape[0] < 1):
+            raise ValueError(f"allowed must be bool [{self.cfg.vocab_size}] or [P, {self.cfg.vocab_size}], "
+                             f"got {tuple(allowed.shape)}")
         was_training = self.training
         self.eval()
         try:
@@ -217,8 +223,9 @@ class Transformer(nn.Module):
             out = [prompt]
             logits = self.step(prompt, cache)
             for i in range(n_new):
+                row = allowed if allowed is None or allowed.ndim == 1 else allowed[i % allowed.shape[0]]
                 nxt = sample_next(logits, temperature=temperature, top_k=top_k, generator=generator,
-                                  allowed=allowed)[:, None]
+                                  allowed=row)[:, None]
                 out.append(nxt)
                 if i + 1 < n_new:
                     logits = self.step(nxt, cache)
