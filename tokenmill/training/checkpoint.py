@@ -7,9 +7,10 @@ A checkpoint is a directory ``OUT/step-NNNNNNN/`` holding
                        named ``<param index>.<key>``; absent in an exported (model-only) checkpoint
   state.json           {"format": 1, "stage", "step", "model": TransformerConfig, "layout":
                        StageLayout, "train": the trainer's config, "dataset": {codebooks,
-                       tokenizers, schema_version} of the shards it trained on, "reader": reader
-                       state(s), "rng": torch RNG state, "optim": optimizer hyper-parameters per
-                       group, "history": recent losses}
+                       tokenizers, streams, job, schema_version} of the shards it trained on,
+                       "reader": reader state per rank, "rng": RNG state per rank ({"cpu":
+                       hex bytes, "cuda": hex or null}), "optim": optimizer hyper-parameters per group,
+                       "history": recent [step, loss]}
 
 and ``OUT/latest.json`` names the newest complete one ({"path": "step-NNNNNNN"}). Each file is
 written to a temp name and renamed; latest.json is replaced last, so a kill mid-save leaves the
