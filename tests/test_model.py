@@ -149,3 +149,32 @@ def test_config_errors_say_how_to_fix_them():
         preset("huge", 10)
     with pytest.raises(ValueError, match="int64"):
         random_model()(torch.zeros(2, 3))
+
+
+def test_block_loss_equals_a_masked_full_softmax_reference():
+    """block_loss scores each target by a softmax over its level's block only: the same number as
+    the full logits with every other id masked out, computed target by target in NumPy."""
+    import numpy as np
+
+    torch.manual_seed(0)
+    offset, levels, vocab = 5, 3, 7
+    model = Transformer(TransformerConfig(vocab_size=offset + levels * vocab + 4, d_model=32, n_heads=2, d_ff=64))
+    tokens = torch.randint(0, model.cfg.vocab_size, (2, 9))
+    lv = torch.arange(18).reshape(2, 9) % levels
+    targets = offset + lv * vocab + torch.randint(0, vocab, (2, 9))
+    targets[0, :3] = -100
+    targets[1, 5] = -100
+    got = model(tokens, targets=targets, target_block=(offset, levels, vocab)).item()
+    logits = model(tokens).detach().numpy().astype(np.float64)
+    want = 0.0
+    for b in range(2):
+        for t in range(9):
+            y = int(targets[b, t])
+            if y == -100:
+                continue
+            lo = offset + (y - offset) // vocab * vocab
+            row = logits[b, t, lo:lo + vocab]
+            want -= row[y - lo] - (np.log(np.exp(row - row.max()).sum()) + row.max())
+    assert abs(got - want) < 1e-4 * abs(want)
+    with pytest.raises(ValueError, match="outside the id block"):
+        model(tokens, targets=torch.zeros_like(targets), target_block=(offset, levels, vocab))

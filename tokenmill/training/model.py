@@ -173,9 +173,15 @@ class Transformer(nn.Module):
             if isinstance(m, (nn.Linear, nn.Embedding)) and not m.weight.is_meta:  # meta: shapes only
                 nn.init.normal_(m.weight, std=0.02)
 
-    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None, start_pos: int = 0) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None, start_pos: int = 0, *,
+                targets: torch.Tensor | None = None, target_block: tuple[int, int, int] | None = None,
+                ignore_index: int = -100) -> torch.Tensor:
         """Logits for every position. With `cache`, `tokens` continue the cached positions (their
-        keys/values are appended); without, they sit at positions start_pos, start_pos + 1, …"""
+        keys/values are appended); without, they sit at positions start_pos, start_pos + 1, …
+
+        With `targets` int64 [B, T] and `target_block` = (offset, levels, vocab): instead of the
+        logits, the SUMMED cross-entropy of the targets (ignore_index skipped), each scored by a
+        softmax over its own level's block of ids only (see ``block_loss``)."""
         if tokens.ndim != 2 or tokens.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"tokens must be int64 [B, T], got {tokens.dtype} {tuple(tokens.shape)}")
         b, t = tokens.shape
@@ -191,7 +197,37 @@ class Transformer(nn.Module):
             x = block(x, cos, sin, cache, i, start_pos)
         if cache is not None:
             cache.length += t
+        if targets is not None:
+            if target_block is None:
+                raise ValueError("targets need target_block=(offset, levels, vocab): the id block they lie in")
+            return self.block_loss(self.norm(x), targets, target_block, ignore_index)
         return self.head(self.norm(x)).float()
+
+    def block_loss(self, hidden: torch.Tensor, targets: torch.Tensor, block: tuple[int, int, int],
+                   ignore_index: int = -100) -> torch.Tensor:
+        """Summed cross-entropy (float32 scalar) of `targets` [B, T] from final hidden states
+        [B, T, d], each target scored by a softmax over the `vocab` ids of its level's block
+        (offset + level·vocab ...), where the stage's ids for that position live.
+
+        This is the full softmax restricted to the ids a position may take, so it is the same
+        distribution the sampler draws from (generation masks every other id, stages.allowed):
+        no probability mass is spent on ids the layout rules out. It computes `levels`
+        [N_l, vocab] logit blocks instead of one [B·T, vocab_size] matrix: for the coarse stage's
+        16,450 ids, 1/16 of the head's work and memory."""
+        offset, levels, vocab = (int(v) for v in block)
+        valid = targets != ignore_index
+        h, t = hidden[valid], targets[valid] - offset
+        level = torch.div(t, vocab, rounding_mode="floor")
+        if bool(((t < 0) | (level >= levels)).any()):
+            raise ValueError(f"targets outside the id block [{offset}, {offset + levels * vocab}) of the stage's "
+                             "target stream; build targets with stages.StageLayout.inputs_targets")
+        total = self.head.weight[:1].sum() * 0.0  # keeps the head in the graph on a rank with no targets (DDP)
+        for lv in range(levels):
+            m = level == lv
+            w = self.head.weight[offset + lv * vocab: offset + (lv + 1) * vocab]
+            logits = (h[m] @ w.T).float()
+            total = total + F.cross_entropy(logits, t[m] - lv * vocab, reduction="sum")
+        return total.float()
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         p = self.embed.weight

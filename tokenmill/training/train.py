@@ -15,7 +15,8 @@ Optimisation: AdamW (betas 0.9/0.95; --weight_decay on the linear matrices only,
 embedding or the norms), lr warmed up linearly from 0 over --warmup_steps, then held
 (--schedule constant) or cosine-decayed to 10 % at --steps (--schedule cosine); gradient norm
 clipped to --grad_clip. The lr is a function of the step alone, so a resumed run follows it.
-Loss: summed cross-entropy of the target tokens divided by the number of target tokens of the
+Loss: summed cross-entropy of the target tokens (each scored by a softmax over its own level's
+block of ids, model.block_loss: the distribution generation samples from) divided by the number of target tokens of the
 GLOBAL batch (all ranks; conditioning and padded positions are ignored), times world_size because
 DDP averages gradients over ranks: the gradient then equals that of one process on the whole
 batch even when ranks hold different amounts of padding (a per-rank mean would weight a
@@ -52,7 +53,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from tokenmill.schemas.compat import ID_FIELDS, CompatibilityError, codebook_ids
 from tokenmill.training import checkpoint as ckpt
@@ -265,10 +265,11 @@ class Trainer:
         token loss (the same on every rank)."""
         inputs, targets = self._tensors(batch)
         self.opt.zero_grad(set_to_none=True)
+        tgt = self.layout.target
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            logits = self.model(inputs)
-        loss_sum = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                   ignore_index=IGNORE, reduction="sum")
+            # each target scored over its own level's id block (model.block_loss)
+            loss_sum = self.model(inputs, targets=targets, target_block=(tgt.offset, tgt.levels, tgt.vocab),
+                                  ignore_index=IGNORE)
         totals = torch.stack([(targets != IGNORE).sum().to(torch.float64), loss_sum.detach().to(torch.float64)])
         if self.world_size > 1:
             dist.all_reduce(totals)
