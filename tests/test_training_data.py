@@ -308,3 +308,48 @@ def test_resume_mid_epoch_equals_uninterrupted(ds8, n_read):
     assert same(list(islice(iter(resumed), 5)), whole[20:])  # then the next epoch, as uninterrupted
     with pytest.raises(ReaderError, match="seed=3.*seed=4"):
         ShardReader(str(ds8), **{**kw, "seed": 4}).load_state_dict(state)
+
+
+def test_http_fetch_retries_transient_failures_and_logs_them(tmp_path, monkeypatch, caplog):
+    """A server answering 503 twice (busy, or still starting) is retried with backoff, each retry
+    logged; a 404 fails at once; a closed port fails after the retries with the count in the message."""
+    import socket
+    import time
+
+    from tokenmill.training import data as dmod
+
+    (tmp_path / "x.bin").write_bytes(b"payload")
+    calls = {"n": 0}
+
+    class Flaky(SimpleHTTPRequestHandler):
+        def do_GET(self):
+            calls["n"] += 1
+            if self.path == "/x.bin" and calls["n"] <= 2:
+                self.send_error(503, "busy")
+                return
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    monkeypatch.setattr(time, "sleep", lambda s: None)
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Flaky, directory=str(tmp_path)))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{srv.server_address[1]}"
+        with caplog.at_level("WARNING", logger="tokenmill"):
+            assert fetch(f"{base}/x.bin") == b"payload"
+        assert calls["n"] == 3
+        assert [r.getMessage().split(": ", 1)[1] for r in caplog.records] == [
+            "HTTP 503; retry 1 of 3 in 0.5 s", "HTTP 503; retry 2 of 3 in 1.0 s"]
+        calls["n"] = 0
+        with pytest.raises(ReaderError, match="HTTP 404"):
+            fetch(f"{base}/missing.bin")
+        assert calls["n"] == 1
+    finally:
+        srv.shutdown()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ReaderError, match="cannot connect.*tried 3 times"):
+        dmod.fetch(f"http://127.0.0.1:{port}/x.bin", retries=2)

@@ -42,10 +42,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import posixpath
 import re
 import struct
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -139,8 +141,34 @@ def join_url(base: str, rel: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
 
-def fetch(url: str, *, timeout_s: float = 60.0) -> bytes:
-    """All bytes at `url`: a local path, file://, http(s):// (urllib) or any fsspec scheme."""
+HTTP_RETRIES = 3  # transient http(s) failures (no connection, 5xx, timeout) retried after 0.5, 1, 2 s
+RETRY_STATUS = (429, 500, 502, 503, 504)
+LOG = logging.getLogger("tokenmill")
+
+
+def _http_get(url: str, timeout_s: float, retries: int) -> bytes:
+    """GET with retries of transient failures, each logged (a server still starting, a 503 from
+    a busy store); 4xx other than 429 fails at once."""
+    for attempt in range(retries + 1):
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as r:
+                return r.read()
+        except urllib.error.HTTPError as e:
+            if e.code not in RETRY_STATUS or attempt == retries:
+                raise
+            why = f"HTTP {e.code}"
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+            if attempt == retries:
+                raise
+            why = str(getattr(e, "reason", e))
+        LOG.warning("%s: %s; retry %d of %d in %.1f s", url, why, attempt + 1, retries, 0.5 * 2 ** attempt)
+        time.sleep(0.5 * 2 ** attempt)
+    raise AssertionError("unreachable")
+
+
+def fetch(url: str, *, timeout_s: float = 60.0, retries: int = HTTP_RETRIES) -> bytes:
+    """All bytes at `url`: a local path, file://, http(s):// (urllib, transient failures retried
+    `retries` times with backoff) or any fsspec scheme."""
     scheme = _scheme(url)
     try:
         if scheme in ("", "file"):
@@ -148,8 +176,7 @@ def fetch(url: str, *, timeout_s: float = 60.0) -> bytes:
                       "rb") as f:
                 return f.read()
         if scheme in ("http", "https"):
-            with urllib.request.urlopen(url, timeout=timeout_s) as r:
-                return r.read()
+            return _http_get(url, timeout_s, retries)
     except FileNotFoundError:
         raise FileNotFoundError(f"{url}: no such file; check the dataset path, or run "
                                 "beam_runner.py verify on the dataset") from None
@@ -158,7 +185,7 @@ def fetch(url: str, *, timeout_s: float = 60.0) -> bytes:
                           "serves the dataset directory") from None
     except (urllib.error.URLError, TimeoutError) as e:
         raise ReaderError(f"{url}: cannot connect ({getattr(e, 'reason', e)}); check the host, port "
-                          f"and network, or raise timeout_s (now {timeout_s} s)") from None
+                          f"and network, or raise timeout_s (now {timeout_s} s); tried {retries + 1} times") from None
     try:
         import fsspec
     except ImportError:
