@@ -1,4 +1,3 @@
-"""Training side: shard-URL readers, the three MusicLM stages, trainers and generation.
-
-Empty until the training issue; the shard formats it will read are defined in tokenmill.schemas.
-"""
+"""Training side: shard-URL readers (data), per-stage crops (crops) and sequences (stages), the
+stage Transformer (model), trainers (train, batches, checkpoint) and generation (generate); plus
+the built-in codec and MuLan trainers (codec_train, mulan_train)."""
