@@ -43,11 +43,12 @@ from tokenmill.schemas.records import (
 
 PARQUET_COMPRESSION = "zstd"
 XZ_PRESET = 9 | lzma.PRESET_EXTREME
-# The xz dictionary is capped at 8 MiB (preset 9 alone means 64 MiB): the encoder's memory grows
-# with the input up to ~11x the dictionary, measured +363 MB RSS for a 32 MB tar at preset 9 vs
-# +105 MB with 8 MiB, at the same ratio on token data (bench/bench_bytes.py). With the cap, peak
-# memory no longer grows with shard size (issue 6, 10,000 files in one run).
-XZ_DICT_BYTES = 8 << 20
+# The xz dictionary is capped at 1 MiB (preset 9 alone means 64 MiB): the encoder's memory is
+# ~11x the dictionary and is touched as the input grows, measured +363 MB RSS for a 32 MB tar at
+# preset 9, and still the largest allocation of a 600-file tokenize at 8 MiB (93 MB, tracemalloc).
+# A shard's tokens match within a track (a 3-minute track is ~9 KB semantic, ~216 KB acoustic), so
+# a 1 MiB window gives the same bytes on our shards (bench/bench_bytes.py) for ~12 MB of encoder.
+XZ_DICT_BYTES = 1 << 20
 XZ_FILTERS = ({"id": lzma.FILTER_LZMA2, "preset": XZ_PRESET, "dict_size": XZ_DICT_BYTES},)
 
 
