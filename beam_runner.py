@@ -24,7 +24,18 @@ import logging
 import sys
 import time
 
-from tokenmill.pipelines import options as opts
+
+class _QuietOptionalClients(logging.Filter):
+    """Beam's GCP modules warn on import about optional BigQuery clients that local jobs never use."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "apitools not found" not in record.getMessage()
+
+
+# installed before Beam is imported: its import-time warning goes through the root logger
+logging.getLogger().addFilter(_QuietOptionalClients())
+
+from tokenmill.pipelines import options as opts  # noqa: E402 (after the filter above)
 
 EPILOG = """Beam options: anything not listed above is passed to Beam, e.g. --runner=DataflowRunner,
 --direct_running_mode=multi_processing --direct_num_workers=2. Without --runner the job runs
@@ -167,13 +178,14 @@ def _add_generate_parser(sub) -> None:
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+    # force=True: a module-level logging.warning() during an import (Beam's) installs a WARNING-level
+    # root handler first, and basicConfig would then do nothing: the progress lines were silent.
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, force=True,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("apache_beam", "faiss", "numba", "datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    # Beam's GCP modules warn on import about optional BigQuery clients that local jobs never use.
     for handler in logging.getLogger().handlers:
-        handler.addFilter(lambda rec: "apitools not found" not in rec.getMessage())
+        handler.addFilter(_QuietOptionalClients())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -403,9 +415,6 @@ def _generate(args) -> int:
     from tokenmill.training.crops import CropError
     from tokenmill.training.generate import GenerateConfig, GenerateError, generate_from_paths
 
-    # progress per stage window; set on the module's logger because an import that logs before
-    # _setup_logging (Beam's) leaves the root logger at WARNING
-    logging.getLogger("tokenmill.training.generate").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         cfg = GenerateConfig(
             seconds=args.seconds, batch=args.batch, seed=args.seed, top_k=args.top_k,

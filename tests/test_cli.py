@@ -70,3 +70,18 @@ def test_atomic_write_tolerates_a_parent_created_concurrently(tmp_path, monkeypa
     sinks.atomic_write(str(tmp_path / "parquet" / "a.bin"), b"data")
     assert (tmp_path / "parquet" / "a.bin").read_bytes() == b"data"
     assert not list((tmp_path / "parquet").glob("*.tmp-*"))
+
+
+def test_jobs_print_progress_lines_and_not_the_optional_client_warning(tmp_path, real_audio_dir):
+    """Regression: Beam's import-time `logging.warning` ("apitools not found") installed a
+    WARNING-level root handler before the CLI configured logging, so basicConfig did nothing and
+    every INFO progress line ([decode] ..., metrics) was silent in real runs."""
+    import shutil
+
+    shutil.copy(real_audio_dir / "asc_frontiers.mp3", tmp_path / "a.mp3")
+    res = subprocess.run([sys.executable, str(ROOT / "beam_runner.py"), "fit-codebook", "--input",
+                          str(tmp_path / "*.mp3"), "--output", str(tmp_path / "cb"), "--num_clusters", "8"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "INFO [decode] 1 files" in res.stderr
+    assert "apitools" not in res.stderr + res.stdout
