@@ -178,14 +178,21 @@ def _add_generate_parser(sub) -> None:
 
 
 def _setup_logging(verbose: bool) -> None:
-    # force=True: a module-level logging.warning() during an import (Beam's) installs a WARNING-level
-    # root handler first, and basicConfig would then do nothing: the progress lines were silent.
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, force=True,
-                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    # Not basicConfig: a module-level logging.warning() during an import (Beam's) has already
+    # installed a plain root handler, so basicConfig would do nothing and leave the root at
+    # WARNING: every INFO progress line was silent. Set the level and format here instead; other
+    # handlers (pytest's capture handler, a caller's) are left as they are.
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(logging.StreamHandler())
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    for handler in root.handlers:
+        if type(handler) is logging.StreamHandler:
+            handler.setFormatter(fmt)
+        handler.addFilter(_QuietOptionalClients())
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for noisy in ("apache_beam", "faiss", "numba", "datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_QuietOptionalClients())
 
 
 def main(argv: list[str] | None = None) -> int:
