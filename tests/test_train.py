@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -156,9 +157,18 @@ def test_ddp_two_ranks_give_the_one_process_gradient_with_uneven_padding(data, t
     loss1 = one.backward((inputs, targets))
     g1 = {n: p.grad.clone() for n, p in one.module.named_parameters()}
     out = tmp_path / "grads.safetensors"
-    # fork: the children inherit the imported modules (spawn re-imports torch, ~4 s each here)
-    torch.multiprocessing.start_processes(_ddp_worker, nprocs=2, join=True, start_method="fork",
-                                          args=(2, _free_port(), cfg, str(tmp_path / "batch.safetensors"), str(out)))
+    # spawn, not fork: forking the test process after Beam's and the HTTP tests' threads exist
+    # deadlocked a child in the full suite (a lock held by another thread at fork time). A hang
+    # fails the test after 180 s instead of stalling CI.
+    ctx = torch.multiprocessing.start_processes(
+        _ddp_worker, nprocs=2, join=False, start_method="spawn",
+        args=(2, _free_port(), cfg, str(tmp_path / "batch.safetensors"), str(out)))
+    deadline = time.monotonic() + 180
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for proc in ctx.processes:
+                proc.kill()
+            pytest.fail("the 2-rank DDP children did not finish in 180 s")
     g2 = load_file(str(out))
     assert g2.pop("loss").item() == pytest.approx(loss1, rel=1e-6)
     assert g1.keys() == g2.keys()
