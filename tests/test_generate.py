@@ -338,3 +338,17 @@ def test_cli_writes_a_wav_of_the_expected_length_and_refuses_mismatched_checkpoi
                           str(root / "fine"), "--out", str(out)])
     with pytest.raises(SystemExit, match="no semantic checkpoint"):
         beam_runner.main(["generate", "--text", "x", "--out", str(out)])
+
+
+def test_decode_and_generate_rebuild_the_codec_through_one_weights_check(codec):
+    """codec.rebuild_codec serves `decode` and `generate`: it builds the job's codec and refuses
+    weights other than the ones the tokens were made with, naming both hashes and the flag."""
+    from tokenmill.tokenizers.codec import CodecError, rebuild_codec
+
+    job = {"codec": "soundstream", "codec_config": []}
+    desc = codec.describe()
+    assert rebuild_codec(job, desc).weights_sha256 == desc["weights_sha256"]
+    with pytest.raises(CodecError, match=r"differ from those the dataset was tokenized with \(0000.*--acoustic_model"):
+        rebuild_codec(job, {**desc, "weights_sha256": "0" * 64})
+    with pytest.raises(CodecError, match="records no acoustic codec"):
+        rebuild_codec(None, desc)

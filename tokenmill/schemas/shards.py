@@ -248,21 +248,28 @@ def decode_dead_letters(data: bytes) -> list[DeadLetter]:
 
 # ---- dataset reader --------------------------------------------------------------------------
 
+def parse_manifest(data: bytes | str, where: str) -> dict:
+    """The validated manifest in `data`; `where` (its path or URL) names it in errors."""
+    try:
+        manifest = json.loads(data)
+    except json.JSONDecodeError as e:
+        raise ManifestError(f"{where}: not valid JSON ({e}); re-run tokenize to rewrite it") from None
+    problems = validate_manifest(manifest)
+    if problems:
+        raise ManifestError(f"{where}: " + "; ".join(problems))
+    return manifest
+
+
 def read_manifest(root: str) -> dict:
     """The validated manifest.json of a local dataset directory."""
     path = os.path.join(root, MANIFEST_NAME)
     try:
         with open(path, "rb") as f:
-            manifest = json.loads(f.read())
+            data = f.read()
     except FileNotFoundError:
         raise FileNotFoundError(f"{path} not found; is {root} a tokenmill dataset (tokenize "
                                 "--output), and did its job finish?") from None
-    except json.JSONDecodeError as e:
-        raise ManifestError(f"{path}: not valid JSON ({e}); re-run tokenize to rewrite it") from e
-    problems = validate_manifest(manifest)
-    if problems:
-        raise ManifestError(f"{path}: " + "; ".join(problems))
-    return manifest
+    return parse_manifest(data, path)
 
 
 def read_dataset(root: str, *, format: str | None = None, splits: tuple[str, ...] | None = None,

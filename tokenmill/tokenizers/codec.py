@@ -142,6 +142,30 @@ def build_codec(name: str, **config: Any) -> AcousticCodec:
     return _REGISTRY[name](**config)
 
 
+def rebuild_codec(job: dict[str, Any] | None, desc: dict[str, Any] | None, model_path: str | None = None,
+                  where: str = "the dataset") -> AcousticCodec:
+    """The codec a dataset was tokenized with: built from its manifest's ``job.acoustic`` (`job`:
+    codec name + config), `model_path` replacing the weights path when the weights moved, and
+    checked against ``tokenizers.acoustic`` (`desc`): other weights would decode other sounds.
+    Used by `decode` and `generate`; raises CodecError naming `where` and the fix."""
+    if not job or not desc:
+        raise CodecError(f"{where} records no acoustic codec (job.acoustic and tokenizers.acoustic); "
+                         "tokenize with --acoustic_codec to get acoustic tokens")
+    kwargs = dict(job.get("codec_config") or {})
+    if model_path:
+        kwargs["path"] = model_path
+    try:
+        codec = build_codec(job["codec"], **kwargs)
+    except FileNotFoundError as e:
+        raise CodecError(f"cannot rebuild the {job['codec']} codec {where} used: {e}; pass its weights "
+                         "with --acoustic_model PATH") from None
+    if codec.weights_sha256 != desc["weights_sha256"]:
+        raise CodecError(f"the {desc['name']} weights here (sha256 {str(codec.weights_sha256)[:12]}…) differ from "
+                         f"those {where} was tokenized with ({str(desc['weights_sha256'])[:12]}…); pass that "
+                         "checkpoint with --acoustic_model PATH")
+    return codec
+
+
 def _import_backends() -> None:
     """Back-ends register themselves on import; import them lazily (torch, transformers)."""
     import importlib

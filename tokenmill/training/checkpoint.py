@@ -48,14 +48,6 @@ def _replace(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-def rng_state() -> list[int]:
-    return torch.get_rng_state().tolist()
-
-
-def set_rng_state(state: list[int]) -> None:
-    torch.set_rng_state(torch.tensor(state, dtype=torch.uint8))
-
-
 def optim_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
     """(tensors named "<param index>.<key>", JSON-able param groups) of an optimizer's state_dict."""
     sd = opt.state_dict()
@@ -130,10 +122,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Tr
 def load_training(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore weights and optimizer state in place (for resume); returns state.json."""
     d, state = read_state(path)
-    module = getattr(model, "module", model)
-    module.load_state_dict(load_file(str(d / MODEL_FILE)))
     if not (d / OPTIM_FILE).is_file():
         raise CheckpointError(f"{d} has no {OPTIM_FILE} (an exported model); training cannot resume from it")
+    module = getattr(model, "module", model)
+    module.load_state_dict(load_file(str(d / MODEL_FILE)))
     dev = next(module.parameters()).device
     tensors = {k: v.to(dev) if not k.endswith(".step") else v for k, v in load_file(str(d / OPTIM_FILE)).items()}
     load_optim(optimizer, tensors, state["optim"])

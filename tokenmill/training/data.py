@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 import os
 import posixpath
@@ -59,13 +58,13 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from tokenmill.schemas import versions
 from tokenmill.schemas.compat import check_compatible
-from tokenmill.schemas.manifest import ManifestError, validate_manifest
 from tokenmill.schemas.records import MANIFEST_NAME, TrackRecord
 from tokenmill.schemas.shards import (
     ChecksumError,
     ShardFormatError,
     decode_parquet,
     decode_wds,
+    parse_manifest,
 )
 
 STATE_VERSION = 1
@@ -214,14 +213,7 @@ def format_of(url: str) -> str:
 
 def read_manifest_url(url: str, *, timeout_s: float = 60.0) -> dict:
     """The validated manifest at `url` (a manifest.json URL)."""
-    try:
-        manifest = json.loads(fetch(url, timeout_s=timeout_s))
-    except json.JSONDecodeError as e:
-        raise ManifestError(f"{url}: not valid JSON ({e}); re-run tokenize to rewrite it") from None
-    problems = validate_manifest(manifest)
-    if problems:
-        raise ManifestError(f"{url}: " + "; ".join(problems))
-    return manifest
+    return parse_manifest(fetch(url, timeout_s=timeout_s), url)
 
 
 # ---- shard specs -----------------------------------------------------------------------------

@@ -380,27 +380,15 @@ def text_tokens(text: str, stages: dict[str, StageModel], tokenizer=None, *, mod
 
 
 def load_codec(stages: dict[str, StageModel], model_path: str | None = None):
-    """The acoustic codec the dataset was tokenized with (manifest job.acoustic), weights checked."""
-    from tokenmill.tokenizers.codec import CodecError, build_codec
+    """The acoustic codec the dataset was tokenized with (codec.rebuild_codec: weights checked)."""
+    from tokenmill.tokenizers.codec import CodecError, rebuild_codec
 
     ds = stages["semantic"].state["dataset"]
-    desc = (ds.get("tokenizers") or {}).get("acoustic")
-    job = (ds.get("job") or {}).get("acoustic")
-    if not desc or not job:
-        raise GenerateError("the checkpoints' dataset records no acoustic codec (dataset.tokenizers.acoustic "
-                            "and dataset.job.acoustic); retrain with tokenmill's trainer on a tokenized dataset")
-    kwargs = dict(job.get("codec_config") or {})
-    if model_path:
-        kwargs["path"] = model_path
     try:
-        codec = build_codec(job["codec"], **kwargs)
-    except (CodecError, FileNotFoundError) as e:
-        raise GenerateError(f"cannot rebuild the {job['codec']} codec: {e}; pass --acoustic_model PATH") from None
-    if codec.weights_sha256 != desc["weights_sha256"]:
-        raise GenerateError(f"the {desc['name']} weights here (sha256 {str(codec.weights_sha256)[:12]}…) differ "
-                            f"from those the dataset was tokenized with ({str(desc['weights_sha256'])[:12]}…); "
-                            "pass that checkpoint as --acoustic_model")
-    return codec
+        return rebuild_codec((ds.get("job") or {}).get("acoustic"), (ds.get("tokenizers") or {}).get("acoustic"),
+                             model_path, where="the checkpoints' dataset")
+    except CodecError as e:
+        raise GenerateError(str(e)) from None
 
 
 def decode_waves(codec, codes: np.ndarray) -> list[np.ndarray]:

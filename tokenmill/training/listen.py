@@ -55,22 +55,17 @@ def decode_record(root: str, key: str, levels: int | None = None,
 
     The codec is rebuilt from the job's own arguments (manifest job.acoustic); `model_path`
     replaces the weights path when the dataset moved to a machine where it differs."""
-    from tokenmill.tokenizers.codec import build_codec
+    from tokenmill.tokenizers.codec import CodecError, rebuild_codec
 
     manifest = load_manifest(root)
-    desc = manifest["tokenizers"].get("acoustic")
-    if desc is None:
+    if manifest["tokenizers"].get("acoustic") is None:
         raise DatasetError(f"{root} has no acoustic stream; tokenize with --acoustic_codec to decode audio")
     rec = find_record(root, key, manifest)
-    job = manifest["job"]["acoustic"]
-    kwargs = dict(job["codec_config"])
-    if model_path:
-        kwargs["path"] = model_path
-    codec = build_codec(job["codec"], **kwargs)
-    if codec.weights_sha256 != desc["weights_sha256"]:
-        raise DatasetError(
-            f"the {desc['name']} weights here (sha256 {codec.weights_sha256}) differ from those "
-            f"{root} was tokenized with ({desc['weights_sha256']}); use the same checkpoint")
+    try:
+        codec = rebuild_codec(manifest["job"].get("acoustic"), manifest["tokenizers"]["acoustic"], model_path,
+                              where=root)
+    except CodecError as e:
+        raise DatasetError(str(e)) from None
     codes = rec.acoustic if levels is None else rec.acoustic[:levels]
     return codec.decode(codes), codec.sample_rate_hz, rec
 
