@@ -197,3 +197,49 @@ def test_wds_shard_streams_with_bounded_encoder_memory():
     assert len(sink.parts) > 10 and max(map(len, sink.parts)) < len(data) / 4  # written as it goes
     assert streamed_peak < 64 * 2**20 < 600 * 2**20 < uncapped_peak, (streamed_peak, uncapped_peak)
     assert [r.key for r in fmt.decode_wds(io.BytesIO(data))] == sorted(r.key for r in recs)
+
+
+def test_records_to_table_equals_the_row_by_row_reference():
+    """records_to_table builds stream columns from numpy; the reference is pyarrow's from_pylist
+    over to_row() (a Python int per token), which it replaced."""
+    import pyarrow as pa
+
+    from tokenmill.schemas.records import ARROW_SCHEMA, records_to_table
+
+    for recs in (make_records(n=7, seed=5), make_records(n=3, seed=6, with_optional=False),
+                 make_records(n=4, seed=7)[1::2], []):
+        got = records_to_table(recs)
+        want = pa.Table.from_pylist([r.to_row() for r in recs], schema=ARROW_SCHEMA)
+        assert got.schema.equals(want.schema, check_metadata=True)
+        assert got.equals(want), recs
+
+
+def test_parquet_row_groups_bound_memory_and_keep_bytes():
+    """Regression (issue 6, flat memory): a Parquet shard was built as one table from a list of
+    every record. write_parquet now takes records in key order (a generator loading them one at a
+    time) and closes a row group per `row_group_bytes`: same records → same bytes whether given
+    as a list or a generator, every record reads back, out-of-order input is refused."""
+    import pyarrow.parquet as pq
+
+    recs = sorted(make_records(n=12, seed=8), key=lambda r: r.key)
+    total = sum(a.nbytes for r in recs for a in r.streams().values())
+    per_group = total // 6
+
+    def write(records, **kw):
+        buf = io.BytesIO()
+        fmt.write_parquet(records, buf, **kw)
+        return buf.getvalue()
+
+    data = write(iter(recs), row_group_bytes=per_group)
+    assert data == write(list(recs), row_group_bytes=per_group)
+    n_groups = pq.ParquetFile(io.BytesIO(data)).metadata.num_row_groups
+    assert 3 <= n_groups < len(recs)
+    for a, b in zip(fmt.decode_parquet(io.BytesIO(data)), recs):
+        assert_same(a, b)
+    assert pq.ParquetFile(io.BytesIO(fmt.encode_parquet(recs))).metadata.num_row_groups == 1
+    empty = fmt.decode_parquet(io.BytesIO(write(iter([]))))
+    assert empty == []
+    with pytest.raises(ValueError, match="sorted by key"):
+        write(reversed(recs))
+    with pytest.raises(ValueError, match="sorted by key"):
+        fmt.write_wds(reversed(recs), io.BytesIO())

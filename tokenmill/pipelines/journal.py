@@ -26,7 +26,6 @@ Only full runs (`--output`) journal; `tokenize --into` re-runs already rewrite t
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -35,9 +34,11 @@ import time
 from dataclasses import asdict, dataclass
 
 import apache_beam as beam
-import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
+from tokenmill.pipelines.entries import (  # noqa: F401 (JournalError, decode_segment: this module's API)
+    JournalError, TokenRef, _json_default, decode_segment, encode_segment,
+)
 from tokenmill.pipelines.sinks import atomic_write
 from tokenmill.schemas.shards import DeadLetter
 
@@ -50,46 +51,12 @@ _ENTRY = re.compile(r"^(?P<uh>[0-9a-f]{16})(?:\.plan-(?P<n>\d+)\.json|-(?P<seg>\
                     r"|(?P<dead>\.dead\.json))$")
 
 
-class JournalError(RuntimeError):
-    """A journal that cannot be used for this run; the message names the file and the fix."""
-
-
 def uri_hash(uri: str) -> str:
     return hashlib.sha256(uri.encode()).hexdigest()[:16]
 
 
 def work_dir(output: str) -> str:
     return f"{output.rstrip('/')}/{WORK_DIR}"
-
-
-# ---- entries ---------------------------------------------------------------------------------
-
-def _json_default(x):
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, np.floating):
-        return float(x)
-    raise TypeError(f"{type(x).__name__} is not JSON serializable")
-
-
-def encode_segment(meta: dict, tokens: dict) -> bytes:
-    """meta (JSON, uint8) + each token array (`t.<field>`, dtype and shape kept) as an .npz."""
-    arrays = {"meta": np.frombuffer(json.dumps(meta, sort_keys=True, default=_json_default).encode(), np.uint8)}
-    arrays.update({f"t.{k}": np.ascontiguousarray(v) for k, v in sorted(tokens.items())})
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
-
-
-def decode_segment(data: bytes, where: str) -> tuple[dict, dict]:
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            meta = json.loads(z["meta"].tobytes())
-            tokens = {k[2:]: z[k] for k in z.files if k.startswith("t.")}
-    except (ValueError, OSError, KeyError, json.JSONDecodeError) as e:
-        raise JournalError(f"{where}: unreadable journal entry ({e}); delete it (that source is then "
-                           "tokenized again) or delete the whole _work directory to start over") from e
-    return meta, tokens
 
 
 def segment_index(key: str) -> int:
@@ -132,17 +99,18 @@ class JournalPlan(beam.DoFn):
 
 
 class JournalSegment(beam.DoFn):
-    """(source_hash, (meta, tokens)) → itself, after writing it to the journal."""
+    """(source_hash, (meta, tokens)) → (source_hash, (meta, TokenRef)), after writing the tokens
+    to the journal: from here on only the reference travels (pipelines/entries.py)."""
 
     def __init__(self, work: str):
         self.work = work
 
     def process(self, item):
-        _, (meta, tokens) = item
-        atomic_write(f"{self.work}/{uri_hash(meta['uri'])}-{meta['segment']:04d}.npz",
-                     encode_segment(meta, tokens))
+        source_hash, (meta, tokens) = item
+        path = f"{self.work}/{uri_hash(meta['uri'])}-{meta['segment']:04d}.npz"
+        atomic_write(path, encode_segment(meta, tokens))
         _after_entry()
-        yield item
+        yield source_hash, (meta, TokenRef.of(path, tokens))
 
 
 class JournalDead(beam.DoFn):
@@ -160,8 +128,9 @@ class JournalDead(beam.DoFn):
 
 
 class ReadJournal(beam.DoFn):
-    """(path, uri) of a finished source's entry → its (source_hash, (meta, tokens)), or its
-    DeadLetter on the 'dead' output. The entry must belong to `uri`."""
+    """(path, uri) of a finished source's entry → its (source_hash, (meta, TokenRef)), or its
+    DeadLetter on the 'dead' output. The entry must belong to `uri` (and is read whole to check
+    that it loads)."""
 
     def __init__(self):
         self.n = beam.metrics.Metrics.counter("tokenmill", "journal_entries_read")
@@ -176,7 +145,7 @@ class ReadJournal(beam.DoFn):
             got = meta.get("uri")
             if got != uri:
                 raise JournalError(f"{path}: journal entry of {got!r}, expected {uri!r}; delete {path}")
-            yield meta["key"].split("-", 1)[0], (meta, tokens)
+            yield meta["key"].split("-", 1)[0], (meta, TokenRef.of(path, tokens))
             return
         try:
             d = DeadLetter(**json.loads(data))

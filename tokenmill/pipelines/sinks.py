@@ -15,6 +15,7 @@ from typing import IO, Callable
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from tokenmill.pipelines.entries import materialize
 from tokenmill.schemas import shards as fmt
 from tokenmill.schemas.manifest import DeadLetterFileInfo, ShardInfo
 from tokenmill.schemas.records import (
@@ -106,9 +107,11 @@ def shard_ids(cfg) -> list[tuple[str, int]]:
 
 
 class WriteShard(beam.DoFn):
-    """((split, index), records) → ShardInfo per format. Empty shards are written too, so the
-    shard count is fixed and every reader rank gets a file (a later version, `--into`, writes only
-    the shards that receive records: version 0 already gave every rank a file)."""
+    """((split, index), records) → ShardInfo per format. Records are TrackRecords, or (full runs)
+    PendingRecords whose arrays are read back from the journal as the shard is written. Empty
+    shards are written too, so the shard count is fixed and every reader rank gets a file (a later
+    version, `--into`, writes only the shards that receive records: version 0 already gave every
+    rank a file)."""
 
     def __init__(self, output: str, formats: tuple[str, ...], counts: dict[str, int], version: int = 0):
         self.output, self.formats, self.counts = output.rstrip("/"), formats, counts
@@ -116,7 +119,7 @@ class WriteShard(beam.DoFn):
 
     def process(self, element):
         (split, index), records = element
-        records = sorted(records, key=lambda r: r.key)
+        records = sorted(records, key=lambda r: r.key)  # TrackRecords, or PendingRecords of a full run
         seconds = round(sum(r.duration_s for r in records), 6)
         count = self.counts[split]
         for name in self.formats:
@@ -126,7 +129,9 @@ class WriteShard(beam.DoFn):
                 rel, write = wds_shard_name(split, index, count), fmt.write_wds
             rel = versioned(rel, self.version)
             # streamed to the file: the encoded shard is never held whole (issue 6, flat memory)
-            nbytes, sha = atomic_write_stream(f"{self.output}/{rel}", lambda f, w=write: w(records, f))
+            # PendingRecords load one at a time, so a shard's arrays are never all in memory
+            nbytes, sha = atomic_write_stream(f"{self.output}/{rel}",
+                                              lambda f, w=write: w(map(materialize, records), f))
             LOG.info("[write] %s: %d records, %.1f s, %d bytes", rel, len(records), seconds, nbytes)
             yield ShardInfo(path=rel, format=name, split=split, records=len(records),
                             seconds=seconds, bytes=nbytes, sha256=sha,

@@ -23,6 +23,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from tokenmill import __version__
 from tokenmill.pipelines.handlers import AcousticTokenHandler, Failed, SemanticTokenHandler
+from tokenmill.pipelines.entries import PendingRecord, TokenRef
 from tokenmill.pipelines.incremental import KnownContent, Plan, WriteIncrementalManifest
 from tokenmill.pipelines.journal import Journal, JournalDead, JournalPlan, JournalSegment, ReadJournal
 from tokenmill.pipelines.ingest import DEAD, DuplicateContent, ReadAndDecode, SegmentInput, dead_letter
@@ -92,8 +93,9 @@ TOKEN_FIELDS = ("acoustic", "mulan", "semantic")  # record fields counted as tok
 
 
 class DedupeAndBuild(beam.DoFn):
-    """(source_hash, [(meta, codes)]) → TrackRecords of one canonical uri (the smallest);
-    the other uris with the same decoded audio become 'duplicate' dead letters."""
+    """(source_hash, [(meta, tokens)]) → TrackRecords of one canonical uri (the smallest); the
+    other uris with the same decoded audio become 'duplicate' dead letters. Journaled tokens (a
+    TokenRef) become PendingRecords, loaded by the shard writer (pipelines/entries.py)."""
 
     def __init__(self, cfg: TokenizeConfig, captions: CaptionIndex | None):
         self.cfg, self.captions = cfg, captions
@@ -117,12 +119,17 @@ class DedupeAndBuild(beam.DoFn):
             cap = self.captions.lookup(key=meta["key"], uri=keep) if self.captions else None
             self.n_records.inc()
             self.ms_records.inc(round(1000 * meta["duration_s"]))
-            for f, codes in tokens.items():
+            fields = {**meta, "split": split_of(meta["key"], self.cfg.valid_fraction),
+                      "caption": cap.caption if cap else None, "tags": cap.tags if cap else None}
+            if isinstance(tokens, TokenRef):  # journaled (full runs): the shard writer loads them
+                sizes = dict(tokens.sizes)
+                yield PendingRecord.of(fields, tokens)
+            else:
+                sizes = {f: int(np.size(codes)) for f, codes in tokens.items()}
+                yield TrackRecord(**fields, **tokens)
+            for f, n in sizes.items():
                 if f in self.n_tokens:
-                    self.n_tokens[f].inc(int(np.size(codes)))
-            yield TrackRecord(
-                **meta, split=split_of(meta["key"], self.cfg.valid_fraction), **tokens,
-                caption=cap.caption if cap else None, tags=cap.tags if cap else None)
+                    self.n_tokens[f].inc(n)
 
 
 class Accounting(beam.CombineFn):

@@ -49,6 +49,9 @@ XZ_PRESET = 9 | lzma.PRESET_EXTREME
 # A shard's tokens match within a track (a 3-minute track is ~9 KB semantic, ~216 KB acoustic), so
 # a 1 MiB window gives the same bytes on our shards (bench/bench_bytes.py) for ~12 MB of encoder.
 XZ_DICT_BYTES = 1 << 20
+# Parquet row groups close after this many bytes of token arrays (~1,200 ten-second segments with
+# acoustic tokens): the writer holds one row group, whatever the shard's size.
+PARQUET_ROW_GROUP_BYTES = 32 << 20
 XZ_FILTERS = ({"id": lzma.FILTER_LZMA2, "preset": XZ_PRESET, "dict_size": XZ_DICT_BYTES},)
 
 
@@ -81,16 +84,44 @@ def _check_member(info: tarfile.TarInfo) -> None:
 
 # ---- Parquet ---------------------------------------------------------------------------------
 
-def write_parquet(records: list[TrackRecord], out: IO[bytes]) -> None:
-    """The Parquet shard of `records` (sorted by key) written to the binary file object `out`."""
-    table = records_to_table(sorted(records, key=lambda r: r.key))
-    pq.write_table(table, out, compression=PARQUET_COMPRESSION, use_dictionary=True,
-                   write_statistics=True)
+def _in_key_order(records: Iterable[TrackRecord]) -> Iterator[TrackRecord]:
+    last = None
+    for rec in records:
+        if last is not None and rec.key <= last:
+            raise ValueError(f"shard records must come sorted by key, without repeats: {rec.key} after {last}")
+        last = rec.key
+        yield rec
+
+
+def _stream_bytes(rec: TrackRecord) -> int:
+    return sum(a.nbytes for a in rec.streams().values())
+
+
+def write_parquet(records: Iterable[TrackRecord], out: IO[bytes],
+                  row_group_bytes: int | None = None) -> None:
+    """The Parquet shard of `records` (in key order, e.g. a generator that loads them one at a
+    time) written to the binary file object `out`, one row group per `row_group_bytes` of arrays:
+    memory is bounded by a row group, not the shard. Same records → same bytes. Default:
+    PARQUET_ROW_GROUP_BYTES."""
+    row_group_bytes = row_group_bytes or PARQUET_ROW_GROUP_BYTES
+    with pq.ParquetWriter(out, ARROW_SCHEMA, compression=PARQUET_COMPRESSION, use_dictionary=True,
+                          write_statistics=True) as writer:
+        group: list[TrackRecord] = []
+        size, groups = 0, 0
+        for rec in _in_key_order(records):
+            group.append(rec)
+            size += _stream_bytes(rec)
+            if size >= row_group_bytes:
+                writer.write_table(records_to_table(group), row_group_size=len(group))
+                group, size, groups = [], 0, groups + 1
+        if group or groups == 0:  # an empty shard still holds one (empty) row group
+            writer.write_table(records_to_table(group), row_group_size=max(1, len(group)))
 
 
 def encode_parquet(records: list[TrackRecord]) -> bytes:
+    """The Parquet shard of `records` (any order) as bytes (see write_parquet)."""
     buf = io.BytesIO()
-    write_parquet(records, buf)
+    write_parquet(sorted(records, key=lambda r: r.key), buf)
     return buf.getvalue()
 
 
@@ -143,12 +174,13 @@ def xz_compress(data: bytes) -> bytes:
     return lzma.compress(data, format=lzma.FORMAT_XZ, filters=list(XZ_FILTERS))
 
 
-def write_wds(records: list[TrackRecord], out: IO[bytes]) -> None:
-    """The whole-shard xz-compressed tar of `records` (sorted by key), streamed to `out`:
-    deterministic bytes for the same records, memory bounded by one record + the xz window."""
+def write_wds(records: Iterable[TrackRecord], out: IO[bytes]) -> None:
+    """The whole-shard xz-compressed tar of `records` (in key order, e.g. a generator that loads
+    them one at a time), streamed to `out`: deterministic bytes for the same records, memory
+    bounded by one record + the xz window."""
     xz = _XzWriter(out)
     with tarfile.open(fileobj=xz, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
-        for rec in sorted(records, key=lambda r: r.key):
+        for rec in _in_key_order(records):
             streams = rec.streams()
             names = wds_member_names(rec.key, list(streams))
             _add_member(tar, names[0], json_dumps_stable(rec.meta()))
@@ -158,9 +190,9 @@ def write_wds(records: list[TrackRecord], out: IO[bytes]) -> None:
 
 
 def encode_wds(records: list[TrackRecord]) -> bytes:
-    """Whole-shard xz-compressed tar as bytes (see write_wds)."""
+    """Whole-shard xz-compressed tar of `records` (any order) as bytes (see write_wds)."""
     buf = io.BytesIO()
-    write_wds(records, buf)
+    write_wds(sorted(records, key=lambda r: r.key), buf)
     return buf.getvalue()
 
 
