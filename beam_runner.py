@@ -250,11 +250,13 @@ def main(argv: list[str] | None = None) -> int:
               f"{rec.segment}, {rec.acoustic.shape[0] if args.levels is None else args.levels} levels)")
         return 0
 
+    from tokenmill.pipelines.device import check_local_device
     from tokenmill.pipelines.ingest import check_inputs_match
     from tokenmill.pipelines.runner import check_beam_args, make_pipeline
 
     sub = parser._subparsers._group_actions[0].choices[args.command]  # noqa: SLF001
     check_beam_args(beam_args, [o for a in sub._actions for o in a.option_strings])  # noqa: SLF001
+    check_local_device(args.device, beam_args)  # workers on this machine: CUDA must be here
 
     t0 = time.monotonic()
     if args.command == "fit-codebook" and args.stream == "mulan":
@@ -263,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = opts.fit_codebook_config(args)
         check_inputs_match(cfg.inputs)
         with _model_errors():
-            desc = build_model(cfg.mulan).describe()
+            desc = build_model(cfg.mulan).describe()  # on the CPU: the workers use cfg.mulan.device
         cfg = opts.fit_codebook_config(args, mulan_rate_hz=desc["sample_rate_hz"])
         with make_pipeline(beam_args) as p:
             build_fit_mulan(p, cfg, mulan_desc=desc)
@@ -276,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = opts.fit_codebook_config(args)
         check_inputs_match(cfg.inputs)
         with _model_errors():
-            desc = semantic_extractor(cfg.semantic).describe()
+            desc = semantic_extractor(cfg.semantic).describe()  # on the CPU: workers use cfg.semantic.device
         with make_pipeline(beam_args) as p:
             build_fit(p, cfg, extractor_desc=desc)
         print_fit_summary(cfg.output, time.monotonic() - t0)

@@ -2,6 +2,7 @@
 per-element failures (so one bad segment becomes one dead letter, not a failed batch)."""
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -16,6 +17,9 @@ from tokenmill.schemas import rates
 from tokenmill.tokenizers.codec import AcousticCodec, build_codec
 from tokenmill.tokenizers.kmeans import Codebook, CodebookError
 from tokenmill.tokenizers.semantic import SemanticExtractor, build_extractor
+
+LOG = logging.getLogger("tokenmill")
+CPU_ONLY_EXTRACTORS = ("spectral",)  # no device argument: NumPy/torch on the CPU
 
 
 @dataclass(frozen=True)
@@ -121,12 +125,25 @@ def with_local_path(kwargs: dict, flag: str) -> dict:
     return {**kwargs, "path": local_model_path(str(kwargs["path"]), flag)}
 
 
-def semantic_extractor(cfg: SemanticConfig) -> SemanticExtractor:
-    return build_extractor(cfg.extractor, **with_local_path(cfg.extractor_kwargs(), "--semantic_path"))
+def semantic_extractor(cfg: SemanticConfig, device: str = "cpu") -> SemanticExtractor:
+    """The extractor on `device` (the handlers pass cfg.device on the worker; the launcher's
+    describe and rebuild use the CPU). The spectral extractor has no device: it runs on the CPU."""
+    kw = with_local_path(cfg.extractor_kwargs(), "--semantic_path")
+    if cfg.extractor not in CPU_ONLY_EXTRACTORS:
+        kw["device"] = device
+    return build_extractor(cfg.extractor, **kw)
 
 
-def acoustic_codec(cfg: AcousticConfig) -> AcousticCodec:
-    return build_codec(cfg.codec, **with_local_path(cfg.codec_kwargs(), "--acoustic_model"))
+def worker_semantic_extractor(cfg: SemanticConfig) -> SemanticExtractor:
+    """load_model's extractor: on cfg.device, with a warning when that cannot apply (spectral)."""
+    if cfg.device != "cpu" and cfg.extractor in CPU_ONLY_EXTRACTORS:
+        LOG.warning("--device %s: %s extractor has no GPU path; it runs on CPU", cfg.device, cfg.extractor)
+    return semantic_extractor(cfg, device=cfg.device)
+
+
+def acoustic_codec(cfg: AcousticConfig, device: str = "cpu") -> AcousticCodec:
+    """The codec on `device` (AcousticTokenHandler passes cfg.device; describe_acoustic the CPU)."""
+    return build_codec(cfg.codec, device=device, **with_local_path(cfg.codec_kwargs(), "--acoustic_model"))
 
 
 def load_codebook(path: str) -> Codebook:
@@ -151,7 +168,7 @@ class SemanticFeatureHandler(_SemanticBase):
     """SegmentInput → float32 [T_s, D] features (for the codebook fit)."""
 
     def load_model(self) -> SemanticExtractor:
-        return semantic_extractor(self.cfg)
+        return worker_semantic_extractor(self.cfg)
 
     def run_inference(self, batch, model, inference_args=None) -> Iterable[PredictionResult]:
         return [PredictionResult(s, f) for s, f in zip(batch, self._extract(model, batch))]
@@ -174,7 +191,7 @@ class SemanticTokenHandler(_SemanticBase):
         self.codebook_path = codebook_path
 
     def load_model(self) -> SemanticTokenizer:
-        extractor = semantic_extractor(self.cfg)
+        extractor = worker_semantic_extractor(self.cfg)
         codebook = load_codebook(self.codebook_path)
         check_codebook_matches(extractor.describe(), codebook)
         return SemanticTokenizer(extractor, codebook)
@@ -216,7 +233,8 @@ def check_codebook_matches(desc: dict, codebook: Codebook) -> None:
 
 
 def describe_semantic(cfg: SemanticConfig, codebook_path: str) -> dict:
-    """Tokenizer entry of the manifest, computed at launch (loads the model once, locally)."""
+    """Tokenizer entry of the manifest, computed at launch (loads the model once, locally, on the
+    CPU whatever cfg.device says: the launcher may have no GPU, and the entry must not depend on it)."""
     extractor = semantic_extractor(cfg)
     codebook = load_codebook(codebook_path)
     check_codebook_matches(extractor.describe(), codebook)
@@ -236,7 +254,7 @@ class AcousticTokenHandler(ModelHandler):
             import torch
 
             torch.set_num_threads(self.cfg.torch_threads)  # this worker process only
-        return acoustic_codec(self.cfg)
+        return acoustic_codec(self.cfg, device=self.cfg.device)
 
     def run_inference(self, batch, model: AcousticCodec, inference_args=None):
         waves = [s.waves[model.sample_rate_hz] for s in batch]
@@ -251,5 +269,6 @@ class AcousticTokenHandler(ModelHandler):
 
 
 def describe_acoustic(cfg: AcousticConfig) -> dict:
-    """Tokenizer entry of the manifest (builds the codec once at launch: rates, depth, hash)."""
+    """Tokenizer entry of the manifest (builds the codec once at launch, on the CPU whatever
+    cfg.device says: rates, depth, hash)."""
     return acoustic_codec(cfg).describe()

@@ -40,7 +40,9 @@ from tokenmill.schemas.records import MANIFEST_NAME, source_hash_of
 
 LOG = logging.getLogger("tokenmill")
 LAYOUT = ("num_shards", "num_valid_shards", "valid_fraction", "formats")
-IGNORED_DESC_KEYS = {"path", "codebook_card", "batch_size"}  # where a model lives, not what it computes
+# where a model lives or runs, not what it computes ("device": manifests of SSL extractors written
+# before describe() dropped it hold "device": "cpu")
+IGNORED_DESC_KEYS = {"path", "codebook_card", "batch_size", "device"}
 
 
 def _read(path: str) -> bytes:

@@ -36,12 +36,14 @@ from tokenmill.tokenizers.rvq import RVQCodebook, fit_rvq
 LOG = logging.getLogger("tokenmill")
 
 
-def build_model(cfg: MulanConfig) -> MulanModel:
+def build_model(cfg: MulanConfig, device: str = "cpu") -> MulanModel:
+    """The model on `device`: the handlers pass cfg.device on the worker; the launcher's
+    describe_mulan (and fit-codebook's) builds it on the CPU, whatever cfg.device says."""
     if cfg.torch_threads:
         import torch
 
         torch.set_num_threads(cfg.torch_threads)  # this worker process only
-    return build_mulan(cfg.model, **with_local_path(cfg.model_kwargs(), "--mulan_path"))
+    return build_mulan(cfg.model, device=device, **with_local_path(cfg.model_kwargs(), "--mulan_path"))
 
 
 def load_rvq(cfg: MulanConfig, model: MulanModel) -> RVQCodebook:
@@ -98,7 +100,7 @@ class MulanWindowHandler(_MulanBase):
     """SegmentInput → float32 [W, D] window embeddings (for the RVQ fit)."""
 
     def load_model(self) -> MulanModel:
-        return build_model(self.cfg)
+        return build_model(self.cfg, device=self.cfg.device)
 
     def run_inference(self, batch, model: MulanModel, inference_args=None):
         return [PredictionResult(s, w) for s, w in zip(batch, self._windows(model, batch))]
@@ -111,7 +113,7 @@ class MulanTokenHandler(_MulanBase):
     """SegmentInput → {"mulan_windows": float16 [W, D], "mulan": uint16 [S]}."""
 
     def load_model(self) -> MulanTokenizer:
-        model = build_model(self.cfg)
+        model = build_model(self.cfg, device=self.cfg.device)
         return MulanTokenizer(model, load_rvq(self.cfg, model))
 
     def run_inference(self, batch, model: MulanTokenizer, inference_args=None):
@@ -132,7 +134,7 @@ class MulanTokenHandler(_MulanBase):
 
 def describe_mulan(cfg: MulanConfig) -> dict:
     """Tokenizer entry of the manifest, computed at launch (loads the model and RVQ once, locally,
-    so a wrong codebook fails before the job starts)."""
+    so a wrong codebook fails before the job starts), on the CPU whatever cfg.device says."""
     model = build_model(cfg)
     rvq = load_rvq(cfg, model)
     return {"model": model.describe(), "codebook_id": rvq.id, "n_stages": rvq.n_stages, "k": rvq.k,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict, dataclass, field
 
+from tokenmill.pipelines.device import add_device_arg
 from tokenmill.tokenizers.audio import AudioConfig
 
 
@@ -20,6 +21,7 @@ class SemanticConfig:
     batch_size: int = 8  # segments per RunInference batch
     path: str | None = None  # SSL extractors: transformers save_pretrained directory
     layer: int | None = None  # SSL extractors: hidden_states[layer]; None = the extractor's default (7)
+    device: str = "cpu"  # --device: where SSL extractors run on the worker (spectral: always the CPU)
 
     def extractor_kwargs(self) -> dict:
         kw = dict(self.extractor_config)
@@ -36,6 +38,7 @@ class AcousticConfig:
     codec_config: tuple[tuple[str, object], ...] = ()  # (name, value) pairs passed to build_codec
     batch_size: int = 4  # segments per RunInference batch
     torch_threads: int = 0  # per worker process; 0 = torch's default (all cores)
+    device: str = "cpu"  # --device: where the codec runs on the worker (describe_acoustic: the CPU)
 
     @property
     def enabled(self) -> bool:
@@ -55,6 +58,7 @@ class MulanConfig:
     codebook: str | None = None  # RVQ artifact file or directory; None = the packaged default model's RVQ
     batch_size: int = 16  # windows per forward pass, and segments per RunInference batch
     torch_threads: int = 0  # per worker process; 0 = torch's default
+    device: str = "cpu"  # --device: where the model runs on the worker (describe_mulan: the CPU)
 
     @property
     def enabled(self) -> bool:
@@ -220,7 +224,8 @@ def acoustic_config(args: argparse.Namespace) -> AcousticConfig:
     if args.torch_threads < 0:
         raise SystemExit("--torch_threads must be >= 0")
     return AcousticConfig(codec=args.acoustic_codec, codec_config=tuple(sorted(kw.items())),
-                          batch_size=args.acoustic_batch_size, torch_threads=args.torch_threads)
+                          batch_size=args.acoustic_batch_size, torch_threads=args.torch_threads,
+                          device=getattr(args, "device", "cpu"))
 
 
 def _add_mulan_args(p: argparse.ArgumentParser, *, with_none: bool = True, default: str = "mulan") -> None:
@@ -266,7 +271,7 @@ def mulan_config(args: argparse.Namespace, *, need_codebook: bool = True) -> Mul
                          f"{fit_hint('clap', args.mulan_path)}")
     return MulanConfig(model=args.mulan_model, path=args.mulan_path,
                        codebook=getattr(args, "mulan_codebook", None), batch_size=args.mulan_batch_size,
-                       torch_threads=torch_threads)
+                       torch_threads=torch_threads, device=getattr(args, "device", "cpu"))
 
 
 def _common_inputs(p: argparse.ArgumentParser) -> None:
@@ -324,6 +329,7 @@ def add_fit_codebook_args(p: argparse.ArgumentParser) -> None:
                         "save_pretrained directory (required for clap)")
     g.add_argument("--mulan_batch_size", type=int,
                    help="10 s windows per MuLan forward pass, and segments per batch (default 16)")
+    add_device_arg(p, "fit-codebook")
 
 
 # tokenize's shard layout: defaults for a new dataset; `--into` takes the existing dataset's.
@@ -378,6 +384,7 @@ def add_tokenize_args(p: argparse.ArgumentParser) -> None:
     _add_semantic_args(p)
     _add_acoustic_args(p)
     _add_mulan_args(p)
+    add_device_arg(p, "tokenize")
 
 
 def audio_config(args: argparse.Namespace, target_rates_hz: tuple[int, ...]) -> AudioConfig:
@@ -408,7 +415,8 @@ def semantic_config(args: argparse.Namespace) -> SemanticConfig:
             raise SystemExit(f"error: {e}") from e
     if args.batch_size < 1:
         raise SystemExit("--batch_size must be >= 1")
-    return SemanticConfig(extractor=name, batch_size=args.batch_size, path=path, layer=layer)
+    return SemanticConfig(extractor=name, batch_size=args.batch_size, path=path, layer=layer,
+                          device=getattr(args, "device", "cpu"))
 
 
 def fit_codebook_config(args: argparse.Namespace, mulan_rate_hz: int | None = None) -> FitCodebookConfig:

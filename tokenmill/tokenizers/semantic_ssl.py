@@ -65,7 +65,8 @@ class SemanticModelError(ValueError):
 
 @dataclass(frozen=True)
 class SSLConfig:
-    """Everything that defines the features; recorded in the manifest and the codebook card."""
+    """Everything that defines the features (and `device`, where they are computed); recorded, less
+    `device`, in the manifest and the codebook card (SSLExtractor.config_dict)."""
 
     path: str  # transformers save_pretrained directory (model + feature extractor)
     layer: int = DEFAULT_LAYER  # hidden_states[layer]: output of the layer-th transformer layer
@@ -192,6 +193,11 @@ class SSLExtractor(SemanticExtractor):
         parts = [pool_to_25hz(self.hidden_50hz(wave[f0 * HOP_SAMPLES:f1 * HOP_SAMPLES]), f1 - f0)
                  for f0, f1 in rates.segment_bounds(n_frames, max_s)]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def config_dict(self) -> dict[str, Any]:
+        """The config minus `device`: where the model runs does not define the features, and the
+        manifest and codebook card must not change with it."""
+        return {k: v for k, v in super().config_dict().items() if k != "device"}
 
     def describe(self) -> dict[str, Any]:
         c = self.hf_config

@@ -29,6 +29,7 @@ from tokenmill.tokenizers.codec import (
     AcousticCodec,
     CodecError,
     register_codec,
+    resolve_device,
     sha256_of_files,
 )
 
@@ -364,7 +365,7 @@ class SoundStreamCodec(AcousticCodec):
             self.weights_sha256 = sha256_of_files([path])
         else:
             self.metadata, self.weights_sha256 = {}, None
-        self.device = torch.device(device)
+        self.device = torch.device(resolve_device(self.name, str(device), CodecError))  # fix-it error: no CUDA
         self.model = model.eval().to(self.device)
         cfg = model.cfg
         self.cfg = cfg
