@@ -12,8 +12,11 @@ epoch, and a restored reader (its ``yielded`` comes back with it) gives the same
 
 State: the reader's ``state_dict()`` is the whole state (the crop index is derived from it), so a
 checkpoint taken between batches resumes to the exact same stream. Skipped records (short tracks
-under the "skip" policy) are counted in ``cropper.counts`` and ``skipped`` and logged by the
-trainer; an epoch that yields no crop at all raises instead of looping forever.
+under the "skip" policy) are counted in ``cropper.counts`` (``counts`` is a copy) and logged by the
+trainer; an epoch that yields no crop at all raises instead of looping forever. ``progress()`` /
+``restore_progress()`` snapshot and restore those counters and ``epochs_started`` (the number of
+times the stream (re)entered an epoch; a restore counts as one): prefetch.py hands them over with
+each batch so the trainer never reads counters a background thread is updating.
 """
 from __future__ import annotations
 
@@ -71,6 +74,19 @@ class StageBatches:
 
     def state_dict(self) -> dict:
         return self.reader.state_dict()
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """The cropper's counts (records, cropped, padded, skipped) so far, a copy."""
+        return dict(self.cropper.counts)
+
+    def progress(self) -> dict:
+        return {"counts": dict(self.cropper.counts), "epochs_started": self.epochs_started}
+
+    def restore_progress(self, progress: dict) -> None:
+        self.cropper.counts.clear()
+        self.cropper.counts.update(progress["counts"])
+        self.epochs_started = int(progress["epochs_started"])
 
     def load_state_dict(self, state: dict) -> None:
         self.reader.load_state_dict(state)

@@ -7,9 +7,12 @@ Data: `--data` is a dataset root, its manifest.json URL (local, file://, http(s)
 Each rank reads its share of the shards (ShardReader, resample=True so no rank runs dry), crops
 every record for the stage (crops.py: 30/10/3 s by default, from (seed, epoch, index) only; the
 index k·world_size + rank is unique across ranks, batches.py) and lays it out as one id sequence
-(stages.py). Epochs follow each other until --steps. The stage's vocabulary and layout come from
-the manifest; M (MuLan tokens) needs the RVQ the dataset was tokenized with (--mulan_codebook,
-default the packaged one; refused when its id is not the manifest's codebooks.mulan).
+(stages.py). Epochs follow each other until --steps. A background thread forms the next
+--prefetch batches (default 2; 0: in the step loop) while the model trains on the current one
+(prefetch.py); checkpoints still hold the position after the last batch trained on. The stage's
+vocabulary and layout come from the manifest; M (MuLan tokens) needs the RVQ the dataset was
+tokenized with (--mulan_codebook, default the packaged one; refused when its id is not the
+manifest's codebooks.mulan).
 
 Optimisation: AdamW (betas 0.9/0.95; --weight_decay on the linear matrices only, not on the
 embedding or the norms), lr warmed up linearly from 0 over --warmup_steps, then held
@@ -66,6 +69,7 @@ from tokenmill.training.crops import (
 )
 from tokenmill.training.data import ShardReader
 from tokenmill.training.model import PRESETS, Transformer, TransformerConfig, preset
+from tokenmill.training.prefetch import PrefetchedBatches
 from tokenmill.training.stages import IGNORE, StageLayout, stage_batch
 
 DEFAULT_MULAN_RVQ = Path(__file__).resolve().parents[1] / "weights" / "mulan-default-rvq.safetensors"
@@ -107,6 +111,7 @@ class TrainConfig:
     mulan_codebook: str | None = None  # None: the packaged RVQ
     splits: tuple[str, ...] = ("train",)
     resume: bool = False
+    prefetch: int = 2  # batches formed ahead by a background thread (0: none)
 
     def __post_init__(self) -> None:
         checks = [(self.stage in STAGES, f"stage must be one of {STAGES}, got {self.stage!r}"),
@@ -117,6 +122,7 @@ class TrainConfig:
                   (self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
                   (self.schedule in ("constant", "cosine"),
                    f"schedule must be constant or cosine, got {self.schedule!r}"),
+                  (self.prefetch >= 0, f"prefetch must be >= 0 batches (0: off), got {self.prefetch}"),
                   (self.grad_clip >= 0, f"grad_clip must be >= 0 (0: off), got {self.grad_clip}"),
                   (self.save_every >= 1 and self.log_every >= 1, "save_every and log_every must be >= 1 step"),
                   (self.amp in ("auto", "bf16", "off"), f"amp must be auto, bf16 or off, got {self.amp!r}"),
@@ -220,7 +226,10 @@ class Trainer:
                              f"{self.layout.to_json()}; resume on data with the same streams and crop lengths")
         rvq = load_mulan_rvq(cfg, manifest) if mulan else None
         self.cropper = StageCropper(cfg.stage, StreamLayout.from_manifest(manifest), crop_cfg, seed=cfg.seed, rvq=rvq)
-        self.batches = StageBatches(self.reader, self.cropper, self.layout, cfg.batch_size)
+        self.batches: StageBatches | PrefetchedBatches = StageBatches(self.reader, self.cropper, self.layout,
+                                                                      cfg.batch_size)
+        if cfg.prefetch > 0:  # the thread starts at the first batch, after a resume has loaded the position
+            self.batches = PrefetchedBatches(self.batches, cfg.prefetch)
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP broadcasts rank 0's anyway)
         try:
             self.model_cfg = preset(cfg.preset, self.layout.vocab_size, **cfg.model)
@@ -314,8 +323,13 @@ class Trainer:
                  "model": dataclasses.asdict(self.model_cfg),
                  "train": self.cfg.to_json(), "dataset": self.dataset,
                  "reader": [r["reader"] for r in ranks], "rng": [r["rng"] for r in ranks],
-                 "world_size": self.world_size, "history": self.history, "counts": dict(self.cropper.counts)}
+                 "world_size": self.world_size, "history": self.history, "counts": self.batches.counts}
         return ckpt.save_checkpoint(self.cfg.out, self.step_count, self.model, state, self.opt)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop the prefetch thread (run() calls it; the next step() would start a new one)."""
+        if isinstance(self.batches, PrefetchedBatches):
+            self.batches.close(timeout)
 
 
 def _hex(state: torch.Tensor) -> str:
@@ -370,29 +384,35 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
             + (f", resumed at step {trainer.step_count}" if trainer.step_count else ""))
     losses, t0, last_t, last_step, last_ckpt = [], time.perf_counter(), time.perf_counter(), trainer.step_count, None
     skipped_logged = 0
-    while trainer.step_count < cfg.steps:
-        losses.append(trainer.step())
-        s = trainer.step_count
-        if s % cfg.log_every == 0 or s == cfg.steps:
-            now = time.perf_counter()
-            tok = (s - last_step) * cfg.batch_size * trainer.world_size * (layout.sequence_length - 1)
-            log0(r, f"step {s}/{cfg.steps} loss {losses[-1]:.4f} lr {lr_at(cfg, s - 1):.2e} "
-                    f"tok/s {tok / max(now - last_t, 1e-9):.0f} elapsed {now - t0:.1f}s")
-            last_t, last_step = now, s
-            if trainer.cropper.counts["skipped"] > skipped_logged:
-                skipped_logged = trainer.cropper.counts["skipped"]
-                print(f"rank {r}: {skipped_logged} records skipped as shorter than the crop so far "
-                      f"(short_tracks=skip); counts {trainer.cropper.counts}", flush=True)
-        if s % cfg.save_every == 0 or s == cfg.steps:
-            last_ckpt = trainer.save()
+    try:
+        while trainer.step_count < cfg.steps:
+            losses.append(trainer.step())
+            s = trainer.step_count
+            if s % cfg.log_every == 0 or s == cfg.steps:
+                now = time.perf_counter()
+                tok = (s - last_step) * cfg.batch_size * trainer.world_size * (layout.sequence_length - 1)
+                log0(r, f"step {s}/{cfg.steps} loss {losses[-1]:.4f} lr {lr_at(cfg, s - 1):.2e} "
+                        f"tok/s {tok / max(now - last_t, 1e-9):.0f} elapsed {now - t0:.1f}s")
+                last_t, last_step = now, s
+                counts = trainer.batches.counts  # as of the last batch trained on, not the prefetched ones
+                if counts["skipped"] > skipped_logged:
+                    skipped_logged = counts["skipped"]
+                    print(f"rank {r}: {skipped_logged} records skipped as shorter than the crop so far "
+                          f"(short_tracks=skip); counts {counts}", flush=True)
+            if s % cfg.save_every == 0 or s == cfg.steps:
+                last_ckpt = trainer.save()
+    except BaseException:
+        trainer.close(timeout=1.0)  # a daemon: one still inside a shard read does not hold the process
+        raise
+    trainer.close()
     if last_ckpt is None and trainer.step_count >= cfg.steps and not losses:
         log0(r, f"checkpoint already at step {trainer.step_count} >= --steps {cfg.steps}; nothing to do")
     elapsed = time.perf_counter() - t0
     tail = losses[-min(len(losses), cfg.log_every):]
     log0(r, f"done: step {trainer.step_count}, loss {np.mean(tail) if tail else float('nan'):.4f} (mean of last "
-            f"{len(tail)}), {elapsed:.1f}s, checkpoint {last_ckpt or 'unchanged'}; crops {trainer.cropper.counts}")
+            f"{len(tail)}), {elapsed:.1f}s, checkpoint {last_ckpt or 'unchanged'}; crops {trainer.batches.counts}")
     return {"losses": losses, "step": trainer.step_count, "checkpoint": last_ckpt, "seconds": elapsed,
-            "counts": dict(trainer.cropper.counts), "trainer": trainer}
+            "counts": trainer.batches.counts, "trainer": trainer}
 
 
 # ---- CLI -------------------------------------------------------------------------------------
@@ -424,7 +444,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
             ("seed", int, "data order, crops and initial weights"), ("semantic_s", float, "semantic crop seconds"),
             ("coarse_s", float, "coarse crop seconds"), ("fine_s", float, "fine crop seconds"),
             ("shuffle_buffer", int, "records held for shuffling"), ("save_every", int, "steps between checkpoints"),
-            ("log_every", int, "steps between progress lines")):
+            ("log_every", int, "steps between progress lines"),
+            ("prefetch", int, "batches a background thread forms ahead of the step, 0 off")):
         opt(name, what, type=kind)
     opt("schedule", "lr after warm-up: constant, or cosine to 10%% at --steps", choices=("constant", "cosine"))
     opt("short_tracks", "tracks shorter than the crop: pad (masked in the loss) or skip", choices=("pad", "skip"))
