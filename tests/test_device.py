@@ -200,8 +200,9 @@ def test_spectral_extractor_warns_once_and_runs_on_cpu(caplog, spectral_codebook
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="tokenmill"):
         tok = handlers.SemanticTokenHandler(SemanticConfig(device="cuda:1"), str(spectral_codebook)).load_model()
-    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
-        "--device cuda:1: spectral extractor has no GPU path; it runs on CPU"]
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned[0] == "--device cuda:1: spectral extractor has no GPU path; it runs on CPU"
+    assert len(warned) == 2 and "no GPU support (faiss-cpu)" in warned[1]  # the codebook's search
     assert tok.extractor.name == "spectral"
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="tokenmill"):
@@ -318,3 +319,60 @@ def test_beam_runner_stops_before_the_job_starts(command, monkeypatch, real_audi
         beam_runner.main(argv)
     assert str(e.value) == REFUSAL
     assert not out.exists()  # nothing written: no model loaded, no job
+
+
+# ---- the semantic codebook's search on the GPU (faiss-gpu) ----------------------------------------
+
+def _codebook(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    return fit_kmeans(rng.standard_normal((800, 8)).astype(np.float32), 16, seed=seed, n_iter=5), rng
+
+
+def _nearest_loop(x: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Reference: squared L2 to each centroid, float64, lowest index on ties."""
+    return np.array([int(np.argmin(((c.astype(np.float64) - row) ** 2).sum(1))) for row in x], np.uint16)
+
+
+def test_codebook_stays_on_cpu_with_faiss_cpu_and_says_so(caplog):
+    import faiss
+
+    assert not hasattr(faiss, "StandardGpuResources")  # this machine: faiss-cpu
+    cb, rng = _codebook()
+    x = rng.standard_normal((50, 8)).astype(np.float32)
+    with caplog.at_level(logging.WARNING, logger="tokenmill"):
+        got = handlers.codebook_on_device(cb, "cuda")
+    assert got is cb and np.array_equal(got.assign(x), _nearest_loop(x, cb.centroids))
+    assert "no GPU support (faiss-cpu)" in caplog.text and "faiss-gpu" in caplog.text
+    caplog.clear()
+    assert handlers.codebook_on_device(cb, "cpu") is cb and not caplog.text
+
+
+def test_codebook_search_moves_to_the_device_gpu(monkeypatch):
+    """faiss-gpu stand-in: index_cpu_to_gpu records its GPU number and returns the CPU index, so
+    the search result can be checked against the NumPy reference."""
+    import faiss
+
+    from tokenmill.tokenizers.kmeans import CodebookError
+
+    moved = []
+
+    class Resources:
+        pass
+
+    def to_gpu(res, gpu, index):
+        assert isinstance(res, Resources)
+        moved.append(gpu)
+        return index
+
+    monkeypatch.setattr(faiss, "StandardGpuResources", Resources, raising=False)
+    monkeypatch.setattr(faiss, "index_cpu_to_gpu", to_gpu, raising=False)
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 2)
+    cb, rng = _codebook(1)
+    x = rng.standard_normal((40, 8)).astype(np.float32)
+    got = handlers.codebook_on_device(cb, "cuda:1")
+    assert moved == [1] and isinstance(got._gpu_resources, Resources)
+    assert np.array_equal(got.assign(x), _nearest_loop(x, cb.centroids))
+    handlers.codebook_on_device(_codebook(2)[0], "cuda")
+    assert moved == [1, 0]
+    with pytest.raises(CodebookError, match=r"GPU 2 asked for but faiss sees 2 GPU\(s\).*--device cuda:N"):
+        handlers.codebook_on_device(_codebook(3)[0], "cuda:2")

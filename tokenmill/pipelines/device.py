@@ -17,12 +17,14 @@ import socket
 DEVICE_RE = re.compile(r"cpu|cuda(:\d+)?")
 _MODELS = {
     "tokenize": "the SSL semantic extractor (w2v-bert/hubert), the acoustic codec (built-in SoundStream "
-                "or encodec/dac/mimi) and the MuLan model (built-in or clap)",
+                "or encodec/dac/mimi), the MuLan model (built-in or clap) and, with faiss-gpu, the semantic "
+                "codebook's nearest-centroid search (same tokens up to near-ties; with faiss-cpu it stays "
+                "on the CPU and says so)",
     "fit-codebook": "the SSL semantic extractor (w2v-bert/hubert), or with --stream mulan the MuLan model "
                     "(built-in or clap)",
 }
 _CPU_PARTS = {
-    "tokenize": "the built-in spectral extractor and the FAISS codebook assignment stay on the CPU",
+    "tokenize": "the built-in spectral extractor stays on the CPU",
     "fit-codebook": "the built-in spectral extractor stays on the CPU (the k-means fit has its own --use_gpu; "
                     "the RVQ fit runs on the CPU)",
 }

@@ -194,7 +194,7 @@ class SemanticTokenHandler(_SemanticBase):
         extractor = worker_semantic_extractor(self.cfg)
         codebook = load_codebook(self.codebook_path)
         check_codebook_matches(extractor.describe(), codebook)
-        return SemanticTokenizer(extractor, codebook)
+        return SemanticTokenizer(extractor, codebook_on_device(codebook, self.cfg.device))
 
     def run_inference(self, batch, model: SemanticTokenizer, inference_args=None):
         out = []
@@ -230,6 +230,26 @@ def check_codebook_matches(desc: dict, codebook: Codebook) -> None:
                 f"codebook {codebook.id} was fitted on {what} {fit.get(field)!r} but this job uses "
                 f"{desc.get(field)!r}; pass the --semantic_extractor/--semantic_path/--semantic_layer the "
                 "codebook was fitted with (its card's sources.extractor), or fit a new codebook")
+
+
+def codebook_on_device(codebook: Codebook, device: str) -> Codebook:
+    """The codebook's nearest-centroid search on `device`'s GPU when faiss has GPU support (the
+    worker image installs faiss-gpu); with faiss-cpu it stays on the CPU, with a warning (the
+    tokens are the same up to near-ties)."""
+    if device == "cpu":
+        return codebook
+    gpu = int(device.split(":", 1)[1]) if ":" in device else 0
+    if not faiss_has_gpu():
+        LOG.warning("--device %s: this faiss build has no GPU support (faiss-cpu); the semantic codebook "
+                    "assignment runs on the CPU. Install faiss-gpu (deploy/Dockerfile) to move it", device)
+        return codebook
+    return codebook.to_gpu(gpu)
+
+
+def faiss_has_gpu() -> bool:
+    import faiss
+
+    return hasattr(faiss, "StandardGpuResources")
 
 
 def describe_semantic(cfg: SemanticConfig, codebook_path: str) -> dict:

@@ -344,6 +344,7 @@ class Codebook:
     mean: np.ndarray | None = None
     std: np.ndarray | None = None
     _index: object = field(default=None, init=False, repr=False)
+    _gpu_resources: object = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
         self.centroids = np.array(_check_vectors(self.centroids, "centroids"), copy=True)
@@ -389,9 +390,22 @@ class Codebook:
             self._index.add(self.centroids)
         return self._index
 
+    def to_gpu(self, gpu: int = 0) -> "Codebook":
+        """Move the assignment index to GPU `gpu` (faiss-gpu): exact L2 like the CPU index, but
+        at a near-tie (two centroids at float32-equal distance) the GPU may pick the other one.
+        Raises CodebookError (fix-it) when this faiss has no GPU support or not that GPU."""
+        _check_gpu()
+        if gpu >= faiss.get_num_gpus():
+            raise CodebookError(f"GPU {gpu} asked for but faiss sees {faiss.get_num_gpus()} GPU(s); "
+                                "pick one of those (--device cuda:N) or run with --device cpu")
+        self._gpu_resources = faiss.StandardGpuResources()  # must outlive the GPU index
+        self._index = faiss.index_cpu_to_gpu(self._gpu_resources, gpu, self._get_index())
+        return self
+
     def assign(self, x: np.ndarray) -> np.ndarray:
         """uint16 [N] nearest-centroid tokens of raw features ``x`` (standardized first when the
-        codebook has statistics; the FAISS index is built once and cached)."""
+        codebook has statistics; the FAISS index is built once and cached, on the GPU after
+        `to_gpu`)."""
         return _search_uint16(self._get_index(), self.standardize(x))
 
     def standardize(self, x: np.ndarray) -> np.ndarray:
