@@ -321,14 +321,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"nothing to add: {base.root} is left unchanged")
             return 0
     captions = load_captions(cfg.captions) if cfg.captions else None
-    journal = _open_journal(cfg, semantic_desc, acoustic_desc, mulan_desc) if plan is None else None
+    from tokenmill.pipelines import journal as jr
+
+    journal = (_open_journal(cfg, semantic_desc, acoustic_desc, mulan_desc) if plan is None
+               else jr.open_spill(cfg.output, plan.version))
     with make_pipeline(beam_args) as p:
         build_tokenize(p, cfg, semantic_desc=semantic_desc, captions=captions,
                        acoustic_desc=acoustic_desc, mulan_desc=mulan_desc, plan=plan, journal=journal)
-    if journal is not None:
-        from tokenmill.pipelines.journal import close_journal
-
-        close_journal(cfg.output, journal)
+    if plan is None:
+        jr.close_journal(cfg.output, journal)
+    else:
+        jr.remove_work(journal.work)
     from apache_beam.io.filesystems import FileSystems
 
     with FileSystems.open(f"{cfg.output.rstrip('/')}/manifest.json") as f:  # gs:// etc. too

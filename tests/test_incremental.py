@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import beam_runner
+from tokenmill.pipelines.entries import PendingRecord
 from tokenmill.schemas.verify import verify_dataset
 from tokenmill.tokenizers import audio
 
@@ -80,11 +81,18 @@ def grown(tmp_path_factory, real_audio_dir, codebook):
     for n in NEW:
         shutil.copy(real_audio_dir / n, src / n)
     shutil.copy(real_audio_dir / OLD[0], src / "zz_copy_of_bach.wav")  # same content, later uri
-    tokenize(src, codebook, "--into", str(inc))
+    leftover = inc / "_spill-v0001"  # as a killed --into run of this version would leave it
+    leftover.mkdir()
+    (leftover / "0123456789abcdef-0000.npz").write_bytes(b"half-written")
+    loads = []
+    real_load = PendingRecord.load
+    with pytest.MonkeyPatch.context() as mp:  # count the records the shard writer loads from the spill
+        mp.setattr(PendingRecord, "load", lambda self: loads.append(self.key) or real_load(self))
+        tokenize(src, codebook, "--into", str(inc))
     after = snapshot(inc)
     full = root / "full"
     tokenize(src, codebook, "--output", str(full), extra=("--num_shards", "3", "--valid_fraction", "0.25"))
-    return {"src": src, "inc": inc, "full": full, "before": before, "after": after}
+    return {"src": src, "inc": inc, "full": full, "before": before, "after": after, "loads": loads}
 
 
 def test_incremental_add_equals_a_full_run_record_for_record(grown):
@@ -114,6 +122,16 @@ def test_incremental_add_equals_a_full_run_record_for_record(grown):
                   "records_added": 3, "dead_letters_added": 1, "retried": 0}
     assert v1["shards"] and all(".v0001." in p for p in v1["shards"])
     assert {s["path"] for s in mi["shards"]} == set(v0["shards"]) | set(v1["shards"])
+
+
+def test_into_shuffles_references_through_a_spill_it_removes(grown):
+    """Regression (issue 6, flat memory): `--into` shuffled every new record's token arrays. It now
+    spills them to DIR/_spill-v0001 like a full run's journal: the shard writer loads each of the 3
+    new records once per format (Parquet, WebDataset), and the spill, including what a killed run
+    of the same version left there, is gone afterwards."""
+    assert len(grown["loads"]) == 3 * 2 and len(set(grown["loads"])) == 3
+    assert not [p for p in grown["after"] if p.startswith("_spill") or p.startswith("_work")]
+    assert not (grown["inc"] / "_spill-v0001").exists()
 
 
 def test_old_shard_files_keep_their_bytes_and_checksums(grown):

@@ -7,7 +7,8 @@ a `TokenRef` (the entry's path and its token counts), and the shard writer loads
 tokens back one at a time, in key order (`PendingRecord.load`). A runner that shuffles in memory
 (the embedded FnApiRunner, the DirectRunner) otherwise holds every token of the corpus at once
 before the first shard is written: 28 KB per 10 s segment with acoustic tokens, +280 MB at
-10,000 files (issue 6, flat memory). `tokenize --into` writes no journal and shuffles the arrays.
+10,000 files (issue 6, flat memory). `tokenize --into` writes the same entries to a spill
+directory (DIR/_spill-vNNNN, journal.open_spill) that is never resumed from, for the same reason.
 """
 from __future__ import annotations
 

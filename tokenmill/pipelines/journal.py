@@ -21,7 +21,10 @@ DIR/_resumed.json (not listed in the manifest, so the manifest stays byte-identi
 
 _work is removed after manifest.json is written. A journal written with other settings (another
 codebook, model, segment length, ...) is refused with both values named; it is never used.
-Only full runs (`--output`) journal; `tokenize --into` re-runs already rewrite the same bytes.
+Only full runs (`--output`) resume; `tokenize --into` re-runs already rewrite the same bytes. An
+`--into` run writes its segments' tokens to DIR/_spill-vNNNN (the same .npz entries) only so that
+its shuffles carry references (pipelines/entries.py); it is emptied at the start and removed at
+the end.
 """
 from __future__ import annotations
 
@@ -45,6 +48,7 @@ from tokenmill.schemas.shards import DeadLetter
 LOG = logging.getLogger("tokenmill")
 WORK_DIR = "_work"
 RESUMED_NAME = "_resumed.json"
+SPILL_PREFIX = "_spill-v"  # tokenize --into: DIR/_spill-vNNNN holds the new version's tokens while it runs
 JOB_NAME = "job.json"
 PAUSE_ENV = "TOKENMILL_TEST_PAUSE_AFTER_JOURNAL"  # tests only: "N:MARKER" pauses after N entries
 _ENTRY = re.compile(r"^(?P<uh>[0-9a-f]{16})(?:\.plan-(?P<n>\d+)\.json|-(?P<seg>\d{4})(?P<kind>\.npz|\.dead\.json)"
@@ -235,6 +239,22 @@ def _first_diff(a, b, where: str) -> str:
     return "" if a == b else f"{where.lstrip('.')} was {json.dumps(a)}, now {json.dumps(b)}"
 
 
+def open_spill(output: str, version: int) -> Journal:
+    """`tokenize --into`: a journal used only to spill tokens (pipelines/entries.py), never to
+    resume: DIR/_spill-vNNNN, emptied first (a killed run of the same version left it)."""
+    work = f"{output.rstrip('/')}/{SPILL_PREFIX}{version:04d}"
+    remove_work(work)
+    return Journal(work=work, finished={})
+
+
+def remove_work(work: str) -> None:
+    paths = _list(work)
+    if paths:
+        FileSystems.delete(paths)
+    if FileSystems.exists(work):
+        FileSystems.delete([work])
+
+
 def close_journal(output: str, journal: Journal) -> None:
     """After manifest.json is written: record what the run resumed, then remove _work."""
     out = output.rstrip("/")
@@ -244,8 +264,4 @@ def close_journal(output: str, journal: Journal) -> None:
              "sources_read": journal.n_matched - len(journal.finished)}, indent=1, sort_keys=True).encode() + b"\n")
     elif FileSystems.exists(f"{out}/{RESUMED_NAME}"):
         FileSystems.delete([f"{out}/{RESUMED_NAME}"])  # from an earlier resumed run of this output
-    paths = _list(journal.work)
-    if paths:
-        FileSystems.delete(paths)
-    if FileSystems.exists(journal.work):
-        FileSystems.delete([journal.work])
+    remove_work(journal.work)

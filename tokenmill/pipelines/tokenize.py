@@ -232,7 +232,9 @@ def build_tokenize(p: beam.Pipeline, cfg: TokenizeConfig, *, semantic_desc: dict
     """Wire the job into `p`; returns the PCollection holding the written manifest. With `plan`
     (`--into`, pipelines/incremental.py) the job reads only what the dataset lacks and writes a
     new version of it. With `journal` (full runs, pipelines/journal.py) each source's outcome is
-    journaled, and sources an interrupted run finished are taken from the journal, not read."""
+    journaled, and sources an interrupted run finished are taken from the journal, not read; with
+    `plan` and `journal` (its spill, journal.open_spill) only the segments' tokens are written
+    there, so the shuffles carry references."""
     present = resumed = None
     if plan is None and journal is not None and journal.finished:
         segments, dead_decode, inputs, _ = p | "Ingest" >> ReadAndDecode(cfg.inputs, cfg.audio, skip=journal.skip)
@@ -268,8 +270,9 @@ def build_tokenize(p: beam.Pipeline, cfg: TokenizeConfig, *, semantic_desc: dict
         "semantic", SemanticTokenHandler(cfg.semantic, cfg.codebook), keep_rates=())
     dead_parts.append(dead_s)
     by_src = segments | "BySource" >> beam.Map(by_source)
-    if journal is not None and plan is None:  # model outcomes only: dedupe is redone on resume
+    if journal is not None:  # from here on tokens travel as references (pipelines/entries.py)
         by_src = by_src | "JournalSegment" >> beam.ParDo(JournalSegment(journal.work))
+    if journal is not None and plan is None:  # model outcomes only: dedupe is redone on resume
         dead_parts = [tuple(dead_parts) | "ModelDead" >> beam.Flatten()
                       | "JournalDead" >> beam.ParDo(JournalDead(journal.work))]
         if resumed is not None:
