@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import io
 import json
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -120,3 +123,36 @@ class PendingRecord:
 def materialize(record) -> TrackRecord:
     """A TrackRecord as is; a PendingRecord with its arrays loaded."""
     return record.load() if isinstance(record, PendingRecord) else record
+
+
+LOAD_THREADS = 8  # concurrent journal reads per shard writer
+LOAD_AHEAD = 32  # records loaded ahead of the writer, at most ...
+LOAD_AHEAD_BYTES = 4 << 20  # ... and at most this many bytes of arrays (one record always)
+
+
+def _nbytes(record) -> int:
+    """Array bytes a record holds once loaded (every stream is 2-byte: uint16 or float16)."""
+    return 2 * sum(n for _, n in record.ref.sizes) if isinstance(record, PendingRecord) else 0
+
+
+def materialize_in_order(records: list, threads: int = LOAD_THREADS, ahead: int = LOAD_AHEAD,
+                         ahead_bytes: int = LOAD_AHEAD_BYTES) -> Iterator[TrackRecord]:
+    """`records` materialized, in their order. PendingRecords are loaded by `threads` threads, at
+    most `ahead` records and `ahead_bytes` of arrays ahead of the consumer: an object store answers
+    a small GET in tens of ms, so one-by-one loads would dominate a shard's write on Dataflow."""
+    if not any(isinstance(r, PendingRecord) for r in records):
+        yield from records
+        return
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tokenmill-load") as pool:
+        window: deque = deque()  # (future, bytes)
+        in_flight = 0
+        for r in records:
+            n = _nbytes(r)
+            while window and (len(window) >= ahead or in_flight + n > ahead_bytes):
+                fut, m = window.popleft()
+                in_flight -= m
+                yield fut.result()
+            window.append((pool.submit(materialize, r), n))
+            in_flight += n
+        while window:
+            yield window.popleft()[0].result()

@@ -15,7 +15,7 @@ from typing import IO, Callable
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from tokenmill.pipelines.entries import materialize
+from tokenmill.pipelines.entries import materialize_in_order
 from tokenmill.schemas import shards as fmt
 from tokenmill.schemas.manifest import DeadLetterFileInfo, ShardInfo
 from tokenmill.schemas.records import (
@@ -129,9 +129,10 @@ class WriteShard(beam.DoFn):
                 rel, write = wds_shard_name(split, index, count), fmt.write_wds
             rel = versioned(rel, self.version)
             # streamed to the file: the encoded shard is never held whole (issue 6, flat memory)
-            # PendingRecords load one at a time, so a shard's arrays are never all in memory
+            # PendingRecords load a few at a time (threads, bounded lookahead), in key order, so a
+            # shard's arrays are never all in memory
             nbytes, sha = atomic_write_stream(f"{self.output}/{rel}",
-                                              lambda f, w=write: w(map(materialize, records), f))
+                                              lambda f, w=write: w(materialize_in_order(records), f))
             LOG.info("[write] %s: %d records, %.1f s, %d bytes", rel, len(records), seconds, nbytes)
             yield ShardInfo(path=rel, format=name, split=split, records=len(records),
                             seconds=seconds, bytes=nbytes, sha256=sha,
