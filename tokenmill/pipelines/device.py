@@ -48,6 +48,11 @@ def device_arg(value: str) -> str:
     return v
 
 
+def device_index(device: str) -> int:
+    """The GPU number of 'cuda' (0) or 'cuda:N' (N)."""
+    return int(device.split(":", 1)[1]) if ":" in device else 0
+
+
 def add_device_arg(p: argparse.ArgumentParser, command: str) -> None:
     """--device for `command` ('tokenize' or 'fit-codebook'), in its own help group."""
     g = p.add_argument_group("device")
@@ -95,7 +100,7 @@ def check_local_device(device: str, beam_args: list[str]) -> None:
     if not torch.cuda.is_available():
         raise SystemExit(f"--device {device}: CUDA is not available on this machine; run with --device cpu, "
                          "or on GPU workers (docs/runners.md)")
-    index = int(device.split(":", 1)[1]) if ":" in device else 0
+    index = device_index(device)
     n = torch.cuda.device_count()
     if index >= n:
         raise SystemExit(f"--device {device}: this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}; "

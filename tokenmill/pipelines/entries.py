@@ -2,13 +2,15 @@
 
 A full `tokenize --output DIR` run journals every segment's tokens as soon as the last model
 stage has them (DIR/_work/<uh>-<iiii>.npz, pipelines/journal.py). From there on the tokens do
-not travel with the element: deduplication (GroupSource) and shard assignment (GroupShard) shuffle
-a `TokenRef` (the entry's path and its token counts), and the shard writer loads each record's
-tokens back one at a time, in key order (`PendingRecord.load`). A runner that shuffles in memory
-(the embedded FnApiRunner, the DirectRunner) otherwise holds every token of the corpus at once
-before the first shard is written: 28 KB per 10 s segment with acoustic tokens, +280 MB at
-10,000 files (issue 6, flat memory). `tokenize --into` writes the same entries to a spill
-directory (DIR/_spill-vNNNN, journal.open_spill) that is never resumed from, for the same reason.
+not travel with the element: deduplication (GroupSource) and shard assignment (GroupShard)
+shuffle a `TokenRef` (the entry's path and its token counts), and the shard writer loads each
+record's tokens back in key order, a few ahead on threads, once for all formats
+(`materialize_in_order`). A runner that shuffles in memory (the embedded FnApiRunner, the
+DirectRunner) otherwise holds every token of the corpus at once before the first shard is
+written: ~28 KB of runner memory per record with acoustic tokens in bench/bench_scale.py (1-3 s
+files), +280 MB at 10,000 files (issue 6, flat memory). `tokenize --into` writes the same
+entries to a spill directory (DIR/_spill-vNNNN, journal.open_spill) that is never resumed from,
+for the same reason.
 """
 from __future__ import annotations
 
@@ -89,27 +91,14 @@ class PendingRecord:
         return cls(fields=tuple(sorted(fields.items())), ref=ref)
 
     def _get(self, name: str):
-        return dict(self.fields)[name]
+        return next(v for k, v in self.fields if k == name)
 
-    @property
-    def key(self) -> str:
-        return self._get("key")
-
-    @property
-    def uri(self) -> str:
-        return self._get("uri")
-
-    @property
-    def split(self) -> str:
-        return self._get("split")
-
-    @property
-    def duration_s(self) -> float:
-        return self._get("duration_s")
-
-    @property
-    def caption(self) -> str | None:
-        return self._get("caption")
+    # what the shuffles, the shard writer and the manifest's accounting read before loading
+    key = property(lambda self: self._get("key"))
+    uri = property(lambda self: self._get("uri"))
+    split = property(lambda self: self._get("split"))
+    duration_s = property(lambda self: self._get("duration_s"))
+    caption = property(lambda self: self._get("caption"))
 
     def load(self) -> TrackRecord:
         meta, tokens = read_segment(self.ref.path)
@@ -135,14 +124,17 @@ def _nbytes(record) -> int:
     return 2 * sum(n for _, n in record.ref.sizes) if isinstance(record, PendingRecord) else 0
 
 
-def materialize_in_order(records: list, threads: int = LOAD_THREADS, ahead: int = LOAD_AHEAD,
-                         ahead_bytes: int = LOAD_AHEAD_BYTES) -> Iterator[TrackRecord]:
+def materialize_in_order(records: list, threads: int | None = None, ahead: int | None = None,
+                         ahead_bytes: int | None = None) -> Iterator[TrackRecord]:
     """`records` materialized, in their order. PendingRecords are loaded by `threads` threads, at
-    most `ahead` records and `ahead_bytes` of arrays ahead of the consumer: an object store answers
-    a small GET in tens of ms, so one-by-one loads would dominate a shard's write on Dataflow."""
+    most `ahead` records and `ahead_bytes` of arrays ahead of the consumer (defaults: LOAD_THREADS,
+    LOAD_AHEAD, LOAD_AHEAD_BYTES): an object store answers a small GET in tens of ms, so
+    one-by-one loads would dominate a shard's write on Dataflow."""
     if not any(isinstance(r, PendingRecord) for r in records):
         yield from records
         return
+    threads, ahead = threads or LOAD_THREADS, ahead or LOAD_AHEAD
+    ahead_bytes = ahead_bytes or LOAD_AHEAD_BYTES
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tokenmill-load") as pool:
         window: deque = deque()  # (future, bytes)
         in_flight = 0

@@ -11,11 +11,12 @@ from typing import Any, Iterable, Sequence
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from tokenmill.pipelines.device import device_index
 from tokenmill.pipelines.ingest import SegmentInput
 from tokenmill.pipelines.options import AcousticConfig, SemanticConfig
 from tokenmill.schemas import rates
 from tokenmill.tokenizers.codec import AcousticCodec, build_codec
-from tokenmill.tokenizers.kmeans import Codebook, CodebookError
+from tokenmill.tokenizers.kmeans import Codebook, CodebookError, faiss_has_gpu
 from tokenmill.tokenizers.semantic import SemanticExtractor, build_extractor
 
 LOG = logging.getLogger("tokenmill")
@@ -238,18 +239,11 @@ def codebook_on_device(codebook: Codebook, device: str) -> Codebook:
     tokens are the same up to near-ties)."""
     if device == "cpu":
         return codebook
-    gpu = int(device.split(":", 1)[1]) if ":" in device else 0
     if not faiss_has_gpu():
         LOG.warning("--device %s: this faiss build has no GPU support (faiss-cpu); the semantic codebook "
                     "assignment runs on the CPU. Install faiss-gpu (deploy/Dockerfile) to move it", device)
         return codebook
-    return codebook.to_gpu(gpu)
-
-
-def faiss_has_gpu() -> bool:
-    import faiss
-
-    return hasattr(faiss, "StandardGpuResources")
+    return codebook.to_gpu(device_index(device))
 
 
 def describe_semantic(cfg: SemanticConfig, codebook_path: str) -> dict:

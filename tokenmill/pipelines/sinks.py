@@ -7,10 +7,11 @@ byte-identical.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import uuid
-from typing import IO, Callable
+from typing import Iterator
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -76,18 +77,17 @@ class _Hashing:
         return False
 
 
-def atomic_write_stream(path: str, fill: Callable[[IO[bytes]], None]) -> tuple[int, str]:
-    """Stream a file to `path`: `fill(f)` writes it to `<path>.tmp-<random8>` (random, because its
-    sha256 is not known before the end; two retries of one bundle never share a temp file), then
-    a rename publishes it. Nothing is held in memory beyond what `fill` holds. Returns (bytes,
-    sha256 hex)."""
+@contextlib.contextmanager
+def atomic_stream(path: str) -> Iterator[_Hashing]:
+    """Stream a file to `path`: the block writes to `<path>.tmp-<random8>` (random, because its
+    sha256 is not known before the end; two retries of one bundle never share a temp file) through
+    the yielded object, which counts (`.bytes`) and hashes (`.sha`) what passes; a rename publishes
+    the file when the block ends without an exception. Nothing is held in memory."""
     _ensure_parent(path)
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     with FileSystems.create(tmp) as f:
-        out = _Hashing(f)
-        fill(out)
+        yield _Hashing(f)
     _publish(tmp, path)
-    return out.bytes, out.sha.hexdigest()
 
 
 def versioned(rel: str, version: int) -> str:
@@ -122,20 +122,23 @@ class WriteShard(beam.DoFn):
         records = sorted(records, key=lambda r: r.key)  # TrackRecords, or PendingRecords of a full run
         seconds = round(sum(r.duration_s for r in records), 6)
         count = self.counts[split]
-        for name in self.formats:
-            if name == "parquet":
-                rel, write = parquet_shard_name(split, index, count), fmt.write_parquet
-            else:
-                rel, write = wds_shard_name(split, index, count), fmt.write_wds
-            rel = versioned(rel, self.version)
-            # streamed to the file: the encoded shard is never held whole (issue 6, flat memory)
-            # PendingRecords load a few at a time (threads, bounded lookahead), in key order, so a
-            # shard's arrays are never all in memory
-            nbytes, sha = atomic_write_stream(f"{self.output}/{rel}",
-                                              lambda f, w=write: w(materialize_in_order(records), f))
-            LOG.info("[write] %s: %d records, %.1f s, %d bytes", rel, len(records), seconds, nbytes)
+        names = {"parquet": parquet_shard_name, "webdataset": wds_shard_name}
+        rels = [versioned(names[name](split, index, count), self.version) for name in self.formats]
+        # Every format streams to its file at once, so each record is loaded (PendingRecords: from
+        # the journal, a few ahead on threads) once for all formats and dropped after its last
+        # write: neither a shard's arrays nor its encoded bytes are ever held whole (issue 6).
+        with contextlib.ExitStack() as stack:
+            outs = [stack.enter_context(atomic_stream(f"{self.output}/{rel}")) for rel in rels]
+            writers = [fmt.SHARD_WRITERS[name](out) for name, out in zip(self.formats, outs)]
+            for rec in materialize_in_order(records):
+                for w in writers:
+                    w.add(rec)
+            for w in writers:
+                w.close()
+        for name, rel, out in zip(self.formats, rels, outs):
+            LOG.info("[write] %s: %d records, %.1f s, %d bytes", rel, len(records), seconds, out.bytes)
             yield ShardInfo(path=rel, format=name, split=split, records=len(records),
-                            seconds=seconds, bytes=nbytes, sha256=sha,
+                            seconds=seconds, bytes=out.bytes, sha256=out.sha.hexdigest(),
                             captioned=sum(r.caption is not None for r in records))
 
 

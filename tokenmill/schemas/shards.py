@@ -84,38 +84,61 @@ def _check_member(info: tarfile.TarInfo) -> None:
 
 # ---- Parquet ---------------------------------------------------------------------------------
 
-def _in_key_order(records: Iterable[TrackRecord]) -> Iterator[TrackRecord]:
-    last = None
-    for rec in records:
-        if last is not None and rec.key <= last:
-            raise ValueError(f"shard records must come sorted by key, without repeats: {rec.key} after {last}")
-        last = rec.key
-        yield rec
+class _KeyOrder:
+    """Refuses a record whose key does not follow the previous one (shards are sorted by key)."""
+
+    def __init__(self):
+        self.last = None
+
+    def check(self, rec: TrackRecord) -> None:
+        if self.last is not None and rec.key <= self.last:
+            raise ValueError(f"shard records must come sorted by key, without repeats: {rec.key} after {self.last}")
+        self.last = rec.key
 
 
 def _stream_bytes(rec: TrackRecord) -> int:
     return sum(a.nbytes for a in rec.streams().values())
 
 
+class ParquetShardWriter:
+    """A Parquet shard written to the binary file object `out` one record at a time (`add`, in key
+    order; `close` finishes the file), one row group per `row_group_bytes` of arrays (default
+    PARQUET_ROW_GROUP_BYTES): memory is bounded by a row group, not the shard. Same records →
+    same bytes."""
+
+    def __init__(self, out: IO[bytes], row_group_bytes: int | None = None):
+        self.row_group_bytes = row_group_bytes or PARQUET_ROW_GROUP_BYTES
+        self._writer = pq.ParquetWriter(out, ARROW_SCHEMA, compression=PARQUET_COMPRESSION,
+                                        use_dictionary=True, write_statistics=True)
+        self._order, self._group, self._size, self._groups = _KeyOrder(), [], 0, 0
+
+    def add(self, rec: TrackRecord) -> None:
+        self._order.check(rec)
+        self._group.append(rec)
+        self._size += _stream_bytes(rec)
+        if self._size >= self.row_group_bytes:
+            self._flush()
+
+    def _flush(self) -> None:
+        self._writer.write_table(records_to_table(self._group), row_group_size=max(1, len(self._group)))
+        self._group, self._size, self._groups = [], 0, self._groups + 1
+
+    def close(self) -> None:
+        if self._group or self._groups == 0:  # an empty shard still holds one (empty) row group
+            self._flush()
+        self._writer.close()
+
+
+def _write_all(writer, records: Iterable[TrackRecord]) -> None:
+    for rec in records:
+        writer.add(rec)
+    writer.close()
+
+
 def write_parquet(records: Iterable[TrackRecord], out: IO[bytes],
                   row_group_bytes: int | None = None) -> None:
-    """The Parquet shard of `records` (in key order, e.g. a generator that loads them one at a
-    time) written to the binary file object `out`, one row group per `row_group_bytes` of arrays:
-    memory is bounded by a row group, not the shard. Same records → same bytes. Default:
-    PARQUET_ROW_GROUP_BYTES."""
-    row_group_bytes = row_group_bytes or PARQUET_ROW_GROUP_BYTES
-    with pq.ParquetWriter(out, ARROW_SCHEMA, compression=PARQUET_COMPRESSION, use_dictionary=True,
-                          write_statistics=True) as writer:
-        group: list[TrackRecord] = []
-        size, groups = 0, 0
-        for rec in _in_key_order(records):
-            group.append(rec)
-            size += _stream_bytes(rec)
-            if size >= row_group_bytes:
-                writer.write_table(records_to_table(group), row_group_size=len(group))
-                group, size, groups = [], 0, groups + 1
-        if group or groups == 0:  # an empty shard still holds one (empty) row group
-            writer.write_table(records_to_table(group), row_group_size=max(1, len(group)))
+    """The Parquet shard of `records` (in key order) written to `out` (see ParquetShardWriter)."""
+    _write_all(ParquetShardWriter(out, row_group_bytes), records)
 
 
 def encode_parquet(records: list[TrackRecord]) -> bytes:
@@ -174,19 +197,35 @@ def xz_compress(data: bytes) -> bytes:
     return lzma.compress(data, format=lzma.FORMAT_XZ, filters=list(XZ_FILTERS))
 
 
+class WdsShardWriter:
+    """The whole-shard xz-compressed tar written to `out` one record at a time (`add`, in key
+    order; `close` finishes the file): deterministic bytes for the same records, memory bounded by
+    one record + the xz window."""
+
+    def __init__(self, out: IO[bytes]):
+        self._xz = _XzWriter(out)
+        self._tar = tarfile.open(fileobj=self._xz, mode="w|", format=tarfile.USTAR_FORMAT)
+        self._order = _KeyOrder()
+
+    def add(self, rec: TrackRecord) -> None:
+        self._order.check(rec)
+        streams = rec.streams()
+        names = wds_member_names(rec.key, list(streams))
+        _add_member(self._tar, names[0], json_dumps_stable(rec.meta()))
+        for name, stream in zip(names[1:], streams):
+            _add_member(self._tar, name, _npy_bytes(streams[stream]))
+
+    def close(self) -> None:
+        self._tar.close()
+        self._xz.finish()
+
+
+SHARD_WRITERS = {"parquet": ParquetShardWriter, "webdataset": WdsShardWriter}  # format -> writer class
+
+
 def write_wds(records: Iterable[TrackRecord], out: IO[bytes]) -> None:
-    """The whole-shard xz-compressed tar of `records` (in key order, e.g. a generator that loads
-    them one at a time), streamed to `out`: deterministic bytes for the same records, memory
-    bounded by one record + the xz window."""
-    xz = _XzWriter(out)
-    with tarfile.open(fileobj=xz, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
-        for rec in _in_key_order(records):
-            streams = rec.streams()
-            names = wds_member_names(rec.key, list(streams))
-            _add_member(tar, names[0], json_dumps_stable(rec.meta()))
-            for name, stream in zip(names[1:], streams):
-                _add_member(tar, name, _npy_bytes(streams[stream]))
-    xz.finish()
+    """The WebDataset shard of `records` (in key order) written to `out` (see WdsShardWriter)."""
+    _write_all(WdsShardWriter(out), records)
 
 
 def encode_wds(records: list[TrackRecord]) -> bytes:

@@ -84,8 +84,13 @@ def _row_sqnorms(x: np.ndarray, name: str) -> np.ndarray:
     return sq
 
 
+def faiss_has_gpu() -> bool:
+    """Whether this faiss build has GPU support (faiss-gpu), GPUs present or not."""
+    return hasattr(faiss, "StandardGpuResources")
+
+
 def _check_gpu() -> None:
-    if not hasattr(faiss, "StandardGpuResources"):
+    if not faiss_has_gpu():
         raise CodebookError("use_gpu=True but this faiss build has no GPU support; install faiss-gpu "
                             "(pip uninstall faiss-cpu && pip install 'tokenmill[gpu]') or drop --use_gpu")
     if faiss.get_num_gpus() < 1:
