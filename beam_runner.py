@@ -257,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser._subparsers._group_actions[0].choices[args.command]  # noqa: SLF001
     check_beam_args(beam_args, [o for a in sub._actions for o in a.option_strings])  # noqa: SLF001
     check_local_device(args.device, beam_args)  # workers on this machine: CUDA must be here
+    job_compute = opts.compute_layout(args)
+    launcher_facts = _apply_compute(job_compute)  # before any model is built here (describe, fit)
 
     t0 = time.monotonic()
     if args.command == "fit-codebook" and args.stream == "mulan":
@@ -323,11 +325,18 @@ def main(argv: list[str] | None = None) -> int:
     captions = load_captions(cfg.captions) if cfg.captions else None
     from tokenmill.pipelines import journal as jr
 
-    journal = (_open_journal(cfg, semantic_desc, acoustic_desc, mulan_desc) if plan is None
-               else jr.open_spill(cfg.output, plan.version))
+    from tokenmill.tokenizers import compute
+
+    compute_entry = compute.describe(job_compute, launcher_facts)
+    if plan is None:
+        journal, compute_entry = _open_journal(cfg, semantic_desc, acoustic_desc, mulan_desc, compute_entry)
+    else:
+        journal = jr.open_spill(cfg.output, plan.version)
+        _compute_warning(f"the dataset {base.root}", incremental.compute_changes(base.manifest, compute_entry))
     with make_pipeline(beam_args) as p:
         build_tokenize(p, cfg, semantic_desc=semantic_desc, captions=captions,
-                       acoustic_desc=acoustic_desc, mulan_desc=mulan_desc, plan=plan, journal=journal)
+                       acoustic_desc=acoustic_desc, mulan_desc=mulan_desc, plan=plan, journal=journal,
+                       compute_entry=compute_entry)
     if plan is None:
         jr.close_journal(cfg.output, journal)
     else:
@@ -352,24 +361,56 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _open_journal(cfg, semantic_desc, acoustic_desc, mulan_desc):
-    """The resume journal of a full run (pipelines/journal.py): new, or an interrupted run's."""
+def _apply_compute(layout) -> dict:
+    """Pin this process (the launcher, and the embedded runner's in-process workers) to the job's
+    compute layout; a fix-it error when torch already runs other kernels here."""
+    from tokenmill.tokenizers import compute
+
+    try:
+        return compute.apply(layout)
+    except compute.ComputeError as e:
+        raise SystemExit(f"error: {e}") from e
+
+
+def _compute_warning(what: str, changes: list[str]) -> None:
+    """One warning line when a run writes into a dataset or journal made under another layout."""
+    if changes:
+        logging.getLogger("tokenmill").warning(
+            "%s was written under another compute layout (%s); the new records' tokens can differ from "
+            "what the earlier layout would give in rare near-boundary frames. Recorded in the manifest "
+            "(compute); use the earlier --torch_threads/--kernels to avoid mixing", what, "; ".join(changes))
+
+
+def _open_journal(cfg, semantic_desc, acoustic_desc, mulan_desc, compute_entry):
+    """The resume journal of a full run (pipelines/journal.py): new, or an interrupted run's.
+    Returns (journal, the manifest's compute entry: with `resumed_under` when the interrupted run
+    used another layout)."""
     from tokenmill import __version__
     from tokenmill.pipelines.journal import JournalError, open_journal
     from tokenmill.pipelines.tokenize import manifest_entries
+    from tokenmill.tokenizers import compute
 
     streams, tokenizers, codebooks = manifest_entries(semantic_desc, acoustic_desc, mulan_desc)
-    job = {k: v for k, v in cfg.to_json().items() if k != "output"}
+    job = {k: ({kk: vv for kk, vv in v.items() if kk != "compute"} if isinstance(v, dict) else v)
+           for k, v in cfg.to_json().items() if k != "output"}   # the layout may change on resume
     try:
         journal = open_journal(cfg.output, {"job": job, "tokenizers": tokenizers, "codebooks": codebooks,
-                                            "streams": streams, "tokenmill_version": __version__}, cfg.inputs)
+                                            "streams": streams, "tokenmill_version": __version__}, cfg.inputs,
+                               compute_entry=compute_entry)
     except JournalError as e:
         raise SystemExit(f"error: {e}") from e
+    if journal.finished:
+        changes = compute.differences(journal.compute_before, compute_entry)
+        _compute_warning(f"the interrupted run of {cfg.output}", changes)
+        if changes:
+            compute_entry = dict(compute_entry, resumed_from={"compute": journal.compute_before,
+                                                              "changes": changes,
+                                                              "sources_from_journal": len(journal.finished)})
     if journal.finished:
         print(f"tokenize: resuming {cfg.output}: {len(journal.finished)} of {journal.n_matched} sources were "
               f"finished by an interrupted run and are skipped ({len(journal.entries())} journal entries in "
               f"{journal.work}); the other {journal.n_matched - len(journal.finished)} are read")
-    return journal
+    return journal, compute_entry
 
 
 @contextlib.contextmanager

@@ -11,6 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tokenmill.tokenizers.compute import pin_kernels
+
+# The suite runs jobs in this process (the embedded runner), and every job pins its compute layout
+# (tokenizers/compute.py): torch must not dispatch a kernel before the default one is pinned.
+pin_kernels("portable")
+
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
 

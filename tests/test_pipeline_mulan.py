@@ -234,8 +234,8 @@ def test_mulan_fix_it_errors(real_audio_dir, semantic_codebook, small_mulan_weig
         beam_runner.main(fit + ["--max_windows", "10"])
     with pytest.raises(SystemExit, match="--sample_frames applies to --stream semantic only"):
         beam_runner.main(fit + ["--stream", "mulan", "--sample_frames", "10"])
-    with pytest.raises(SystemExit, match="power of two.*try 512"):
-        beam_runner.main(fit + ["--stream", "mulan", "--num_clusters", "1000"])
+    with pytest.raises(SystemExit, match=r"needs \[2, 65536\] entries per stage"):
+        beam_runner.main(fit + ["--stream", "mulan", "--num_clusters", "70000"])
 
 
 def test_batched_windows_equal_per_track_calls(small_mulan_weights, real_audio_dir):

@@ -290,10 +290,11 @@ def test_rvq_warm_refit_keeps_first_stage_tokens_and_cold_unaligned_does_not(rvq
         print(f"rvq 12x16 {name:14s} changed per stage %:",
               " ".join(f"{100 * v:.0f}" for v in r["changed_share_per_stage"]),
               f"| all {100 * r['changed_share_all']:.1f}%")
-    # measured: stage 1 changed 2.7% warm / 0.9% n_iter=1 / 93.5% cold / 56.2% cold+aligned;
-    # all 12 stages 60.0% / 26.4% / 93.9% / 86.3% (late-stage residuals have no cluster structure:
+    # measured (parent fit by greedy-rq, 10 Lloyd steps per stage, so a warm refit on the same data
+    # keeps iterating): stage 1 changed 7.4% warm / 2% n_iter=1 / 94% cold / 44% cold+aligned;
+    # all 12 stages 65.1% / 30.7% / 94.0% / 84.8% (late-stage residuals have no cluster structure:
     # any movement of earlier stages cascades, see the report's changed_share_given_prefix)
-    assert warm["changed_share_per_stage"][0] <= 0.05
+    assert warm["changed_share_per_stage"][0] <= 0.10
     assert cold["changed_share_per_stage"][0] > 0.5 and cold["changed_share_all"] > 0.5
     assert warm["changed_share_all"] < cold_al["changed_share_all"] < cold["changed_share_all"]
     assert warm_short["changed_share_all"] < warm["changed_share_all"]

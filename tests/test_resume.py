@@ -68,7 +68,7 @@ def _check_visible(out: Path) -> list[str]:
     for rel in names:
         assert rel.startswith(jr.WORK_DIR + "/"), f"{rel} is visible before the job finished"
         name = rel.split("/", 1)[1]
-        if ".tmp-" in name or name == jr.JOB_NAME:
+        if ".tmp-" in name or name in (jr.JOB_NAME, jr.COMPUTE_NAME):
             continue
         assert jr._ENTRY.match(name), name
         data = (out / rel).read_bytes()

@@ -48,8 +48,7 @@ def test_bad_inputs_are_refused():
         rvq.encode(np.zeros((1, 3), np.float32))
     with pytest.raises(CodebookError, match=r"\[0, 4\)"):
         rvq.decode(np.array([[4, 0]]))
-    with pytest.raises(CodebookError, match="power of two"):
-        fit_rvq(_clustered(100, 4, 0), n_stages=2, k=12)
+    assert fit_rvq(_clustered(100, 4, 0), n_stages=2, k=12).k == 12   # greedy-rq: any k, not only 2^b
     with pytest.raises(CodebookError, match="cannot fit"):
         fit_rvq(_clustered(10, 4, 0), n_stages=2, k=16)
 
@@ -75,10 +74,9 @@ def test_fit_and_encode_are_deterministic(fitted):
     import faiss
 
     before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(2)       # fit_rvq pins FAISS to threads=1 and restores the setting
+    faiss.omp_set_num_threads(1 if before > 1 else 2)   # exact kernel: the thread count cannot matter
     try:
         again = fit_rvq(_clustered(2000, 16, 1), n_stages=12, k=16, seed=3, x_heldout=_clustered(800, 16, 2))
-        assert faiss.omp_get_max_threads() == 2
     finally:
         faiss.omp_set_num_threads(before)
     assert again.id == fitted.id and again.card == fitted.card

@@ -18,6 +18,7 @@ from tokenmill.pipelines.ingest import DEAD, ReadAndDecode, dead_letter, frames_
 from tokenmill.pipelines.options import FitCodebookConfig
 from tokenmill.pipelines.sinks import atomic_write
 from tokenmill.schemas import shards as fmt
+from tokenmill.tokenizers import compute
 from tokenmill.tokenizers.kmeans import fit_kmeans
 
 LOG = logging.getLogger("tokenmill")
@@ -100,6 +101,12 @@ def split_sample(sample: list, heldout: int) -> tuple[np.ndarray, np.ndarray, di
                          "n_tracks_sampled": len({k.split("-", 1)[0] for k in keys})}
 
 
+def card_compute(layout) -> dict:
+    """The card's `compute` entry: the layout the workers extracted the features under, with the
+    kernels of this process (the fit itself is exact on any CPU: tokenizers/nearest.py)."""
+    return compute.describe(layout, compute.apply(layout))
+
+
 class FitAndSave(beam.DoFn):
     def __init__(self, cfg: FitCodebookConfig, extractor_desc: dict):
         self.cfg, self.extractor_desc = cfg, extractor_desc
@@ -122,6 +129,7 @@ class FitAndSave(beam.DoFn):
         codebook = fit_kmeans(train, cfg.num_clusters, seed=cfg.seed, n_iter=cfg.n_iter,
                               x_heldout=held, use_gpu=cfg.use_gpu, sources=sources, kind="semantic",
                               standardize=bool(self.extractor_desc.get("standardize", False)))
+        codebook.card["compute"] = card_compute(cfg.semantic.compute)
         out = cfg.output.rstrip("/")
         path = codebook.save(out) if "://" not in out else _save_remote(codebook, out)
         atomic_write(f"{out}/{codebook.id}.failures.jsonl", fmt.encode_dead_letters(dead))

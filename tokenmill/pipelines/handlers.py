@@ -12,6 +12,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from tokenmill.pipelines.device import device_index
+from tokenmill.tokenizers import compute
 from tokenmill.pipelines.ingest import SegmentInput
 from tokenmill.pipelines.options import AcousticConfig, SemanticConfig
 from tokenmill.schemas import rates
@@ -136,7 +137,9 @@ def semantic_extractor(cfg: SemanticConfig, device: str = "cpu") -> SemanticExtr
 
 
 def worker_semantic_extractor(cfg: SemanticConfig) -> SemanticExtractor:
-    """load_model's extractor: on cfg.device, with a warning when that cannot apply (spectral)."""
+    """load_model's extractor: on cfg.device, with a warning when that cannot apply (spectral),
+    under the job's compute layout (threads, kernels) in this worker process."""
+    compute.apply(cfg.compute)
     if cfg.device != "cpu" and cfg.extractor in CPU_ONLY_EXTRACTORS:
         LOG.warning("--device %s: %s extractor has no GPU path; it runs on CPU", cfg.device, cfg.extractor)
     return semantic_extractor(cfg, device=cfg.device)
@@ -264,10 +267,7 @@ class AcousticTokenHandler(ModelHandler):
         self.cfg = cfg
 
     def load_model(self) -> AcousticCodec:
-        if self.cfg.torch_threads:
-            import torch
-
-            torch.set_num_threads(self.cfg.torch_threads)  # this worker process only
+        compute.apply(self.cfg.compute)  # this worker process: threads and kernels of the job
         return acoustic_codec(self.cfg, device=self.cfg.device)
 
     def run_inference(self, batch, model: AcousticCodec, inference_args=None):

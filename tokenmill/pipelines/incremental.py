@@ -37,6 +37,7 @@ from tokenmill.pipelines.sinks import atomic_write, write_dead_letters
 from tokenmill.schemas import manifest as mf
 from tokenmill.schemas import shards as fmt
 from tokenmill.schemas.records import MANIFEST_NAME, source_hash_of
+from tokenmill.tokenizers import compute
 
 LOG = logging.getLogger("tokenmill")
 LAYOUT = ("num_shards", "num_valid_shards", "valid_fraction", "formats")
@@ -259,8 +260,9 @@ class WriteIncrementalManifest(beam.DoFn):
     """The new version's failures file (when the dead letters changed) and manifest.json, merged
     from the base dataset and this run. Yields the manifest written (or the base's, unchanged)."""
 
-    def __init__(self, cfg, plan: Plan, tokenmill_version: str):
+    def __init__(self, cfg, plan: Plan, tokenmill_version: str, compute_entry: dict | None = None):
         self.cfg, self.plan, self.tokenmill_version = cfg, plan, tokenmill_version
+        self.compute_entry = compute_entry
 
     def process(self, _, shards, letters, inputs, status, skipped):
         plan, base, out = self.plan, self.plan.base, self.cfg.output.rstrip("/")
@@ -316,12 +318,20 @@ class WriteIncrementalManifest(beam.DoFn):
             "dead_letters_replaced": len(base.letters) - len(kept_old),
             "shards": sorted(s.path for s in shards),
             "dead_letter_file": dead_files[0].path if dead_files else None})
+        manifest_compute = None
+        if self.compute_entry is not None:
+            changed = compute_changes(base.manifest, self.compute_entry)
+            history[-1]["compute"] = self.compute_entry
+            if changed:
+                history[-1]["compute_changed"] = changed
+            manifest_compute = dict(self.compute_entry, runs_with_other_compute=sum(
+                1 for h in history if h.get("compute_changed")))
         job = {k: v for k, v in self.cfg.to_json().items() if k != "output"}
         old_shards = [mf.ShardInfo(**s) for s in base.manifest["shards"]]
         manifest = mf.build_manifest(
             job=job, tokenizers=base.manifest["tokenizers"], codebooks=base.manifest["codebooks"],
             streams=base.manifest["streams"], shards=old_shards + list(shards), dead_letter_files=dead_files,
-            counts=counts, tokenmill_version=self.tokenmill_version, history=history)
+            counts=counts, tokenmill_version=self.tokenmill_version, history=history, compute=manifest_compute)
         atomic_write(f"{out}/{MANIFEST_NAME}", mf.dumps(manifest))
         LOG.info("[into] %s: version %d, %d records added, %d inputs skipped as present, %d retried",
                  out, plan.version, counts.records - c["records"], skipped, len(plan.retry))
@@ -338,4 +348,13 @@ def version_zero(manifest: dict) -> dict:
             "records_added": sum(s["records"] for s in manifest["shards"] if s["format"] == first),
             "seconds_added": c["seconds"], "dead_letters_added": c["dead_letters"],
             "dead_letters_replaced": 0, "shards": sorted(s["path"] for s in manifest["shards"]),
-            "dead_letter_file": manifest["dead_letter_files"][0]["path"] if manifest["dead_letter_files"] else None}
+            "dead_letter_file": manifest["dead_letter_files"][0]["path"] if manifest["dead_letter_files"] else None,
+            **({"compute": manifest["compute"]} if "compute" in manifest else {})}
+
+
+def compute_changes(base_manifest: dict, entry: dict) -> list[str]:
+    """How this run's compute layout/kernels differ from the dataset's latest run (empty: same).
+    `tokenize --into` records them in the new history entry and warns; nothing is refused, since
+    tokens differ only where a vector sits at a float-rounding distance from a boundary."""
+    last = (base_manifest.get("history") or [{}])[-1].get("compute") or base_manifest.get("compute")
+    return compute.differences(last, entry)

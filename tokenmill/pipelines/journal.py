@@ -50,6 +50,7 @@ WORK_DIR = "_work"
 RESUMED_NAME = "_resumed.json"
 SPILL_PREFIX = "_spill-v"  # tokenize --into: DIR/_spill-vNNNN holds the new version's tokens while it runs
 JOB_NAME = "job.json"
+COMPUTE_NAME = "compute.json"  # the compute layout/kernels of the run that started the journal
 PAUSE_ENV = "TOKENMILL_TEST_PAUSE_AFTER_JOURNAL"  # tests only: "N:MARKER" pauses after N entries
 _ENTRY = re.compile(r"^(?P<uh>[0-9a-f]{16})(?:\.plan-(?P<n>\d+)\.json|-(?P<seg>\d{4})(?P<kind>\.npz|\.dead\.json)"
                     r"|(?P<dead>\.dead\.json))$")
@@ -169,6 +170,7 @@ class Journal:
     work: str
     finished: dict  # uri -> tuple of entry paths, for sources finished by an earlier (killed) run
     n_matched: int = 0  # inputs the patterns match (0: not listed, a fresh journal)
+    compute_before: dict | None = None  # resumed: the `compute` entry of the run that started it
 
     @property
     def skip(self) -> frozenset:
@@ -184,13 +186,19 @@ def _list(work: str) -> list[str]:
     return sorted(m.path for m in FileSystems.match([f"{work}/*"])[0].metadata_list)
 
 
-def open_journal(output: str, fingerprint: dict, patterns: tuple[str, ...]) -> Journal:
-    """Create DIR/_work (recording `fingerprint`), or reuse the one an interrupted run left: refuse
-    it when its fingerprint differs; otherwise find the matched inputs it already finished."""
+def open_journal(output: str, fingerprint: dict, patterns: tuple[str, ...],
+                 compute_entry: dict | None = None) -> Journal:
+    """Create DIR/_work (recording `fingerprint` and `compute_entry`), or reuse the one an
+    interrupted run left: refuse it when its fingerprint differs; otherwise find the matched inputs
+    it already finished. The compute layout is not part of the fingerprint: a resume under other
+    threads or kernels is allowed, and `Journal.compute_before` lets the launcher say so."""
     work = work_dir(output)
     job_path = f"{work}/{JOB_NAME}"
+    compute_path = f"{work}/{COMPUTE_NAME}"
     want = json.dumps(fingerprint, sort_keys=True, indent=1, default=_json_default).encode()
     if not FileSystems.exists(job_path):
+        if compute_entry is not None:
+            atomic_write(compute_path, json.dumps(compute_entry, sort_keys=True, indent=1).encode())
         atomic_write(job_path, want)
         return Journal(work=work, finished={})
     with FileSystems.open(job_path) as f:
@@ -226,7 +234,11 @@ def open_journal(output: str, fingerprint: dict, patterns: tuple[str, ...]) -> J
             finished[uri] = tuple(e["paths"])
         elif e["n"] is not None and e["segs"] == set(range(e["n"])):
             finished[uri] = tuple(e["paths"])
-    return Journal(work=work, finished=finished, n_matched=len(matched))
+    before = None
+    if FileSystems.exists(compute_path):
+        with FileSystems.open(compute_path) as f:
+            before = json.loads(f.read())
+    return Journal(work=work, finished=finished, n_matched=len(matched), compute_before=before)
 
 
 def _first_diff(a, b, where: str) -> str:

@@ -22,13 +22,14 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 
-from tokenmill.pipelines.fit import BottomK, SampleFrames, _save_remote, split_sample
+from tokenmill.pipelines.fit import BottomK, SampleFrames, _save_remote, card_compute, split_sample
 from tokenmill.pipelines.handlers import Failed, local_codebook_path, per_element, with_local_path
 from tokenmill.pipelines.ingest import DEAD, ReadAndDecode, SegmentInput
 from tokenmill.pipelines.options import FitCodebookConfig, MulanConfig
 from tokenmill.pipelines.sinks import atomic_write
 from tokenmill.schemas import rates
 from tokenmill.schemas import shards as fmt
+from tokenmill.tokenizers import compute
 from tokenmill.tokenizers.kmeans import MIN_POINTS_PER_CENTROID
 from tokenmill.tokenizers.mulan import MulanError, MulanModel, build_mulan, load_codebook_for, segment_tokens
 from tokenmill.tokenizers.rvq import RVQCodebook, fit_rvq
@@ -39,10 +40,7 @@ LOG = logging.getLogger("tokenmill")
 def build_model(cfg: MulanConfig, device: str = "cpu") -> MulanModel:
     """The model on `device`: the handlers pass cfg.device on the worker; the launcher's
     describe_mulan (and fit-codebook's) builds it on the CPU, whatever cfg.device says."""
-    if cfg.torch_threads:
-        import torch
-
-        torch.set_num_threads(cfg.torch_threads)  # this worker process only
+    compute.apply(cfg.compute)  # this process: threads and kernels of the job
     return build_mulan(cfg.model, device=device, **with_local_path(cfg.model_kwargs(), "--mulan_path"))
 
 
@@ -185,6 +183,7 @@ class FitRVQAndSave(beam.DoFn):
                  cfg.num_clusters, len(train), 0 if held is None else len(held), stats["n_tracks_sampled"])
         rvq = fit_rvq(train, n_stages=cfg.num_stages, k=cfg.num_clusters, seed=cfg.seed, n_iter=cfg.n_iter,
                       x_heldout=held, sources=sources, kind="mulan")
+        rvq.card["compute"] = card_compute(cfg.mulan.compute)
         out = cfg.output.rstrip("/")
         path = rvq.save(out) if "://" not in out else _save_remote(rvq, out)
         atomic_write(f"{out}/{rvq.id}.failures.jsonl", fmt.encode_dead_letters(dead))

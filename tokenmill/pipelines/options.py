@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 from tokenmill.pipelines.device import add_device_arg
 from tokenmill.tokenizers.audio import AudioConfig
+from tokenmill.tokenizers.compute import KERNELS, ComputeError, ComputeLayout
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class SemanticConfig:
     path: str | None = None  # SSL extractors: transformers save_pretrained directory
     layer: int | None = None  # SSL extractors: hidden_states[layer]; None = the extractor's default (7)
     device: str = "cpu"  # --device: where SSL extractors run on the worker (spectral: always the CPU)
+    compute: ComputeLayout = field(default_factory=ComputeLayout)  # torch threads + kernels on the worker
 
     def extractor_kwargs(self) -> dict:
         kw = dict(self.extractor_config)
@@ -37,8 +39,8 @@ class AcousticConfig:
     codec: str = "soundstream"  # "none" | "soundstream" | "encodec" | "dac" | "mimi"
     codec_config: tuple[tuple[str, object], ...] = ()  # (name, value) pairs passed to build_codec
     batch_size: int = 4  # segments per RunInference batch
-    torch_threads: int = 0  # per worker process; 0 = torch's default (all cores)
     device: str = "cpu"  # --device: where the codec runs on the worker (describe_acoustic: the CPU)
+    compute: ComputeLayout = field(default_factory=ComputeLayout)  # torch threads + kernels on the worker
 
     @property
     def enabled(self) -> bool:
@@ -57,8 +59,8 @@ class MulanConfig:
     path: str | None = None  # mulan: weights .safetensors; clap: save_pretrained dir; None = packaged built-in
     codebook: str | None = None  # RVQ artifact file or directory; None = the packaged default model's RVQ
     batch_size: int = 16  # windows per forward pass, and segments per RunInference batch
-    torch_threads: int = 0  # per worker process; 0 = torch's default
     device: str = "cpu"  # --device: where the model runs on the worker (describe_mulan: the CPU)
+    compute: ComputeLayout = field(default_factory=ComputeLayout)  # torch threads + kernels on the worker
 
     @property
     def enabled(self) -> bool:
@@ -199,9 +201,6 @@ def _add_acoustic_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--acoustic_n_q", type=int, help="DAC/Mimi only: number of levels to keep")
     g.add_argument("--acoustic_batch_size", type=int, default=4,
                    help="segments per acoustic RunInference batch (default %(default)s)")
-    g.add_argument("--torch_threads", type=int, default=0,
-                   help="torch threads per worker process for the codec and MuLan; with N worker processes on "
-                        "C cores use C/N to avoid oversubscription (default 0: torch's default)")
 
 
 def acoustic_config(args: argparse.Namespace) -> AcousticConfig:
@@ -221,11 +220,9 @@ def acoustic_config(args: argparse.Namespace) -> AcousticConfig:
                          "(a transformers save_pretrained directory; nothing is downloaded)")
     if args.acoustic_codec == "none" and kw:
         raise SystemExit("--acoustic_model and friends need --acoustic_codec")
-    if args.torch_threads < 0:
-        raise SystemExit("--torch_threads must be >= 0")
     return AcousticConfig(codec=args.acoustic_codec, codec_config=tuple(sorted(kw.items())),
-                          batch_size=args.acoustic_batch_size, torch_threads=args.torch_threads,
-                          device=getattr(args, "device", "cpu"))
+                          batch_size=args.acoustic_batch_size, device=getattr(args, "device", "cpu"),
+                          compute=compute_layout(args))
 
 
 def _add_mulan_args(p: argparse.ArgumentParser, *, with_none: bool = True, default: str = "mulan") -> None:
@@ -254,7 +251,6 @@ def add_embed_text_args(p: argparse.ArgumentParser) -> None:
 
 def mulan_config(args: argparse.Namespace, *, need_codebook: bool = True) -> MulanConfig:
     """Flags → MulanConfig, with the checks that need no model loaded (fix-it messages)."""
-    torch_threads = getattr(args, "torch_threads", 0)
     if args.mulan_model == "none":
         given = [f for f in ("mulan_path", "mulan_codebook") if getattr(args, f) is not None]
         if given:
@@ -271,7 +267,34 @@ def mulan_config(args: argparse.Namespace, *, need_codebook: bool = True) -> Mul
                          f"{fit_hint('clap', args.mulan_path)}")
     return MulanConfig(model=args.mulan_model, path=args.mulan_path,
                        codebook=getattr(args, "mulan_codebook", None), batch_size=args.mulan_batch_size,
-                       torch_threads=torch_threads, device=getattr(args, "device", "cpu"))
+                       device=getattr(args, "device", "cpu"), compute=compute_layout(args))
+
+
+def add_compute_args(p: argparse.ArgumentParser) -> None:
+    """--torch_threads and --kernels: the compute layout every worker runs the torch models under
+    (tokenizers/compute.py), recorded in the manifest and the codebook card."""
+    d = ComputeLayout()
+    g = p.add_argument_group("compute layout (reproducible output on any worker)")
+    g.add_argument("--torch_threads", type=int, default=d.threads, metavar="N",
+                   help="torch intra-op threads per worker process for the semantic extractor, codec and "
+                        "MuLan. The models' last float bits, hence some tokens, depend on it, so it is fixed "
+                        "per job, not taken from the machine: run one worker process per core "
+                        "(--direct_running_mode=multi_processing --direct_num_workers=N locally; Dataflow does "
+                        "this by default). 0 = torch's default, all cores: the output then depends on each "
+                        "worker's core count (default %(default)s)")
+    g.add_argument("--kernels", choices=KERNELS, default=d.kernels,
+                   help="'portable': hold torch, oneDNN and MKL to AVX2 kernels on x86-64, so Intel and AMD "
+                        "workers of any generation write the same bytes; 'native': the widest instruction set "
+                        "each library finds (faster on AVX-512 machines, bench/bench_compute.py says how much; "
+                        "outputs then differ in rare tokens between CPU types). Recorded in the manifest "
+                        "and the codebook card (default %(default)s)")
+
+
+def compute_layout(args: argparse.Namespace) -> ComputeLayout:
+    try:
+        return ComputeLayout(threads=getattr(args, "torch_threads", 1), kernels=getattr(args, "kernels", "portable"))
+    except ComputeError as e:
+        raise SystemExit(f"error: {e}") from e
 
 
 def _common_inputs(p: argparse.ArgumentParser) -> None:
@@ -299,7 +322,7 @@ def add_fit_codebook_args(p: argparse.ArgumentParser) -> None:
                         "residual VQ over the MuLan model's 10 s window embeddings (mulan-<sha12>), the "
                         "codebook `tokenize --mulan_codebook` and `embed-text` need (default %(default)s)")
     p.add_argument("--num_clusters", type=int, default=1024,
-                   help="k: centroids (semantic) or entries per RVQ stage (mulan; a power of two) "
+                   help="k: centroids (semantic) or entries per RVQ stage (mulan) "
                         "(default %(default)s)")
     p.add_argument("--sample_frames", type=int,
                    help="semantic: frames used for the fit, drawn deterministically (default 200000)")
@@ -330,6 +353,7 @@ def add_fit_codebook_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mulan_batch_size", type=int,
                    help="10 s windows per MuLan forward pass, and segments per batch (default 16)")
     add_device_arg(p, "fit-codebook")
+    add_compute_args(p)
 
 
 # tokenize's shard layout: defaults for a new dataset; `--into` takes the existing dataset's.
@@ -385,6 +409,7 @@ def add_tokenize_args(p: argparse.ArgumentParser) -> None:
     _add_acoustic_args(p)
     _add_mulan_args(p)
     add_device_arg(p, "tokenize")
+    add_compute_args(p)
 
 
 def audio_config(args: argparse.Namespace, target_rates_hz: tuple[int, ...]) -> AudioConfig:
@@ -416,7 +441,7 @@ def semantic_config(args: argparse.Namespace) -> SemanticConfig:
     if args.batch_size < 1:
         raise SystemExit("--batch_size must be >= 1")
     return SemanticConfig(extractor=name, batch_size=args.batch_size, path=path, layer=layer,
-                          device=getattr(args, "device", "cpu"))
+                          device=getattr(args, "device", "cpu"), compute=compute_layout(args))
 
 
 def fit_codebook_config(args: argparse.Namespace, mulan_rate_hz: int | None = None) -> FitCodebookConfig:
@@ -439,10 +464,9 @@ def fit_codebook_config(args: argparse.Namespace, mulan_rate_hz: int | None = No
     kw: dict = {}
     if args.stream == "mulan":
         k = args.num_clusters
-        if k < 2 or k & (k - 1) or k > 1 << 16:
-            lo = 1 << max(1, min(16, k.bit_length() - 1))
-            raise SystemExit(f"--num_clusters {k}: the MuLan RVQ needs a power of two in [2, 65536] "
-                             f"entries per stage; try {lo}")
+        if k < 2 or k > 1 << 16:
+            raise SystemExit(f"--num_clusters {k}: the MuLan RVQ needs [2, 65536] entries per stage "
+                             "(uint16 tokens)")
         for name in ("num_stages", "max_windows"):
             if getattr(args, name) < 1:
                 raise SystemExit(f"--{name} must be >= 1")

@@ -35,6 +35,8 @@ from tokenmill.schemas import shards as fmt
 from tokenmill.schemas import versions
 from tokenmill.schemas.manifest import ManifestError, dumps, validate_manifest
 from tokenmill.schemas.records import MANIFEST_NAME, json_dumps_stable
+from tokenmill.tokenizers import compute
+from tokenmill.tokenizers.compute import ComputeLayout
 from tokenmill.tokenizers.kmeans import Codebook
 from tokenmill.tokenizers.refit import drift_report, refit_kmeans, refit_rvq, render_drift
 from tokenmill.tokenizers.rvq import RVQCodebook
@@ -176,7 +178,11 @@ def _semantic_setup(manifest: dict, parent: Codebook):
     job = manifest["job"]
     scfg = dict(job["semantic"])
     scfg["extractor_config"] = tuple(tuple(x) for x in scfg.get("extractor_config") or ())
+    # the dataset's compute layout (older manifests: the default), applied here: the features are
+    # extracted in this process
+    scfg["compute"] = ComputeLayout(**(scfg.get("compute") or {}))
     scfg = SemanticConfig(**scfg)
+    compute.apply(scfg.compute)
     extractor = semantic_extractor(scfg)
     desc, was = extractor.describe(), manifest["tokenizers"]["semantic"]["extractor"]
     for k in ("name", "dim", "weights_sha256"):

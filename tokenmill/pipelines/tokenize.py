@@ -157,8 +157,10 @@ class Accounting(beam.CombineFn):
 
 
 class WriteManifest(beam.DoFn):
-    def __init__(self, cfg: TokenizeConfig, tokenizers: dict, codebooks: dict, streams: dict):
+    def __init__(self, cfg: TokenizeConfig, tokenizers: dict, codebooks: dict, streams: dict,
+                 compute_entry: dict | None = None):
         self.cfg, self.tokenizers, self.codebooks, self.streams = cfg, tokenizers, codebooks, streams
+        self.compute_entry = compute_entry
 
     def process(self, _, shards, dead, inputs, accounting):
         dead_info, letters = dead
@@ -228,13 +230,14 @@ def manifest_entries(semantic_desc: dict, acoustic_desc: dict | None = None,
 def build_tokenize(p: beam.Pipeline, cfg: TokenizeConfig, *, semantic_desc: dict,
                    captions: CaptionIndex | None, acoustic_desc: dict | None = None,
                    mulan_desc: dict | None = None, plan: Plan | None = None,
-                   journal: Journal | None = None) -> beam.PCollection:
+                   journal: Journal | None = None, compute_entry: dict | None = None) -> beam.PCollection:
     """Wire the job into `p`; returns the PCollection holding the written manifest. With `plan`
     (`--into`, pipelines/incremental.py) the job reads only what the dataset lacks and writes a
     new version of it. With `journal` (full runs, pipelines/journal.py) each source's outcome is
     journaled, and sources an interrupted run finished are taken from the journal, not read; with
     `plan` and `journal` (its spill, journal.open_spill) only the segments' tokens are written
-    there, so the shuffles carry references."""
+    there, so the shuffles carry references. `compute_entry`: the manifest's `compute` (the layout
+    and kernels, tokenizers/compute.describe; with a resumed journal, what the earlier run used)."""
     present = resumed = None
     if plan is None and journal is not None and journal.finished:
         segments, dead_decode, inputs, _ = p | "Ingest" >> ReadAndDecode(cfg.inputs, cfg.audio, skip=journal.skip)
@@ -293,7 +296,7 @@ def build_tokenize(p: beam.Pipeline, cfg: TokenizeConfig, *, semantic_desc: dict
                   | "Uris" >> beam.Flatten() | "AnyRecord" >> beam.CombinePerKey(any))
         return (p | "Once" >> beam.Create([None])
                 | "Manifest" >> beam.ParDo(
-                    WriteIncrementalManifest(cfg, plan, __version__), beam.pvalue.AsList(shards),
+                    WriteIncrementalManifest(cfg, plan, __version__, compute_entry), beam.pvalue.AsList(shards),
                     beam.pvalue.AsList(dead), beam.pvalue.AsSingleton(inputs), beam.pvalue.AsList(status),
                     beam.pvalue.AsSingleton(skipped)))
     dead_file = (dead | "DeadList" >> beam.combiners.ToList()
@@ -305,7 +308,7 @@ def build_tokenize(p: beam.Pipeline, cfg: TokenizeConfig, *, semantic_desc: dict
 
     return (p | "Once" >> beam.Create([None])
             | "Manifest" >> beam.ParDo(
-                WriteManifest(cfg, tokenizers, codebooks, streams),
+                WriteManifest(cfg, tokenizers, codebooks, streams, compute_entry),
                 beam.pvalue.AsList(shards), beam.pvalue.AsSingleton(dead_file),
                 beam.pvalue.AsSingleton(inputs), beam.pvalue.AsSingleton(accounting)))
 

@@ -87,9 +87,11 @@ def build_manifest(
     counts: Counts,
     tokenmill_version: str,
     history: list[dict[str, Any]] | None = None,
+    compute: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """`history`: one entry per run that wrote this dataset (`tokenize --into` adds them; a
-    dataset written by one run has none)."""
+    dataset written by one run has none). `compute`: the compute layout and kernels the models
+    ran under (threads, kernels, isa; tokenizers/compute.describe), absent in older manifests."""
     manifest = {
         "manifest_version": MANIFEST_VERSION,
         "schema_version": SCHEMA_VERSION,
@@ -104,6 +106,8 @@ def build_manifest(
     }
     if history is not None:
         manifest["history"] = history
+    if compute is not None:
+        manifest["compute"] = compute
     problems = validate_manifest(manifest)
     if problems:
         raise ManifestError("refusing to write an invalid manifest: " + "; ".join(problems))
@@ -165,9 +169,21 @@ def validate_manifest(m: Any) -> list[str]:
     n_dead = sum(d["records"] for d in m["dead_letter_files"])
     if n_dead != c["dead_letters"]:
         problems.append(f"dead-letter files hold {n_dead} lines but counts.dead_letters={c['dead_letters']}")
+    problems += _validate_compute(m)
     problems += _validate_history(m)
     problems += validate_version(m)  # rebuild versions (schemas/versions.py)
     return problems
+
+
+def _validate_compute(m: dict[str, Any]) -> list[str]:
+    """Optional `compute`: {"threads": int >= 0, "kernels": str, "isa": {...}, ...}."""
+    if "compute" not in m:
+        return []
+    c = m["compute"]
+    if not isinstance(c, dict) or not isinstance(c.get("isa"), dict) or not isinstance(c.get("kernels"), str) \
+            or isinstance(c.get("threads"), bool) or not isinstance(c.get("threads"), int) or c["threads"] < 0:
+        return ["field 'compute' must hold threads (int >= 0), kernels (str) and isa (object)"]
+    return []
 
 
 def _validate_history(m: dict[str, Any]) -> list[str]:

@@ -39,6 +39,8 @@ import faiss
 import numpy as np
 
 from tokenmill import __version__
+from tokenmill.tokenizers.nearest import flat_index, lloyd
+from tokenmill.tokenizers.nearest import nearest as nearest_exact
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +101,7 @@ def _check_gpu() -> None:
 
 
 def kmeanspp_seed(x: np.ndarray, k: int, rng: np.random.Generator, *,
-                  sample: int | None = None, local_trials: int | None = None,
-                  x_sq: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+                  sample: int | None = None, local_trials: int | None = None) -> tuple[np.ndarray, dict]:
     """Greedy k-means++ seeding. Returns (centroids float32 [k, D], info for the card).
 
     ``sample``: run on a uniform subsample of this many rows (default all).
@@ -111,10 +112,7 @@ def kmeanspp_seed(x: np.ndarray, k: int, rng: np.random.Generator, *,
     if sample is not None and sample < n:
         rows = np.sort(rng.choice(n, size=sample, replace=False))
         x = x[rows]
-        x_sq = x_sq[rows] if x_sq is not None else None
         n = sample
-    if x_sq is None:
-        x_sq = np.einsum("ij,ij->i", x, x)
     rows_as_bytes = np.ascontiguousarray(x).view(np.dtype((np.void, x.dtype.itemsize * x.shape[1])))
     n_distinct = len(np.unique(rows_as_bytes.ravel()))
     if n_distinct < k:   # float32 rounding would otherwise let k-means++ pick duplicates
@@ -123,9 +121,12 @@ def kmeanspp_seed(x: np.ndarray, k: int, rng: np.random.Generator, *,
     trials = local_trials if local_trials is not None else 2 + int(math.log(k))
     idx = np.empty(k, dtype=np.int64)
 
-    def sqdist(cand: np.ndarray) -> np.ndarray:   # [len(cand), n] float32, one BLAS pass over x
-        d = (x[cand] * np.float32(-2.0)) @ x.T      # rows contiguous: cheap min/sum/select below
-        d += x_sq
+    x64 = x.astype(np.float64)
+    x_sq = np.einsum("ij,ij->i", x64, x64)
+
+    def sqdist(cand: np.ndarray) -> np.ndarray:   # [len(cand), n] float64, one BLAS pass over x
+        d = (x64[cand] * -2.0) @ x64.T              # float64: a kernel's rounding (~1e-16) would have
+        d += x_sq                                   # to meet a draw's boundary to change a seed
         d += x_sq[cand][:, None]
         return np.maximum(d, 0.0, out=d)
 
@@ -148,17 +149,8 @@ def kmeanspp_seed(x: np.ndarray, k: int, rng: np.random.Generator, *,
 
 
 def _nearest(x: np.ndarray, centroids: np.ndarray, index=None) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest centroid (FAISS, exact) and the exact squared distance to it (float64)."""
-    if index is None:
-        index = faiss.IndexFlatL2(centroids.shape[1])
-        index.add(centroids)
-    _, lab = index.search(x, 1)
-    lab = lab[:, 0]
-    sqd = np.empty(len(x), dtype=np.float64)
-    for s in range(0, len(x), _CHUNK):
-        diff = x[s:s + _CHUNK].astype(np.float64) - centroids[lab[s:s + _CHUNK]]
-        sqd[s:s + _CHUNK] = np.einsum("ij,ij->i", diff, diff)
-    return lab, sqd
+    """Exact nearest centroid (nearest.py: the same on any CPU) and its squared distance (float64)."""
+    return nearest_exact(x, centroids, index)
 
 
 def assign(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
@@ -167,14 +159,7 @@ def assign(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     if centroids.shape[0] > MAX_K:
         raise CodebookError(f"k={centroids.shape[0]} centroids do not fit uint16 tokens (max {MAX_K})")
     x = _check_vectors(x, "x", dim=centroids.shape[1])
-    index = faiss.IndexFlatL2(centroids.shape[1])
-    index.add(centroids)
-    return _search_uint16(index, x)
-
-
-def _search_uint16(index, x: np.ndarray) -> np.ndarray:
-    _, lab = index.search(x, 1)
-    return lab[:, 0].astype(np.uint16)
+    return nearest_exact(x, centroids)[0].astype(np.uint16)
 
 
 def content_id(centroids: np.ndarray, kind: str, mean: np.ndarray | None = None,
@@ -220,12 +205,12 @@ def codebook_stats(centroids: np.ndarray, x_train: np.ndarray, x_heldout: np.nda
     k, dim = centroids.shape
     lab, sqd = _nearest(x_train, centroids, index)
     counts = np.bincount(lab, minlength=k)
-    out = {"train_mse": float(sqd.mean()), "heldout_mse": None}
+    out = {"train_mse": math.fsum(sqd) / len(sqd), "heldout_mse": None}   # fsum: exactly rounded
     usage = counts
     if x_heldout is not None:
         lab, sqd = _nearest(x_heldout, centroids, index)
         usage = np.bincount(lab, minlength=k)
-        out["heldout_mse"] = float(sqd.mean())
+        out["heldout_mse"] = math.fsum(sqd) / len(sqd)
         counts = counts + usage
     out["train_mse_per_dim"] = out["train_mse"] / dim
     out["heldout_mse_per_dim"] = None if x_heldout is None else out["heldout_mse"] / dim
@@ -282,7 +267,7 @@ def fit_kmeans(x_train: np.ndarray, k: int, *, seed: int, n_iter: int = 25,
         x_heldout = None if x_heldout is None else (x_heldout - mean) / std
     if use_gpu:
         _check_gpu()
-    x_sq = _row_sqnorms(x_train, "x_train")
+    _row_sqnorms(x_train, "x_train")
     if x_heldout is not None:
         _row_sqnorms(x_heldout, "x_heldout")
     if n < MIN_POINTS_PER_CENTROID * k:
@@ -291,23 +276,15 @@ def fit_kmeans(x_train: np.ndarray, k: int, *, seed: int, n_iter: int = 25,
                     MIN_POINTS_PER_CENTROID)
 
     rng = np.random.default_rng(seed)
-    init, seeding = kmeanspp_seed(x_train, k, rng, sample=min(n, SEED_SAMPLE_PER_CENTROID * k), x_sq=x_sq)
+    init, seeding = kmeanspp_seed(x_train, k, rng, sample=min(n, SEED_SAMPLE_PER_CENTROID * k))
     t_seed = time.perf_counter()
 
-    centroids = init
-    if n_iter > 0:
-        cp = faiss.ClusteringParameters()
-        cp.niter = int(n_iter)
-        cp.seed = int(rng.integers(2**31 - 1))   # FAISS's RNG: only used to split empty clusters
-        cp.min_points_per_centroid = 1           # we warn above, FAISS would print to stderr
-        cp.max_points_per_centroid = -(-n // k) + 1   # use every training vector, no hidden subsample
-        clus = faiss.Clustering(dim, k, cp)
-        faiss.copy_array_to_vector(init.ravel(), clus.centroids)
-        index = faiss.IndexFlatL2(dim)
-        if use_gpu:  # pragma: no cover - needs faiss-gpu and a GPU
-            index = faiss.index_cpu_to_all_gpus(index)
-        clus.train(x_train, index)
-        centroids = faiss.vector_float_to_array(clus.centroids).reshape(k, dim).copy()
+    make_index = None
+    if use_gpu:  # pragma: no cover - needs faiss-gpu and a GPU
+        def make_index(c):   # candidates from the GPU, decisions exact on the CPU (nearest.py)
+            return faiss.index_cpu_to_all_gpus(flat_index(c))
+    # exact Lloyd (nearest.py): assignments and means do not depend on the CPU, its threads or a GPU
+    centroids, run = lloyd(x_train, init, int(n_iter), make_index=make_index)
     t_lloyd = time.perf_counter()
 
     cb = Codebook(centroids, {"kind": kind}, mean=mean, std=std)
@@ -323,6 +300,7 @@ def fit_kmeans(x_train: np.ndarray, k: int, *, seed: int, n_iter: int = 25,
         **stats,
         "parent": parent,
         "device": "gpu" if use_gpu else "cpu",
+        "lloyd": dict(run, method="exact nearest centroid, float64 sums (tokenizers/nearest.py)"),
         "faiss_version": faiss.__version__,
         "created_by": f"tokenmill {__version__}",
     }
@@ -396,8 +374,8 @@ class Codebook:
         return self._index
 
     def to_gpu(self, gpu: int = 0) -> "Codebook":
-        """Move the assignment index to GPU `gpu` (faiss-gpu): exact L2 like the CPU index, but
-        at a near-tie (two centroids at float32-equal distance) the GPU may pick the other one.
+        """Move the candidate search to GPU `gpu` (faiss-gpu); the decision stays exact on the CPU
+        (nearest.py), so tokens equal the CPU's, near-ties included.
         Raises CodebookError (fix-it) when this faiss has no GPU support or not that GPU."""
         _check_gpu()
         if gpu >= faiss.get_num_gpus():
@@ -411,7 +389,7 @@ class Codebook:
         """uint16 [N] nearest-centroid tokens of raw features ``x`` (standardized first when the
         codebook has statistics; the FAISS index is built once and cached, on the GPU after
         `to_gpu`)."""
-        return _search_uint16(self._get_index(), self.standardize(x))
+        return nearest_exact(self.standardize(x), self.centroids, self._get_index())[0].astype(np.uint16)
 
     def standardize(self, x: np.ndarray) -> np.ndarray:
         """float32 [N, D] raw features → the space of the centroids: (x - mean) / std, or x itself."""

@@ -6,8 +6,9 @@ Pure code: numpy/faiss/scipy in, codebooks and dicts out (no Beam).
   centroids; ``refit_rvq`` does the same stage by stage on the residuals (greedy staged k-means,
   each stage warm-started from the parent's stage codebook). FAISS's ``ResidualQuantizer`` has no
   warm start, and ``faiss.Clustering`` splits empty clusters silently with its own RNG (moving a
-  live centroid too), so the Lloyd loop is ours: exact nearest centroid by FAISS (ties to the
-  lowest id, as ``kmeans.assign``), means accumulated in float64 in a fixed order, no randomness.
+  live centroid too), so the Lloyd loop is ours (``nearest.lloyd``, shared with ``fit_kmeans``):
+  exact nearest centroid (ties to the lowest id), means accumulated in float64 in a fixed order,
+  no randomness.
 * Empty clusters are re-seeded deterministically by farthest-first traversal: the point farthest
   from its centroid, then the point farthest from all centroids and the points chosen so far,
   and so on (ties to the lowest row). Every re-seed is counted and its id listed in the card; an
@@ -46,11 +47,11 @@ from tokenmill.tokenizers.kmeans import (
     codebook_stats,
     kmeanspp_seed,
 )
+from tokenmill.tokenizers.nearest import lloyd
 from tokenmill.tokenizers.rvq import RVQCodebook, _greedy_encode, rvq_stats
 
 MAX_ALIGN_K = 8192   # cost matrix k*k float64 = 512 MiB; scipy's LSA takes ~40 s at this k
 ALIGN_METRICS = ("euclidean", "sqeuclidean")
-_CHUNK = 65536       # rows per chunk when summing clusters (bounds the float64 copy)
 
 
 # ---------------------------------------------------------------- kernels
@@ -91,67 +92,6 @@ def _pairwise_sqdist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """float64 [len(a), len(b)] squared L2 distances (clipped at 0 against rounding)."""
     d = np.einsum("ij,ij->i", a, a)[:, None] + np.einsum("ij,ij->i", b, b)[None, :] - 2.0 * (a @ b.T)
     return np.maximum(d, 0.0, out=d)
-
-
-def _cluster_sums(x: np.ndarray, lab: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(float64 sums [k, D], int64 counts [k]) in a fixed summation order (thread-independent)."""
-    sums = np.zeros((k, x.shape[1]), dtype=np.float64)
-    counts = np.zeros(k, dtype=np.int64)
-    for s in range(0, len(x), _CHUNK):
-        lc = lab[s:s + _CHUNK]
-        cnt = np.bincount(lc, minlength=k)
-        nz = np.flatnonzero(cnt)
-        starts = np.concatenate([[0], np.cumsum(cnt[nz])[:-1]])
-        order = np.argsort(lc, kind="stable")
-        sums[nz] += np.add.reduceat(x[s:s + _CHUNK][order].astype(np.float64), starts, axis=0)
-        counts += cnt
-    return sums, counts
-
-
-def _sqdist_to(x: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """float64 [N] exact squared L2 from each row of x to the vector v (chunked)."""
-    out = np.empty(len(x), dtype=np.float64)
-    v64 = v.astype(np.float64)
-    for s in range(0, len(x), _CHUNK):
-        diff = x[s:s + _CHUNK].astype(np.float64) - v64
-        out[s:s + _CHUNK] = np.einsum("ij,ij->i", diff, diff)
-    return out
-
-
-def lloyd(x: np.ndarray, init: np.ndarray, n_iter: int) -> tuple[np.ndarray, dict]:
-    """Deterministic Lloyd iterations from ``init`` float32 [k, D] on float32 [N, D].
-
-    Returns (centroids float32 [k, D], info). Stops early once an iteration reassigns no point
-    and re-seeds nothing (the centroids are then a fixed point). Empty clusters are re-seeded by
-    farthest-first traversal (module docstring); ``info`` counts every re-seed."""
-    k = init.shape[0]
-    c = np.array(init, dtype=np.float32, copy=True)
-    reseeds, reseeded_ids, unfilled = 0, set(), set()
-    prev, runs, converged = None, 0, False
-    for _ in range(int(n_iter)):
-        lab, sqd = _nearest(x, c)
-        if prev is not None and np.array_equal(lab, prev):
-            converged = True
-            break
-        runs += 1
-        sums, counts = _cluster_sums(x, lab, k)
-        live = counts > 0
-        c[live] = (sums[live] / counts[live, None]).astype(np.float32)
-        d = sqd.copy()                              # float64 [N]: to the nearest chosen centre
-        n_before = reseeds
-        for j in np.flatnonzero(~live):
-            i = int(np.argmax(d))
-            if not d[i] > 0.0:
-                unfilled.add(int(j))
-                continue
-            c[j] = x[i]
-            np.minimum(d, _sqdist_to(x, x[i]), out=d)
-            reseeds += 1
-            reseeded_ids.add(int(j))
-        prev = lab if reseeds == n_before else None   # a re-seed moved a centroid: iterate again
-    info = {"n_iter": int(n_iter), "iterations_run": runs, "converged": converged,
-            "reseeds": reseeds, "reseeded_ids": sorted(reseeded_ids), "unfilled_ids": sorted(unfilled)}
-    return c, info
 
 
 def _alignment(parent_c: np.ndarray, new_c: np.ndarray, align: bool) -> tuple[np.ndarray, dict]:
@@ -253,7 +193,7 @@ def refit_kmeans(parent: Codebook, x_new: np.ndarray, *, seed: int, n_iter: int 
         init, seeding = np.array(parent.centroids), {"method": "warm-start", "from": parent.id}
     else:
         init, seeding = kmeanspp_seed(x_new, k, np.random.default_rng(seed),
-                                      sample=min(len(x_new), SEED_SAMPLE_PER_CENTROID * k), x_sq=x_sq)
+                                      sample=min(len(x_new), SEED_SAMPLE_PER_CENTROID * k))
     c, run = lloyd(x_new, init, n_iter)
     t_lloyd = time.perf_counter()
     unaligned_id = Codebook(c, {"kind": parent.kind}, **stats_kw).id

@@ -1,6 +1,6 @@
 """Residual vector quantization (RVQ) codebooks for MuLan embeddings: fit, encode, decode, artifacts.
 
-Pure code: numpy/faiss/safetensors in, arrays out (DESIGN.md §4). Dimension-agnostic: MuLan is
+Pure code: numpy/faiss/safetensors in, arrays out (docs/design.md §4). Dimension-agnostic: MuLan is
 128-d, a CLAP adapter may be 512-d; the codebook records its own D.
 
 * Codebooks: float32 [S, K, D], S stages (default 12) of K entries (default 1024). Tokens are
@@ -26,14 +26,14 @@ Pure code: numpy/faiss/safetensors in, arrays out (DESIGN.md §4). Dimension-agn
   detail alone is worth 27% of the 12-stage error against reseeding per stage (measured, the
   two are otherwise the same code), and our k-means++ seeding is 2× worse still, in 2–4× the
   time. FAISS's default settings (progressive-dimension training, codebook refinement, beam 5)
-  cost ~17× the time. So the default is ``method="faiss-rq"`` (``train_type=0,
-  max_beam_size=1``, every training vector used: no hidden subsample); ``fit_rvq`` on 50k such
-  vectors takes 27 s plus 5 s for the card's statistics. ``method="staged-kmeans"`` stays
-  available for K that is not a power of two.
-* Threads: FAISS's RQ training gives slightly different floats, hence a different id, with a
-  different OpenMP thread count (measured: 1 vs 2 threads); each count is repeatable. ``fit_rvq``
-  therefore pins FAISS to ``threads=1`` by default, so an artifact is reproducible on any machine
-  of the same CPU/BLAS; ``threads=None`` uses FAISS's default (faster, id depends on the count).
+  cost ~17× the time. The default ``method="greedy-rq"`` is that same algorithm (every stage
+  initialised from the residuals of the same k random rows, ``n_iter`` Lloyd steps, every
+  training vector used), written here on the exact nearest-centroid kernel (nearest.py): FAISS's
+  own training gave different floats, hence a different id, with another thread count or
+  instruction set; this one gives the same bytes on any CPU (bench/bench_rvq.py compares the
+  two: same error within noise). ``method="staged-kmeans"`` (k-means++ per stage) stays
+  available for comparison.
+* Encoding is exact too (nearest.py): the float32 FAISS search only proposes candidates.
 * A codebook's id is ``f"{kind}-{sha12}"`` (default kind "mulan"): sha256 over the shape (three
   little-endian int64) followed by the float32 codebook bytes. ``load`` recomputes it and refuses
   a file whose content does not match the id it claims. The card holds no clock time
@@ -45,6 +45,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,13 +65,14 @@ from tokenmill.tokenizers.kmeans import (
     _row_sqnorms,
     fit_kmeans,
 )
+from tokenmill.tokenizers.nearest import lloyd, nearest, sqdist_exact
 
 log = logging.getLogger(__name__)
 
 CARD_VERSION = 1
 DEFAULT_STAGES = 12
 DEFAULT_K = 1024
-METHODS = ("faiss-rq", "staged-kmeans")
+METHODS = ("greedy-rq", "staged-kmeans")
 
 
 def rvq_content_id(codebooks: np.ndarray, kind: str = "mulan") -> str:
@@ -179,13 +181,16 @@ def _greedy_encode(x: np.ndarray, codebooks: np.ndarray, indexes: list | None = 
             ix.add(np.ascontiguousarray(codebooks[s]))
         else:
             ix = indexes[s]
-        _, lab = ix.search(np.ascontiguousarray(res), 1)
-        lab = lab[:, 0]
+        lab, _ = nearest(res, codebooks[s], ix)   # exact: the same codes on any CPU (nearest.py)
         codes[:, s] = lab
         res -= codebooks[s][lab]
-        r64 = res.astype(np.float64)
-        errs[s] = np.einsum("ij,ij->i", r64, r64)
+        errs[s] = sqdist_exact(res, np.zeros_like(res))
     return codes, errs
+
+
+def _mean(v: np.ndarray) -> float:
+    """Exactly rounded mean (math.fsum): the card's figures do not depend on summation order."""
+    return math.fsum(v) / len(v)
 
 
 def rvq_stats(codebooks: np.ndarray, x_train: np.ndarray, x_heldout: np.ndarray | None = None) -> dict:
@@ -194,15 +199,15 @@ def rvq_stats(codebooks: np.ndarray, x_train: np.ndarray, x_heldout: np.ndarray 
     s_count, k, _ = codebooks.shape
     codes, errs = _greedy_encode(x_train, codebooks)
     counts = np.stack([np.bincount(codes[:, s], minlength=k) for s in range(s_count)])
-    out = {"train_mse_per_stage": [float(e) for e in errs.mean(axis=1)], "heldout_mse_per_stage": None,
+    out = {"train_mse_per_stage": [_mean(e) for e in errs], "heldout_mse_per_stage": None,
            "heldout_relative_mse_per_stage": None}
     usage = counts
     if x_heldout is not None:
         hcodes, herrs = _greedy_encode(x_heldout, codebooks)
         usage = np.stack([np.bincount(hcodes[:, s], minlength=k) for s in range(s_count)])
         counts = counts + usage
-        hm = herrs.mean(axis=1)
-        energy = float(np.einsum("ij,ij->i", x_heldout.astype(np.float64), x_heldout.astype(np.float64)).mean())
+        hm = [_mean(e) for e in herrs]
+        energy = _mean(sqdist_exact(x_heldout, np.zeros_like(x_heldout)))
         out["heldout_mse_per_stage"] = [float(e) for e in hm]
         out["heldout_relative_mse_per_stage"] = [float(e / energy) if energy > 0 else None for e in hm]
     ent = []
@@ -215,9 +220,8 @@ def rvq_stats(codebooks: np.ndarray, x_train: np.ndarray, x_heldout: np.ndarray 
 
 
 def fit_rvq(x_train: np.ndarray, *, n_stages: int = DEFAULT_STAGES, k: int = DEFAULT_K, seed: int = 0,
-            n_iter: int = 10, method: str = "faiss-rq", x_heldout: np.ndarray | None = None,
-            sources: dict | None = None, parent: str | None = None, kind: str = "mulan",
-            threads: int | None = 1) -> RVQCodebook:
+            n_iter: int = 10, method: str = "greedy-rq", x_heldout: np.ndarray | None = None,
+            sources: dict | None = None, parent: str | None = None, kind: str = "mulan") -> RVQCodebook:
     """Fit an S×K RVQ on float32 [N, D] embeddings (see the module docstring for the method)."""
     t0 = time.perf_counter()
     if method not in METHODS:
@@ -225,15 +229,9 @@ def fit_rvq(x_train: np.ndarray, *, n_stages: int = DEFAULT_STAGES, k: int = DEF
     for name, v, lo in (("n_stages", n_stages, 1), ("k", k, 2), ("seed", seed, 0), ("n_iter", n_iter, 1)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
             raise CodebookError(f"{name} must be an int >= {lo}, got {v!r}")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
-                                or threads < 1):
-        raise CodebookError(f"threads must be None or an int >= 1, got {threads!r}")
     n_stages, k = int(n_stages), int(k)
     if k > MAX_K:
         raise CodebookError(f"k={k} does not fit uint16 tokens (max {MAX_K})")
-    nbits = k.bit_length() - 1
-    if method == "faiss-rq" and k != 1 << nbits:
-        raise CodebookError(f"method 'faiss-rq' needs k a power of two, got {k}; use method='staged-kmeans'")
     if parent is not None and not isinstance(parent, str):
         raise CodebookError(f"parent must be a codebook id (str) or None, got {parent!r}")
     try:
@@ -252,13 +250,7 @@ def fit_rvq(x_train: np.ndarray, *, n_stages: int = DEFAULT_STAGES, k: int = DEF
         log.warning("fitting an RVQ with k=%d on only N=%d vectors (< %d per entry); later stages may "
                     "overfit: sample more embeddings", k, n, MIN_POINTS_PER_CENTROID)
 
-    before = faiss.omp_get_max_threads()
-    if threads is not None:
-        faiss.omp_set_num_threads(int(threads))
-    try:
-        cbs, params = _fit_codebooks(x_train, n_stages, k, nbits, seed, n_iter, method, kind)
-    finally:
-        faiss.omp_set_num_threads(before)
+    cbs, params = _fit_codebooks(x_train, n_stages, k, seed, n_iter, method, kind)
     t_fit = time.perf_counter()
 
     out = RVQCodebook(cbs.astype(np.float32), {"kind": kind})
@@ -268,7 +260,7 @@ def fit_rvq(x_train: np.ndarray, *, n_stages: int = DEFAULT_STAGES, k: int = DEF
         "n_stages": n_stages, "k": k, "dim": dim, "seed": int(seed), "method": params,
         "encode": "greedy", "n_train_vectors": n,
         "n_heldout_vectors": 0 if x_heldout is None else int(x_heldout.shape[0]),
-        "sources": sources, **stats, "parent": parent, "device": "cpu", "faiss_threads": threads,
+        "sources": sources, **stats, "parent": parent, "device": "cpu",
         "faiss_version": faiss.__version__, "created_by": f"tokenmill {__version__}",
     }
     t_end = time.perf_counter()
@@ -276,21 +268,22 @@ def fit_rvq(x_train: np.ndarray, *, n_stages: int = DEFAULT_STAGES, k: int = DEF
     return out
 
 
-def _fit_codebooks(x_train, n_stages, k, nbits, seed, n_iter, method, kind):
+def _fit_codebooks(x_train, n_stages, k, seed, n_iter, method, kind):
     n, dim = x_train.shape
-    if method == "faiss-rq":
-        rq = faiss.ResidualQuantizer(dim, n_stages, nbits)
-        rq.train_type = 0          # no progressive-dim training, no codebook refinement
-        rq.max_beam_size = 1       # greedy: the rule encode() uses
-        rq.cp.niter = int(n_iter)
-        rq.cp.seed = int(seed)
-        rq.cp.min_points_per_centroid = 1               # we warn above; FAISS would print to stderr
-        rq.cp.max_points_per_centroid = -(-n // k) + 1  # every training vector, no hidden subsample
-        rq.verbose = False
-        rq.train(x_train)
-        cbs = faiss.vector_float_to_array(rq.codebooks).reshape(n_stages, k, dim).copy()
-        params = {"name": method, "train_type": 0, "max_beam_size": 1, "n_iter": int(n_iter),
-                  "init": "faiss-random"}
+    if method == "greedy-rq":
+        # every stage starts from the residuals of the same k random rows (measured: 27 % lower
+        # 12-stage error than reseeding per stage), then exact Lloyd (nearest.py)
+        rows = np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
+        res = np.array(x_train, dtype=np.float32, copy=True)
+        stages, runs = [], []
+        for _ in range(n_stages):
+            c, run = lloyd(res, res[rows], int(n_iter))
+            stages.append(c)
+            runs.append(run["iterations_run"])
+            res -= c[nearest(res, c)[0]]
+        cbs = np.stack(stages)
+        params = {"name": method, "n_iter": int(n_iter), "init": "same random rows every stage",
+                  "iterations_run": runs}
     else:
         res = np.array(x_train, copy=True)
         stages = []

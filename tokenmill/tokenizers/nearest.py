@@ -1,0 +1,182 @@
+"""Exact nearest-centroid assignment and Lloyd steps whose results do not depend on the CPU.
+
+Pure code: numpy/faiss in, arrays out (docs/design.md §6, determinism).
+
+A float32 distance computed by a BLAS kernel (FAISS's ``|x|² + |c|² - 2 x·c``, a GPU, numpy's
+sgemm) rounds differently with the instruction set (AVX2, AVX-512, SSE3), the kernel chosen for a
+block edge and the number of threads. Where two centroids are nearly equidistant, that rounding
+picks the winner, so a token or a k-means fit would depend on the machine. Here the fast float32
+search only proposes candidates; the decision is exact:
+
+* ``tol_i = 2 (D + 4) 2^-24 (|x_i| + max_j |c_j|)²`` bounds the error of any float32 evaluation
+  of a squared distance, in any summation order, with or without FMA (each of the D products and
+  sums rounds once, relative error at most 2^-24, on terms bounded by (|x| + |c|)²); twice it covers
+  the error of both the winner and its rival.
+* Every centroid whose float32 distance is within ``tol_i`` of row i's smallest is a candidate
+  (one numpy BLAS pass over all centroids; with a FAISS index, e.g. on a GPU, its ``TOP`` nearest,
+  and the whole row when the TOP-th is still within the tolerance).
+* Candidates are compared by ``sqdist_exact``: float64 differences (exactly rounded), squares, and
+  a sum over dimensions in index order, one vector add per dimension. Every step is a correctly
+  rounded IEEE operation in a fixed order, so the result is the same bit pattern on every x86 and
+  ARM CPU, any thread count and any numpy build. Ties go to the lowest index.
+
+So ``nearest`` is a function of the float32 inputs alone: the same tokens from FAISS on AVX2 or
+AVX-512, on a GPU (the candidates come from there, the decision from here) or with 1 or 16
+threads. ``lloyd`` builds k-means on it: exact assignments, centroids as float64 sums in a fixed
+order (set by the array shapes, not the CPU), then rounded to float32.
+"""
+from __future__ import annotations
+
+import faiss
+import numpy as np
+
+TOP = 4                        # candidates asked of the float32 search per row
+_U32 = 2.0 ** -24              # unit roundoff of float32
+_ROWS = 16384                  # rows per chunk of the exact pass (bounds float64 temporaries)
+_SUM_ROWS = 65536              # rows per chunk of the cluster sums (the chunking fixes the order)
+
+
+def sqdist_exact(x: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """float64 [N] squared L2 between rows x[i] and c[i] (both [N, D]), the same bits on any CPU."""
+    x = np.asarray(x, dtype=np.float64)
+    c = np.asarray(c, dtype=np.float64)
+    diff = x - c
+    np.multiply(diff, diff, out=diff)
+    acc = diff[:, 0].copy()
+    for j in range(1, diff.shape[1]):     # fixed order: one add per dimension, never reassociated
+        acc += diff[:, j]
+    return acc
+
+
+def flat_index(centroids: np.ndarray):
+    """A FAISS exact L2 index over float32 [k, D] centroids (the candidate search)."""
+    index = faiss.IndexFlatL2(centroids.shape[1])
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    return index
+
+
+def tolerance(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """float64 [N]: the float32 rounding bound on a squared distance between a row and any centroid."""
+    d = x.shape[1]
+    r = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64)) + float(
+        np.sqrt(np.einsum("ij,ij->i", centroids, centroids, dtype=np.float64).max()))
+    return 2.0 * (d + 4) * _U32 * r * r * 1.0001 + np.finfo(np.float32).tiny
+
+
+def nearest(x: np.ndarray, centroids: np.ndarray, index=None) -> tuple[np.ndarray, np.ndarray]:
+    """(labels int64 [N], exact squared distance float64 [N]) of float32 rows x [N, D] against
+    float32 centroids [k, D]; ties to the lowest index. Candidates come from a float32 BLAS pass
+    (numpy), or from `index`, a FAISS index over the same centroids (e.g. on a GPU)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+    n, k = x.shape[0], centroids.shape[0]
+    labels = np.empty(n, dtype=np.int64)
+    sqd = np.empty(n, dtype=np.float64)
+    c_sq = np.einsum("ij,ij->i", centroids, centroids)
+    rows = max(256, min(_ROWS, (1 << 24) // max(k, 1)))      # bounds the [rows, k] float32 block
+    for s in range(0, n, rows):
+        xs = x[s:s + rows]
+        m = len(xs)
+        tol = tolerance(xs, centroids)
+        if index is None:
+            d = xs @ centroids.T                              # float32 [m, k]
+            d *= np.float32(-2.0)
+            d += c_sq                                         # |c|² - 2 x·c: |x|² is a row constant
+            lab = np.argmin(d, axis=1)
+            close = d <= (d[np.arange(m), lab].astype(np.float64) + tol)[:, None]
+        else:
+            top = min(TOP, k)
+            dist, cand = index.search(xs, top)                # float32, ascending
+            dist = dist.astype(np.float64)
+            lab = cand[:, 0].copy()
+            close_top = dist <= dist[:, :1] + tol[:, None]
+            close = np.zeros((m, k), dtype=bool)
+            np.put_along_axis(close, cand, close_top, axis=1)
+            spill = close_top[:, -1] & (top < k)              # more candidates than the search returned
+            if spill.any():                                   # rare: the whole row, from numpy
+                ds = (xs[spill] @ centroids.T) * np.float32(-2.0) + c_sq
+                close[spill] = ds <= ds.min(axis=1, keepdims=True) + tol[spill][:, None]
+        best = sqdist_exact(xs, centroids[lab])
+        many = np.flatnonzero(close.sum(axis=1) > 1)          # rows where the float32 order may lie
+        if many.size:
+            r, c = np.nonzero(close[many])                    # candidates of those rows
+            dc = sqdist_exact(xs[many[r]], centroids[c])
+            order = np.lexsort((c, dc, r))                    # per row: smallest exact distance, then index
+            first = np.ones(len(order), dtype=bool)
+            first[1:] = r[order][1:] != r[order][:-1]
+            win = order[first]
+            lab[many[r[win]]] = c[win]
+            best[many[r[win]]] = dc[win]
+        labels[s:s + m] = lab
+        sqd[s:s + m] = best
+    return labels, sqd
+
+
+def assign(x: np.ndarray, centroids: np.ndarray, index=None) -> np.ndarray:
+    """int64 [N] exact nearest-centroid labels (see `nearest`)."""
+    return nearest(x, centroids, index)[0]
+
+
+def _cluster_sums(x: np.ndarray, lab: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(float64 sums [k, D], int64 counts [k]) in a fixed summation order (thread-independent)."""
+    sums = np.zeros((k, x.shape[1]), dtype=np.float64)
+    counts = np.zeros(k, dtype=np.int64)
+    for s in range(0, len(x), _SUM_ROWS):
+        lc = lab[s:s + _SUM_ROWS]
+        cnt = np.bincount(lc, minlength=k)
+        nz = np.flatnonzero(cnt)
+        starts = np.concatenate([[0], np.cumsum(cnt[nz])[:-1]])
+        order = np.argsort(lc, kind="stable")
+        sums[nz] += np.add.reduceat(x[s:s + _SUM_ROWS][order].astype(np.float64), starts, axis=0)
+        counts += cnt
+    return sums, counts
+
+
+def _sqdist_to(x: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """float64 [N] exact squared L2 from each row of x to the vector v (chunked)."""
+    out = np.empty(len(x), dtype=np.float64)
+    for s in range(0, len(x), _ROWS):
+        xs = x[s:s + _ROWS]
+        out[s:s + _ROWS] = sqdist_exact(xs, np.broadcast_to(v, xs.shape))
+    return out
+
+
+def lloyd(x: np.ndarray, init: np.ndarray, n_iter: int, make_index=None) -> tuple[np.ndarray, dict]:
+    """Deterministic Lloyd iterations from ``init`` float32 [k, D] on float32 [N, D].
+
+    Returns (centroids float32 [k, D], info). Stops early once an iteration reassigns no point
+    and re-seeds nothing (the centroids are then a fixed point). Empty clusters are re-seeded by
+    farthest-first traversal: the point farthest from its centroid, then the point farthest from
+    all centroids and the points chosen so far, ties to the lowest row; ``info`` counts every
+    re-seed. `make_index(centroids)` builds the candidate search (default: FAISS on the CPU; a GPU
+    index gives the same result, only the candidates come from there)."""
+    k = init.shape[0]
+    c = np.array(init, dtype=np.float32, copy=True)
+    reseeds, reseeded_ids, unfilled = 0, set(), set()
+    prev, runs, converged = None, 0, False
+    for _ in range(int(n_iter)):
+        lab, sqd = nearest(x, c, None if make_index is None else make_index(c))
+        if prev is not None and np.array_equal(lab, prev):
+            converged = True
+            break
+        runs += 1
+        sums, counts = _cluster_sums(x, lab, k)
+        live = counts > 0
+        c[live] = (sums[live] / counts[live, None]).astype(np.float32)
+        d = sqd.copy()                              # float64 [N]: to the nearest chosen centre
+        n_before = reseeds
+        for j in np.flatnonzero(~live):
+            i = int(np.argmax(d))
+            if not d[i] > 0.0:
+                unfilled.add(int(j))
+                continue
+            c[j] = x[i]
+            np.minimum(d, _sqdist_to(x, x[i]), out=d)
+            reseeds += 1
+            reseeded_ids.add(int(j))
+        prev = lab if reseeds == n_before else None   # a re-seed moved a centroid: iterate again
+    info = {"n_iter": int(n_iter), "iterations_run": runs, "converged": converged,
+            "reseeds": reseeds, "reseeded_ids": sorted(reseeded_ids), "unfilled_ids": sorted(unfilled)}
+    return c, info
+
+
