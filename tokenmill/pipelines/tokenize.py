@@ -187,7 +187,7 @@ class WriteManifest(beam.DoFn):
         manifest = mf.build_manifest(
             job=job, tokenizers=self.tokenizers, codebooks=self.codebooks, streams=self.streams,
             shards=list(shards), dead_letter_files=[dead_info], counts=counts,
-            tokenmill_version=__version__)
+            tokenmill_version=__version__, compute=self.compute_entry)
         atomic_write(f"{self.cfg.output.rstrip('/')}/{MANIFEST_NAME}", mf.dumps(manifest))
         yield manifest
 
