@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tokenmill.tokenizers import compute
 
-    compute_entry = compute.describe(job_compute, launcher_facts)
+    compute_entry = compute.describe(job_compute, launcher_facts, args.device)
     if plan is None:
         journal, compute_entry = _open_journal(cfg, semantic_desc, acoustic_desc, mulan_desc, compute_entry)
     else:

@@ -101,10 +101,10 @@ def split_sample(sample: list, heldout: int) -> tuple[np.ndarray, np.ndarray, di
                          "n_tracks_sampled": len({k.split("-", 1)[0] for k in keys})}
 
 
-def card_compute(layout) -> dict:
+def card_compute(layout, device: str = "cpu") -> dict:
     """The card's `compute` entry: the layout the workers extracted the features under, with the
     kernels of this process (the fit itself is exact on any CPU: tokenizers/nearest.py)."""
-    return compute.describe(layout, compute.apply(layout))
+    return compute.describe(layout, compute.apply(layout), device)
 
 
 class FitAndSave(beam.DoFn):
@@ -129,7 +129,7 @@ class FitAndSave(beam.DoFn):
         codebook = fit_kmeans(train, cfg.num_clusters, seed=cfg.seed, n_iter=cfg.n_iter,
                               x_heldout=held, use_gpu=cfg.use_gpu, sources=sources, kind="semantic",
                               standardize=bool(self.extractor_desc.get("standardize", False)))
-        codebook.card["compute"] = card_compute(cfg.semantic.compute)
+        codebook.card["compute"] = card_compute(cfg.semantic.compute, cfg.semantic.device)
         out = cfg.output.rstrip("/")
         path = codebook.save(out) if "://" not in out else _save_remote(codebook, out)
         atomic_write(f"{out}/{codebook.id}.failures.jsonl", fmt.encode_dead_letters(dead))

@@ -139,7 +139,7 @@ def semantic_extractor(cfg: SemanticConfig, device: str = "cpu") -> SemanticExtr
 def worker_semantic_extractor(cfg: SemanticConfig) -> SemanticExtractor:
     """load_model's extractor: on cfg.device, with a warning when that cannot apply (spectral),
     under the job's compute layout (threads, kernels) in this worker process."""
-    compute.apply(cfg.compute)
+    compute.apply(cfg.compute, cfg.device)
     if cfg.device != "cpu" and cfg.extractor in CPU_ONLY_EXTRACTORS:
         LOG.warning("--device %s: %s extractor has no GPU path; it runs on CPU", cfg.device, cfg.extractor)
     return semantic_extractor(cfg, device=cfg.device)
@@ -267,7 +267,7 @@ class AcousticTokenHandler(ModelHandler):
         self.cfg = cfg
 
     def load_model(self) -> AcousticCodec:
-        compute.apply(self.cfg.compute)  # this worker process: threads and kernels of the job
+        compute.apply(self.cfg.compute, self.cfg.device)  # this worker process: threads, kernels
         return acoustic_codec(self.cfg, device=self.cfg.device)
 
     def run_inference(self, batch, model: AcousticCodec, inference_args=None):

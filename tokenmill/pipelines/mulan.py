@@ -40,7 +40,7 @@ LOG = logging.getLogger("tokenmill")
 def build_model(cfg: MulanConfig, device: str = "cpu") -> MulanModel:
     """The model on `device`: the handlers pass cfg.device on the worker; the launcher's
     describe_mulan (and fit-codebook's) builds it on the CPU, whatever cfg.device says."""
-    compute.apply(cfg.compute)  # this process: threads and kernels of the job
+    compute.apply(cfg.compute, device)  # this process: threads and kernels of the job
     return build_mulan(cfg.model, device=device, **with_local_path(cfg.model_kwargs(), "--mulan_path"))
 
 
@@ -183,7 +183,7 @@ class FitRVQAndSave(beam.DoFn):
                  cfg.num_clusters, len(train), 0 if held is None else len(held), stats["n_tracks_sampled"])
         rvq = fit_rvq(train, n_stages=cfg.num_stages, k=cfg.num_clusters, seed=cfg.seed, n_iter=cfg.n_iter,
                       x_heldout=held, sources=sources, kind="mulan")
-        rvq.card["compute"] = card_compute(cfg.mulan.compute)
+        rvq.card["compute"] = card_compute(cfg.mulan.compute, cfg.mulan.device)
         out = cfg.output.rstrip("/")
         path = rvq.save(out) if "://" not in out else _save_remote(rvq, out)
         atomic_write(f"{out}/{rvq.id}.failures.jsonl", fmt.encode_dead_letters(dead))

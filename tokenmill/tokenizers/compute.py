@@ -77,8 +77,9 @@ def pin_kernels(kernels: str) -> None:
             os.environ.pop(name, None)
 
 
-def apply(layout: ComputeLayout) -> dict:
-    """Pin this process to `layout` (kernels, then torch threads) and return `facts()`.
+def apply(layout: ComputeLayout, device: str = "cpu") -> dict:
+    """Pin this process to `layout` (kernels, then torch threads) and return `facts()`. On a CUDA
+    `device`, cuDNN is also held to deterministic algorithms (no autotuning by timing).
 
     Raises ComputeError when torch already dispatched kernels of another instruction set here."""
     pin_kernels(layout.kernels)
@@ -86,7 +87,10 @@ def apply(layout: ComputeLayout) -> dict:
 
     if layout.threads:
         torch.set_num_threads(layout.threads)
-    got = facts(layout)
+    if device.startswith("cuda"):
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    got = facts(layout, device)
     want = "AVX2" if kernel_env(layout.kernels) else None
     if want and got["torch_cpu_capability"] != want:
         raise ComputeError(
@@ -98,8 +102,9 @@ def apply(layout: ComputeLayout) -> dict:
     return got
 
 
-def facts(layout: ComputeLayout | None = None) -> dict:
-    """The kernels this process computes with, as recorded in manifests and codebook cards."""
+def facts(layout: ComputeLayout | None = None, device: str = "cpu") -> dict:
+    """The kernels this process computes with, as recorded in manifests and codebook cards
+    (with the GPU's name when `device` is a CUDA device this process can see)."""
     import torch
 
     out = {"machine": platform.machine().lower(),
@@ -108,15 +113,19 @@ def facts(layout: ComputeLayout | None = None) -> dict:
            "mkl_cbwr": os.environ.get("MKL_CBWR", "native"),
            "torch_threads": torch.get_num_threads(),
            "torch_version": torch.__version__}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        index = int(device.split(":", 1)[1]) if ":" in device else 0
+        out["gpu"] = torch.cuda.get_device_name(index)
     if layout is not None:
         out.update(threads=layout.threads, kernels=layout.kernels)
     return out
 
 
-def describe(layout: ComputeLayout, applied: dict | None = None) -> dict:
-    """The manifest's / card's `compute` entry: the layout, and the facts of the process that
-    applied it (the launcher; workers refuse to run under anything else when kernels are pinned)."""
-    entry = {"threads": layout.threads, "kernels": layout.kernels,
+def describe(layout: ComputeLayout, applied: dict | None = None, device: str = "cpu") -> dict:
+    """The manifest's / card's `compute` entry: the layout, the models' `device`, and the facts
+    of the process that applied it (the launcher, or the worker that fitted a codebook; workers
+    refuse to run under other CPU kernels when they are pinned)."""
+    entry = {"threads": layout.threads, "kernels": layout.kernels, "device": device,
              "isa": dict(applied or facts(layout))}
     for k in ("threads", "kernels", "torch_threads"):
         entry["isa"].pop(k, None)
@@ -124,6 +133,9 @@ def describe(layout: ComputeLayout, applied: dict | None = None) -> dict:
         entry["note"] = "threads 0: torch's default (all cores); outputs depend on each worker's core count"
     elif layout.kernels == "native":
         entry["note"] = "native kernels: workers of another instruction set compute other last bits"
+    if device.startswith("cuda"):
+        entry["note"] = ("models on the GPU: cuDNN held to deterministic algorithms; tokens are "
+                         "reproducible on the same GPU model, driver and torch build")
     return entry
 
 
@@ -133,8 +145,8 @@ def differences(old: dict | None, new: dict) -> list[str]:
     if not old:
         return ["the earlier run recorded no compute layout (made before tokenmill recorded it)"]
     out = []
-    for key in ("threads", "kernels"):
-        if old.get(key) != new.get(key):
+    for key in ("threads", "kernels", "device"):
+        if old.get(key, "cpu" if key == "device" else None) != new.get(key, "cpu" if key == "device" else None):
             out.append(f"{key} {old.get(key)!r} -> {new.get(key)!r}")
     a, b = old.get("isa") or {}, new.get("isa") or {}
     for key in ("machine", "torch_cpu_capability", "onednn_max_cpu_isa", "mkl_cbwr", "torch_version"):
