@@ -1,6 +1,6 @@
 """Load and scale: `tokenize` wall time and peak memory as the number of input files grows, one run.
 
-Goal (issue 6, "Load and scale"): time per file stays constant (linear scaling, within ±15 %)
+Goal: time per file stays constant (linear scaling, within ±15 %)
 and peak memory stays flat (within ±15 %) as the corpus grows; 10,000 short files go through one
 run in bounded time with flat memory.
 

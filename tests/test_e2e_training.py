@@ -1,4 +1,4 @@
-"""Issue 7's "done when", as the README documents it: tokenize real audio with the built-in
+"""The training path end to end, as the README documents it: tokenize real audio with the built-in
 tokenizers (all three streams), serve the dataset over local HTTP, train the three tiny stages
 from that URL with the trainer CLI, and generate a WAV from a text prompt with `generate`.
 

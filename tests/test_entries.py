@@ -1,6 +1,6 @@
 """Journaled tokens travel by reference (pipelines/entries.py): a full run's shard writer loads each
 record's arrays from its journal entry, one at a time, and writes the same bytes as from records
-held in memory (issue 6, flat memory)."""
+held in memory (flat memory)."""
 import tracemalloc
 from dataclasses import replace
 

@@ -125,7 +125,7 @@ def test_incremental_add_equals_a_full_run_record_for_record(grown):
 
 
 def test_into_shuffles_references_through_a_spill_it_removes(grown):
-    """Regression (issue 6, flat memory): `--into` shuffled every new record's token arrays. It now
+    """Regression (flat memory): `--into` shuffled every new record's token arrays. It now
     spills them to DIR/_spill-v0001 like a full run's journal: the shard writer loads each of the 3
     new records exactly once for both formats (Parquet, WebDataset), and the spill, including what
     a killed run of the same version left there, is gone afterwards."""

@@ -1,4 +1,4 @@
-"""`beam_runner.py rebuild` (issue 5): a dataset version that rewrites one stream and references
+"""`beam_runner.py rebuild`: a dataset version that rewrites one stream and references
 every other byte of its parent. Values against direct calls: the new semantic tokens are the new
 codebook's assign of directly extracted features, the new MuLan tokens are segment_tokens of the
 stored windows; the drift report agrees with a direct comparison of the records."""

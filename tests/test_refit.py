@@ -1,4 +1,4 @@
-"""tokenmill.tokenizers.refit: id-stable refits (issue 5). Values against references: brute-force
+"""tokenmill.tokenizers.refit: id-stable refits. Values against references: brute-force
 matching, a hand-traced Lloyd run, slow reference loops for the drift report; token stability
 measured on clustered synthetic data and on real spectral features of tests/data/audio."""
 from __future__ import annotations

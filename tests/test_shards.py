@@ -160,7 +160,7 @@ def test_fast_table_to_records_equals_the_row_by_row_reference():
 
 
 def test_wds_shard_streams_with_bounded_encoder_memory():
-    """Regression (issue 6, 10,000 files): the whole tar was built in memory and xz-compressed at
+    """Regression (10,000 files): the whole tar was built in memory and xz-compressed at
     preset 9, whose 64 MiB dictionary lets the encoder take ~11x its input (674 MiB allocated,
     +363 MB RSS at a 32 MB tar), so peak memory grew with shard size. Now the tar streams through
     an xz encoder with a 1 MiB dictionary: its writes reach the file as they are made, the bytes
@@ -215,7 +215,7 @@ def test_records_to_table_equals_the_row_by_row_reference():
 
 
 def test_parquet_row_groups_bound_memory_and_keep_bytes():
-    """Regression (issue 6, flat memory): a Parquet shard was built as one table from a list of
+    """Regression (flat memory): a Parquet shard was built as one table from a list of
     every record. write_parquet now takes records in key order (a generator loading them one at a
     time) and closes a row group per `row_group_bytes`: same records → same bytes whether given
     as a list or a generator, every record reads back, out-of-order input is refused."""

@@ -8,7 +8,7 @@ record's tokens back in key order, a few ahead on threads, once for all formats
 (`materialize_in_order`). A runner that shuffles in memory (the embedded FnApiRunner, the
 DirectRunner) otherwise holds every token of the corpus at once before the first shard is
 written: ~28 KB of runner memory per record with acoustic tokens in bench/bench_scale.py (1-3 s
-files), +280 MB at 10,000 files (issue 6, flat memory). `tokenize --into` writes the same
+files), +280 MB at 10,000 files (flat memory). `tokenize --into` writes the same
 entries to a spill directory (DIR/_spill-vNNNN, journal.open_spill) that is never resumed from,
 for the same reason.
 """

@@ -126,7 +126,7 @@ class WriteShard(beam.DoFn):
         rels = [versioned(names[name](split, index, count), self.version) for name in self.formats]
         # Every format streams to its file at once, so each record is loaded (PendingRecords: from
         # the journal, a few ahead on threads) once for all formats and dropped after its last
-        # write: neither a shard's arrays nor its encoded bytes are ever held whole (issue 6).
+        # write: neither a shard's arrays nor its encoded bytes are ever held whole.
         with contextlib.ExitStack() as stack:
             outs = [stack.enter_context(atomic_stream(f"{self.output}/{rel}")) for rel in rels]
             writers = [fmt.SHARD_WRITERS[name](out) for name, out in zip(self.formats, outs)]

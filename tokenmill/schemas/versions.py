@@ -1,6 +1,6 @@
-"""Dataset versions that rewrite one stream and reuse every other byte by reference (issue 5).
+"""Dataset versions that rewrite one stream and reuse every other byte by reference.
 
-DESIGN.md §3: one record per track segment, stream fields aligned by key, so one field can be
+docs/design.md §3: one record per track segment, stream fields aligned by key, so one field can be
 rewritten without touching the others (lhotse Shar's lesson). A *version* directory written by
 `beam_runner.py rebuild` holds:
 

@@ -1,6 +1,6 @@
 """FAISS k-means codebooks: fit, assign, and content-addressed artifacts.
 
-Pure code: numpy/faiss/safetensors in, arrays out (DESIGN.md §4).
+Pure code: numpy/faiss/safetensors in, arrays out (docs/design.md §4).
 
 * Seeding is greedy k-means++ (Arthur & Vassilvitskii 2007; the greedy variant of
   scikit-learn) on a uniform subsample of ``SEED_SAMPLE_PER_CENTROID * k`` vectors; each

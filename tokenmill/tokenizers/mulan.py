@@ -1,7 +1,7 @@
 """MuLan: joint text/audio embeddings, the interface, the registry, the CLAP adapter, and tokens.
 
 MusicLM conditions every stage on 12 MuLan tokens: from the audio during training, from the text
-at inference, quantized by the *same* RVQ (``tokenizers/rvq.py``). DESIGN.md §2:
+at inference, quantized by the *same* RVQ (``tokenizers/rvq.py``). docs/design.md §2:
 
 Windows. ``embed_audio_windows(wave)`` returns one embedding per 10 s window at a 1 s stride:
 W = ``rates.mulan_window_count(quanta)`` rows, window w covering [w, w + 10) s of the segment.

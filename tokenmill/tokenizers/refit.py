@@ -1,4 +1,4 @@
-"""Codebook refits that keep token ids stable, and the drift report (DESIGN.md §4, issue 5).
+"""Codebook refits that keep token ids stable, and the drift report (docs/design.md §4).
 
 Pure code: numpy/faiss/scipy in, codebooks and dicts out (no Beam).
 

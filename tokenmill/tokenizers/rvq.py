@@ -19,7 +19,7 @@ Pure code: numpy/faiss/safetensors in, arrays out (docs/design.md §4). Dimensio
     staged k-means (kmeans.fit_kmeans, k-means++), 10  20k   45.5 s   0.154  0.128  0.117  0.103
     staged k-means (kmeans.fit_kmeans, k-means++), 25  20k   64.7 s   0.154  0.125  0.111  0.099
     staged k-means (kmeans.fit_kmeans, k-means++), 10  50k   62.1 s   0.150  0.112  0.101  0.089
-    FAISS ResidualQuantizer, default settings          50k  ~25 min   (issue 4's measurement)
+    FAISS ResidualQuantizer, default settings          50k  ~25 min   (measured earlier)
 
   FAISS's RQ with ``train_type=0, max_beam_size=1`` is greedy staged k-means (10 Lloyd
   iterations, random init) whose every stage draws its init rows with the *same* seed; that

@@ -1,4 +1,4 @@
-"""Per-stage crops from full track segments, every stream aligned (DESIGN.md §2, §7). Pure numpy.
+"""Per-stage crops from full track segments, every stream aligned (docs/design.md §2, §7). Pure numpy.
 
 MusicLM trains each stage on crops of a different length (paper: 30 s semantic, 10 s coarse,
 3 s fine). A crop [t0, t1) lies on the 40 ms grid of ``schemas/rates.py``, so it maps to an exact

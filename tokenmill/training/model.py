@@ -1,4 +1,4 @@
-"""Decoder-only Transformer for the three MusicLM stages (DESIGN.md §7), with a KV cache for sampling.
+"""Decoder-only Transformer for the three MusicLM stages (docs/design.md §7), with a KV cache for sampling.
 
 One architecture serves the semantic, coarse and fine stages; a stage only decides the vocabulary
 (its streams' tokens laid out in one id space, sizes from the manifest) and the sequence layout.
