@@ -132,13 +132,17 @@ def _cluster_sums(x: np.ndarray, lab: np.ndarray, k: int) -> tuple[np.ndarray, n
     return sums, counts
 
 
-def _sqdist_to(x: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """float64 [N] exact squared L2 from each row of x to the vector v (chunked)."""
-    out = np.empty(len(x), dtype=np.float64)
-    for s in range(0, len(x), _ROWS):
-        xs = x[s:s + _ROWS]
-        out[s:s + _ROWS] = sqdist_exact(xs, np.broadcast_to(v, xs.shape))
-    return out
+def _sqdist_to(x_t: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """float64 [N] squared L2 from each column of x_t (float64 [D, N], x transposed once by the
+    caller) to the vector v [D]: the same bits as ``sqdist_exact`` (same order), on contiguous rows."""
+    v = np.asarray(v, dtype=np.float64)
+    diff = x_t[0] - v[0]
+    acc = diff * diff
+    for j in range(1, x_t.shape[0]):
+        np.subtract(x_t[j], v[j], out=diff)
+        np.multiply(diff, diff, out=diff)
+        acc += diff
+    return acc
 
 
 def lloyd(x: np.ndarray, init: np.ndarray, n_iter: int, make_index=None) -> tuple[np.ndarray, dict]:
@@ -154,6 +158,7 @@ def lloyd(x: np.ndarray, init: np.ndarray, n_iter: int, make_index=None) -> tupl
     c = np.array(init, dtype=np.float32, copy=True)
     reseeds, reseeded_ids, unfilled = 0, set(), set()
     prev, runs, converged = None, 0, False
+    x_t = None
     for _ in range(int(n_iter)):
         lab, sqd = nearest(x, c, None if make_index is None else make_index(c))
         if prev is not None and np.array_equal(lab, prev):
@@ -165,13 +170,15 @@ def lloyd(x: np.ndarray, init: np.ndarray, n_iter: int, make_index=None) -> tupl
         c[live] = (sums[live] / counts[live, None]).astype(np.float32)
         d = sqd.copy()                              # float64 [N]: to the nearest chosen centre
         n_before = reseeds
+        if not live.all() and x_t is None:
+            x_t = np.ascontiguousarray(x.T, dtype=np.float64)   # once: reseeds scan contiguous rows
         for j in np.flatnonzero(~live):
             i = int(np.argmax(d))
             if not d[i] > 0.0:
                 unfilled.add(int(j))
                 continue
             c[j] = x[i]
-            np.minimum(d, _sqdist_to(x, x[i]), out=d)
+            np.minimum(d, _sqdist_to(x_t, x[i]), out=d)
             reseeds += 1
             reseeded_ids.add(int(j))
         prev = lab if reseeds == n_before else None   # a re-seed moved a centroid: iterate again
