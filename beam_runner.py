@@ -199,6 +199,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, beam_args = parser.parse_known_args(argv)
     _setup_logging(args.verbose)
+    from tokenmill.errors import TokenmillError
+
+    try:
+        return _run(parser, args, beam_args)
+    except TokenmillError as e:   # one error path: the fix-it message, exit 2 (traceback with -v)
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, beam_args: list[str]) -> int:
     from tokenmill.pipelines.report import print_fit_summary, print_summary
 
     if args.command == "verify":

@@ -24,10 +24,11 @@ from dataclasses import dataclass
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
+from tokenmill.errors import TokenmillError
 from tokenmill.schemas.records import TrackRecord
 
 
-class JournalError(RuntimeError):
+class JournalError(TokenmillError, RuntimeError):
     """A journal that cannot be used for this run; the message names the file and the fix."""
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
+from tokenmill.errors import TokenmillError
 from tokenmill.schemas.manifest import uri_digest, digest_add
 from tokenmill.schemas.shards import DeadLetter
 from tokenmill.tokenizers import audio

@@ -27,6 +27,7 @@ import time
 
 import numpy as np
 
+from tokenmill.errors import TokenmillError
 from tokenmill import __version__
 from tokenmill.pipelines.ingest import frames_priority
 from tokenmill.pipelines.options import RebuildConfig, SemanticConfig
@@ -47,7 +48,7 @@ REBUILD_STREAMS = ("semantic", "mulan")
 CONFIG_NAME, DRIFT_NAME, PLOT_NAME = "rebuild_config.json", "drift.json", "codebook_usage.png"
 
 
-class RebuildError(ValueError):
+class RebuildError(TokenmillError, ValueError):
     """A rebuild cannot start or cannot finish consistently; the message names the file and the fix."""
 
 

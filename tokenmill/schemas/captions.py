@@ -20,8 +20,10 @@ import io
 import json
 from dataclasses import dataclass, field
 
+from tokenmill.errors import TokenmillError
 
-class CaptionFileError(ValueError):
+
+class CaptionFileError(TokenmillError, ValueError):
     """A captions file cannot be parsed; the message names the line and the fix."""
 
 

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from tokenmill.errors import TokenmillError
+
 # stream -> (manifest field path, what the id names, how to re-tokenize with the expected one)
 ID_FIELDS: dict[str, tuple[tuple[str, ...], str, str]] = {
     "semantic": (("codebooks", "semantic"), "semantic codebook id",
@@ -36,7 +38,7 @@ ID_FIELDS: dict[str, tuple[tuple[str, ...], str, str]] = {
 }
 
 
-class CompatibilityError(ValueError):
+class CompatibilityError(TokenmillError, ValueError):
     """Shards were tokenized with other codebooks (or another schema) than the reader expects."""
 
 

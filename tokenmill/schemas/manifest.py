@@ -11,6 +11,7 @@ import hashlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
+from tokenmill.errors import TokenmillError
 from tokenmill.schemas.records import SCHEMA_VERSION, json_dumps_stable
 from tokenmill.schemas.versions import validate_version
 
@@ -18,7 +19,7 @@ MANIFEST_VERSION = "1.0"
 SHARD_FORMATS = ("parquet", "webdataset")
 
 
-class ManifestError(ValueError):
+class ManifestError(TokenmillError, ValueError):
     """manifest.json is missing a field, has a wrong type, or its counts do not reconcile."""
 
 

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from tokenmill.errors import TokenmillError
+
 SCHEMA_VERSION = "1.0"
 
 # Stream fields: name -> (numpy dtype, rank). Shapes are documented in ARROW_SCHEMA below.
@@ -52,7 +54,7 @@ ARROW_SCHEMA = pa.schema(
 SPLITS = ("train", "valid")
 
 
-class RecordError(ValueError):
+class RecordError(TokenmillError, ValueError):
     """A record does not match the schema (wrong dtype, rank or alignment)."""
 
 

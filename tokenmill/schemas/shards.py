@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tokenmill.errors import TokenmillError
 from tokenmill.schemas import versions
 from tokenmill.schemas.compat import check_compatible
 from tokenmill.schemas.manifest import ManifestError, validate_manifest
@@ -55,7 +56,7 @@ PARQUET_ROW_GROUP_BYTES = 32 << 20
 XZ_FILTERS = ({"id": lzma.FILTER_LZMA2, "preset": XZ_PRESET, "dict_size": XZ_DICT_BYTES},)
 
 
-class ShardFormatError(ValueError):
+class ShardFormatError(TokenmillError, ValueError):
     """A shard's bytes do not decode to valid records."""
 
 

@@ -19,6 +19,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from tokenmill.errors import TokenmillError
 from tokenmill.schemas import shards as fmt
 from tokenmill.schemas.records import SPLITS, TrackRecord
 
@@ -26,7 +27,7 @@ TOKEN_STREAMS = ("semantic", "acoustic", "mulan")  # streams of token ids (mulan
 LEVEL_NAMES = {"semantic": None, "acoustic": "level", "mulan": "stage"}
 
 
-class StatsError(ValueError):
+class StatsError(TokenmillError, ValueError):
     """The records disagree with the manifest's stream table (run `verify`)."""
 
 

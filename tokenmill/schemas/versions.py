@@ -34,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tokenmill.errors import TokenmillError
 from tokenmill.schemas.records import ARROW_SCHEMA, TrackRecord
 
 STREAMS_DIR = "streams"
@@ -42,7 +43,7 @@ OVERRIDE_FIELDS: dict[str, tuple[str, ...]] = {"semantic": ("semantic",), "mulan
 _OVERRIDE_SHARD = {"path": str, "base": str, "records": int, "bytes": int, "sha256": str}
 
 
-class VersionError(ValueError):
+class VersionError(TokenmillError, ValueError):
     """A column shard does not align with the base shard it overrides."""
 
 

@@ -34,6 +34,7 @@ import numpy as np
 import soundfile
 import soxr
 
+from tokenmill.errors import TokenmillError
 from tokenmill.schemas import rates
 from tokenmill.schemas.records import content_hash, make_key
 
@@ -54,7 +55,7 @@ PEDALBOARD_FORMATS = frozenset({"WAV", "FLAC", "OGG/VORBIS", "MP3"})
 _PROBE_FRAMES = 8192  # tail frames libsndfile decodes to verify a pedalboard FLAC/MP3 decode
 
 
-class AudioError(Exception):
+class AudioError(TokenmillError):
     """Base of every front-end error. `reason` is a short stable tag for dead-letter records."""
 
     reason = "audio_error"

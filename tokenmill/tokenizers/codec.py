@@ -19,10 +19,12 @@ from typing import Any, Callable
 
 import numpy as np
 
+from tokenmill.errors import TokenmillError
+
 COARSE_LEVELS_DEFAULT = 4  # MusicLM: levels 1-4 coarse, the rest fine
 
 
-class CodecError(ValueError):
+class CodecError(TokenmillError, ValueError):
     """A codec cannot be built or loaded, or was given input it cannot encode."""
 
 

@@ -28,6 +28,8 @@ import os
 import platform
 from dataclasses import asdict, dataclass
 
+from tokenmill.errors import TokenmillError
+
 KERNELS = ("portable", "native")
 PORTABLE_ENV = {                        # read at first use by torch (ATen), oneDNN and MKL
     "ATEN_CPU_CAPABILITY": "avx2",
@@ -38,7 +40,7 @@ PORTABLE_ENV = {                        # read at first use by torch (ATen), one
 _X86 = ("x86_64", "amd64", "i686", "i386")
 
 
-class ComputeError(RuntimeError):
+class ComputeError(TokenmillError, RuntimeError):
     """The requested layout cannot be applied in this process (fix-it message)."""
 
 

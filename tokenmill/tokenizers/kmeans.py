@@ -38,6 +38,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from tokenmill.errors import TokenmillError
 from tokenmill import __version__
 from tokenmill.tokenizers.nearest import flat_index, lloyd
 from tokenmill.tokenizers.nearest import nearest as nearest_exact
@@ -53,7 +54,7 @@ _KIND_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 STD_FLOOR_REL = 1e-3            # std floor, relative to the median non-zero per-dimension std
 
 
-class CodebookError(ValueError):
+class CodebookError(TokenmillError, ValueError):
     """Bad input to a fit, a missing GPU, or a codebook file that fails verification."""
 
 

@@ -52,11 +52,12 @@ from typing import Any
 
 import numpy as np
 
+from tokenmill.errors import TokenmillError
 from tokenmill.schemas import rates
 from tokenmill.tokenizers.codec import sha256_of_files
 
 
-class MulanError(ValueError):
+class MulanError(TokenmillError, ValueError):
     """A MuLan model cannot be built or loaded, or was given input it cannot embed."""
 
 

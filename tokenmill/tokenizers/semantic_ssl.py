@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from tokenmill.errors import TokenmillError
 from tokenmill.schemas import rates
 from tokenmill.tokenizers.codec import resolve_device
 from tokenmill.tokenizers.semantic import (
@@ -59,7 +60,7 @@ MODELS = {  # registry name → (config.json model_type, model class, feature ex
 }
 
 
-class SemanticModelError(ValueError):
+class SemanticModelError(TokenmillError, ValueError):
     """A checkpoint directory, layer or option that cannot work; the message says how to fix it."""
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from tokenmill.errors import TokenmillError
 from tokenmill.training.model import Transformer, TransformerConfig
 from tokenmill.training.stages import StageLayout
 
@@ -34,7 +35,7 @@ LATEST = "latest.json"
 MODEL_FILE, OPTIM_FILE, STATE_FILE = "model.safetensors", "optim.safetensors", "state.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(TokenmillError, ValueError):
     """A checkpoint that is missing, incomplete or does not fit; the message names the file and the fix."""
 
 

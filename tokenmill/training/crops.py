@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from tokenmill.errors import TokenmillError
 from tokenmill.schemas import rates
 from tokenmill.schemas.records import TrackRecord
 from tokenmill.tokenizers.mulan import crop_tokens
@@ -55,7 +56,7 @@ PAD_ID_DEFAULT = 0xFFFF  # uint16 max: outside any codebook of < 65536 entries
 STAGE_STREAMS = {"semantic": ("semantic",), "coarse": ("semantic", "coarse"), "fine": ("coarse", "fine")}
 
 
-class CropError(ValueError):
+class CropError(TokenmillError, ValueError):
     """A crop cannot be made: bad config, or a record whose streams do not match the layout."""
 
 

@@ -56,6 +56,7 @@ from typing import Any
 
 from torch.utils.data import IterableDataset, get_worker_info
 
+from tokenmill.errors import TokenmillError
 from tokenmill.schemas import versions
 from tokenmill.schemas.compat import check_compatible
 from tokenmill.schemas.records import MANIFEST_NAME, TrackRecord
@@ -73,7 +74,7 @@ FORMAT_BY_SUFFIX = (("parquet", ".parquet"), ("webdataset", ".tar"), ("webdatase
 FSSPEC_PACKAGES = {"gs": "gcsfs", "gcs": "gcsfs", "s3": "s3fs", "s3a": "s3fs", "az": "adlfs", "abfs": "adlfs"}
 
 
-class ReaderError(ValueError):
+class ReaderError(TokenmillError, ValueError):
     """The reader cannot be built or cannot fetch/split its shards; the message names the fix."""
 
 

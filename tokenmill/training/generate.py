@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from tokenmill.errors import TokenmillError
 from tokenmill.schemas import rates
 from tokenmill.training.crops import STAGES, CropError, StreamLayout
 from tokenmill.training.stages import StageLayout
@@ -56,7 +57,7 @@ log = logging.getLogger(__name__)
 DEFAULT_TEMPERATURES = {"semantic": 1.0, "coarse": 0.95, "fine": 0.4}  # MusicLM §4
 
 
-class GenerateError(ValueError):
+class GenerateError(TokenmillError, ValueError):
     """Generation cannot start or go on; the message names the input and the fix."""
 
 

@@ -11,11 +11,12 @@ import os
 
 import numpy as np
 
+from tokenmill.errors import TokenmillError
 from tokenmill.schemas import shards as fmt
 from tokenmill.schemas.records import MANIFEST_NAME, TrackRecord
 
 
-class DatasetError(ValueError):
+class DatasetError(TokenmillError, ValueError):
     """The dataset directory, a key or a stream is missing; the message says which."""
 
 

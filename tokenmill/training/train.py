@@ -57,6 +57,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from tokenmill.errors import TokenmillError
 from tokenmill.schemas.compat import ID_FIELDS, CompatibilityError, codebook_ids
 from tokenmill.training import checkpoint as ckpt
 from tokenmill.training.batches import StageBatches
@@ -79,7 +80,7 @@ RESUME_FIXED = ("stage", "preset", "model", "batch_size", "seed", "semantic_s", 
                 "short_tracks", "mulan_stages", "shuffle_buffer", "splits")
 
 
-class TrainError(ValueError):
+class TrainError(TokenmillError, ValueError):
     """A configuration or checkpoint the trainer refuses; the message names the fix."""
 
 
