@@ -41,7 +41,7 @@ demo: setup
 		--captions tests/data/captions.jsonl --output $(DEMO)/dataset --num_shards 2 \
 		--valid_fraction 0.2
 	$(BIN)/python beam_runner.py verify $(DEMO)/dataset
-	$(BIN)/python beam_runner.py decode --dataset $(DEMO)/dataset --out $(DEMO)/decoded.wav
+	$(BIN)/python beam_runner.py decode --dataset $(DEMO)/dataset --output $(DEMO)/decoded.wav
 	$(BIN)/python beam_runner.py embed-text "a calm solo piano piece" "fast rock drums and distorted guitar"
 	# (the trainers retry the server while it starts: data.fetch retries transient HTTP failures)
 	@echo "== SMOKE DEMO of training and generation: tiny models, a few minutes on a CPU, over 2.6 min of"
@@ -51,10 +51,10 @@ demo: setup
 		> $(DEMO)/http.log 2>&1 & server=$$!; trap 'kill $$server' EXIT; \
 	for stage in semantic coarse fine; do \
 		$(BIN)/python -m tokenmill.training.train --stage $$stage --data http://127.0.0.1:$(DEMO_PORT)/ \
-			--out $(DEMO)/train/$$stage $(DEMO_TRAIN) || exit 1; \
+			--output $(DEMO)/train/$$stage $(DEMO_TRAIN) || exit 1; \
 	done
 	$(BIN)/python beam_runner.py generate --text "a calm solo piano piece" --checkpoints $(DEMO)/train \
-		--out $(DEMO)/generated.wav --seconds 4 --torch_threads 1
+		--output $(DEMO)/generated.wav --seconds 4 --torch_threads 1
 
 test: setup
 	$(BIN)/python -m pytest

@@ -72,7 +72,8 @@ def _parser() -> argparse.ArgumentParser:
                                      "manifest), decode the codes and write a WAV at the codec's rate.")
     dec.add_argument("--dataset", required=True, metavar="DIR")
     dec.add_argument("--key", help="record key (default: the first record of the first shard)")
-    dec.add_argument("--out", required=True, metavar="WAV")
+    dec.add_argument("--output", "--out", dest="out", required=True, metavar="WAV",
+                     help="output WAV path (--out is the older spelling)")
     dec.add_argument("--levels", type=int, help="decode only the first N levels (e.g. 4 = coarse)")
     dec.add_argument("--acoustic_model", metavar="PATH",
                      help="weights path, when it differs from the one recorded in the manifest")
@@ -148,7 +149,8 @@ def _add_generate_parser(sub) -> None:
         epilog="example: beam_runner.py generate --text 'upbeat jazz with a walking bass' "
                "--checkpoints runs/ --out jazz.wav --seconds 60 --batch 2 --seed 7")
     gen.add_argument("--text", required=True, help="the text prompt")
-    gen.add_argument("--out", required=True, metavar="WAV", help="output WAV path (its .json sidecar goes next to it)")
+    gen.add_argument("--output", "--out", dest="out", required=True, metavar="WAV",
+                     help="output WAV path (its .json sidecar goes next to it; --out is the older spelling)")
     gen.add_argument("--checkpoints", metavar="DIR",
                      help="a directory holding semantic/, coarse/ and fine/ stage checkpoints (each a trainer "
                           "--out directory with latest.json, or a step-NNNNNNN folder)")
@@ -306,7 +308,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, beam_args: l
     from tokenmill.pipelines.tokenize import build_tokenize, load_captions, manifest_entries
 
     if args.retry_failures and not args.into:
-        raise SystemExit("--retry-failures needs --into DIR (the dataset whose dead letters to retry)")
+        raise SystemExit("--retry_failures needs --into DIR (the dataset whose dead letters to retry)")
     base = incremental.load_base(args.into) if args.into else None  # before any model loads
     layout = base.layout if base else None
     acoustic = opts.acoustic_config(args)

@@ -1,4 +1,4 @@
-"""`tokenize --into DIR [--retry-failures]`: grow an existing dataset without rewriting it.
+"""`tokenize --into DIR [--retry_failures]`: grow an existing dataset without rewriting it.
 
 Presence is decided in two steps:
 - **by uri, before reading**: a matched file whose uri is already in the dataset, as the uri of a
@@ -210,7 +210,7 @@ def make_plan(base: Base, retry_failures: bool) -> Plan:
         for uri in sorted(base.dead_uris):
             (retry if FileSystems.exists(uri) else missing).add(uri)
         for uri in sorted(missing):
-            LOG.warning("--retry-failures: %s no longer exists; its dead letter is kept", uri)
+            LOG.warning("--retry_failures: %s no longer exists; its dead letter is kept", uri)
     return Plan(base=base, retry=frozenset(retry), retry_missing=frozenset(missing),
                 retry_failures=retry_failures)
 

@@ -298,10 +298,10 @@ def compute_layout(args: argparse.Namespace) -> ComputeLayout:
 
 
 def _common_inputs(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--input", dest="inputs", action="append", required=True, metavar="GLOB",
+    p.add_argument("--input", dest="inputs", action="extend", nargs="+", required=True, metavar="GLOB",
                    help="audio files to read; a local glob, gs://bucket/dir/*.flac or s3://...; "
-                        "repeat for several. Every matched file is an input: it ends up in the "
-                        "shards or in the dead letters.")
+                        "several patterns after one --input, or --input repeated. Every matched file "
+                        "is an input: it ends up in the shards or in the dead letters.")
 
 
 # fit-codebook flags that apply to one stream only: stream -> {dest: default}. Their argparse default
@@ -379,7 +379,7 @@ def add_tokenize_args(p: argparse.ArgumentParser) -> None:
                             "the shard layout (--num_shards, --num_valid_shards, --valid_fraction, "
                             "--formats) is the dataset's, and giving another value is refused. With "
                             "nothing new to add the dataset is left untouched")
-    p.add_argument("--retry-failures", "--retry_failures", dest="retry_failures", action="store_true",
+    p.add_argument("--retry_failures", "--retry-failures", dest="retry_failures", action="store_true",
                    help="with --into: also re-attempt every source listed in the dataset's dead "
                         "letters (read again from its uri, e.g. after fixing or replacing the file). "
                         "Successes are added as records; the retried dead letters are replaced by the "
@@ -492,7 +492,7 @@ def tokenize_config(args: argparse.Namespace, acoustic_rate_hz: int | None = Non
     num_valid_shards, valid_fraction and formats (--into); an omitted flag takes its value, a given
     one must equal it."""
     if getattr(args, "retry_failures", False) and not getattr(args, "into", None):
-        raise SystemExit("--retry-failures needs --into DIR (the dataset whose dead letters to retry)")
+        raise SystemExit("--retry_failures needs --into DIR (the dataset whose dead letters to retry)")
     for name, default in LAYOUT_DEFAULTS.items():
         given = getattr(args, name)
         if layout is None:

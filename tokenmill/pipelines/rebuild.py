@@ -69,7 +69,7 @@ def add_rebuild_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--codebook", required=True, metavar="PATH",
                    help="the parent codebook artifact (.safetensors, its .json card, or a directory "
                         "holding exactly one); its id must be the one the dataset's manifest records")
-    p.add_argument("--input", dest="inputs", action="append", default=[], metavar="GLOB",
+    p.add_argument("--input", dest="inputs", action="extend", nargs="+", default=[], metavar="GLOB",
                    help="semantic only: audio for the refit sample (repeatable; default: the "
                         "dataset's own sources)")
     p.add_argument("--n_iter", type=int, help="Lloyd iterations of the refit (default: semantic 25, "

@@ -33,6 +33,7 @@ import numpy as np
 TOP = 4                        # candidates asked of the float32 search per row
 _U32 = 2.0 ** -24              # unit roundoff of float32
 _ROWS = 16384                  # rows per chunk of the exact pass (bounds float64 temporaries)
+_PAIRS = 1 << 18               # (row, candidate) pairs compared exactly at once (bounds memory)
 _SUM_ROWS = 65536              # rows per chunk of the cluster sums (the chunking fixes the order)
 
 
@@ -56,11 +57,19 @@ def flat_index(centroids: np.ndarray):
 
 
 def tolerance(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """float64 [N]: the float32 rounding bound on a squared distance between a row and any centroid."""
-    d = x.shape[1]
-    r = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64)) + float(
-        np.sqrt(np.einsum("ij,ij->i", centroids, centroids, dtype=np.float64).max()))
-    return 2.0 * (d + 4) * _U32 * r * r * 1.0001 + np.finfo(np.float32).tiny
+    """float64 [N]: the float32 rounding bound on a squared distance between a row and any centroid
+    (used with a FAISS index, whose candidates come without per-centroid detail)."""
+    r = _norms(x) + float(_norms(centroids).max())
+    return 2.0 * _bound_factor(x.shape[1]) * r * r + np.finfo(np.float32).tiny
+
+
+def _norms(a: np.ndarray) -> np.ndarray:
+    return np.sqrt(np.einsum("ij,ij->i", a, a, dtype=np.float64))
+
+
+def _bound_factor(d: int) -> float:
+    """(D + 4) u, with a margin: the relative rounding bound of a D-term float32 distance."""
+    return (d + 4) * _U32 * 1.0001
 
 
 def nearest(x: np.ndarray, centroids: np.ndarray, index=None) -> tuple[np.ndarray, np.ndarray]:
@@ -73,6 +82,7 @@ def nearest(x: np.ndarray, centroids: np.ndarray, index=None) -> tuple[np.ndarra
     labels = np.empty(n, dtype=np.int64)
     sqd = np.empty(n, dtype=np.float64)
     c_sq = np.einsum("ij,ij->i", centroids, centroids)
+    c_norm = _norms(centroids).astype(np.float32) * np.float32(1.0 + 1e-6)
     rows = max(256, min(_ROWS, (1 << 24) // max(k, 1)))      # bounds the [rows, k] float32 block
     for s in range(0, n, rows):
         xs = x[s:s + rows]
@@ -83,7 +93,15 @@ def nearest(x: np.ndarray, centroids: np.ndarray, index=None) -> tuple[np.ndarra
             d *= np.float32(-2.0)
             d += c_sq                                         # |c|² - 2 x·c: |x|² is a row constant
             lab = np.argmin(d, axis=1)
-            close = d <= (d[np.arange(m), lab].astype(np.float64) + tol)[:, None]
+            # per centroid: err_j <= (D+4) u (|x| + |c_j|)²; a rival j stays a candidate while
+            # d_j - d_best <= err_j + err_best
+            e = _norms(xs).astype(np.float32)[:, None] + c_norm[None, :]
+            np.multiply(e, e, out=e)
+            e *= np.float32(_bound_factor(centroids.shape[1]))
+            lim = d[np.arange(m), lab] + e[np.arange(m), lab] + np.float32(np.finfo(np.float32).tiny)
+            e += lim[:, None]
+            close = d <= e
+            del e
         else:
             top = min(TOP, k)
             dist, cand = index.search(xs, top)                # float32, ascending
@@ -97,16 +115,25 @@ def nearest(x: np.ndarray, centroids: np.ndarray, index=None) -> tuple[np.ndarra
                 ds = (xs[spill] @ centroids.T) * np.float32(-2.0) + c_sq
                 close[spill] = ds <= ds.min(axis=1, keepdims=True) + tol[spill][:, None]
         best = sqdist_exact(xs, centroids[lab])
-        many = np.flatnonzero(close.sum(axis=1) > 1)          # rows where the float32 order may lie
-        if many.size:
-            r, c = np.nonzero(close[many])                    # candidates of those rows
-            dc = sqdist_exact(xs[many[r]], centroids[c])
+        counts = close.sum(axis=1)
+        many = np.flatnonzero(counts > 1)                     # rows where the float32 order may lie
+        start = 0
+        while start < many.size:                              # bounded batches of (row, candidate) pairs
+            stop = start + 1
+            budget = int(counts[many[start]])
+            while stop < many.size and budget + counts[many[stop]] <= _PAIRS:
+                budget += int(counts[many[stop]])
+                stop += 1
+            rows_b = many[start:stop]
+            r, c = np.nonzero(close[rows_b])                  # candidates of those rows
+            dc = sqdist_exact(xs[rows_b[r]], centroids[c])
             order = np.lexsort((c, dc, r))                    # per row: smallest exact distance, then index
             first = np.ones(len(order), dtype=bool)
             first[1:] = r[order][1:] != r[order][:-1]
             win = order[first]
-            lab[many[r[win]]] = c[win]
-            best[many[r[win]]] = dc[win]
+            lab[rows_b[r[win]]] = c[win]
+            best[rows_b[r[win]]] = dc[win]
+            start = stop
         labels[s:s + m] = lab
         sqd[s:s + m] = best
     return labels, sqd

@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tokenmill.training.codec_train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", action="append", default=[], help="glob of audio files (repeatable; ** recurses)")
-    p.add_argument("--out", type=Path, help="run directory: checkpoints, cache, logs")
+    p.add_argument("--output", "--out", dest="out", type=Path, help="run directory: checkpoints, cache, logs")
     p.add_argument("--steps", type=int, default=100000, help="train until this step")
     p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt-latest.safetensors")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--disc-channels", type=int, default=DiscConfig().channels)
     p.add_argument("--ckpt-every", type=int, default=200)
     p.add_argument("--keep-every", type=int, default=2000, help="also keep ckpt-STEP every this many steps")
-    p.add_argument("--log-every-s", type=float, default=10.0)
+    p.add_argument("--log_every_s", "--log-every-s", dest="log_every_s", type=float, default=10.0)
     p.add_argument("--heldout-percent", type=int, default=3)
     p.add_argument("--no-cache", action="store_true", help="decode into memory only (tests)")
     for f, v in asdict(TrainArgs()).items():

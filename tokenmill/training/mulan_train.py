@@ -250,7 +250,8 @@ def save_ckpt(path: Path, net: MulanNet, opt, step: int, a: TrainArgs, text_sha:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--manifest", type=Path, help="corpus manifest.jsonl (file + caption per line)")
-    ap.add_argument("--out", type=Path, help="run directory: cache/, ckpt-latest.pt, train.jsonl, eval.json")
+    ap.add_argument("--output", "--out", dest="out", type=Path,
+                    help="run directory: cache/, ckpt-latest.pt, train.jsonl, eval.json")
     ap.add_argument("--steps", type=int, default=TrainArgs.steps,
                     help="optimizer steps; sets the cosine schedule, keep it fixed across --resume (default %(default)s)")
     ap.add_argument("--batch", type=int, default=TrainArgs.batch,

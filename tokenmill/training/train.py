@@ -433,7 +433,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--stage", required=True, choices=STAGES, help="which MusicLM stage to train")
     p.add_argument("--data", required=True,
                    help="dataset root or manifest.json URL (local, file://, http(s)://, gs://, s3://)")
-    p.add_argument("--out", required=True, help="checkpoint directory (step-NNNNNNN/ folders and latest.json)")
+    p.add_argument("--output", "--out", dest="out", required=True,
+                   help="checkpoint directory (step-NNNNNNN/ folders and latest.json; --out is the older spelling)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/latest.json to --steps")
     opt("preset", "model size", choices=sorted(PRESETS))
     opt("model", "JSON TransformerConfig overrides, e.g. '{\"n_layers\": 4}'")
