@@ -163,3 +163,26 @@ def test_entropy_intervals_and_prompt_lists():
     assert parse_prompt_tokens("50,0,25,25") == (0, 25, 50)
     with pytest.raises(EvalError, match="--prompt_tokens"):
         parse_prompt_tokens("a,b")
+
+
+def test_search_finds_every_record_best_under_the_radius_like_brute_force():
+    """With the OT cap above any candidate count, the prefiltered scan loses nothing: per generated
+    window and record, its best OT cost under the radius equals the brute-force minimum."""
+    rng = np.random.default_rng(9)
+    k, w = 12, 8
+    cent = rng.normal(size=(k, 3))
+    ot = TokenOT(cent)
+    records = [rng.integers(0, k, 40).astype(np.uint16) for _ in range(4)]
+    gen = {"g": np.concatenate([records[1][5:5 + w], rng.integers(0, k, 12)]).astype(np.uint16)}
+    idx = GeneratedIndex(gen, cent, window=w, stride=3, sketch_dims=2, ot=ot)
+    radius = 0.6
+    for r, t in enumerate(records):
+        hits, st = idx.scan(f"k{r}", "u", t, radius, max_ot_per_record=10_000)
+        got = {h.window: h.cost for h in hits}
+        for g, row in enumerate(idx.tokens):
+            best = min(ot.cost(row, t[o:o + w]) for o in range(len(t) - w + 1))
+            if best < radius:
+                assert got.get(g) == pytest.approx(best, abs=1e-12)
+            else:
+                assert g not in got
+        assert st.ot_solves <= st.candidates < st.windows_sketched * len(idx)  # the prefilter dropped some

@@ -281,6 +281,20 @@ def _rvq_path(path: str | None, want: str | None) -> str:
 
 # ---- transforms ---------------------------------------------------------------------------------
 
+class OneBlasThread(beam.DoFn):
+    """A DoFn whose bundles run with one BLAS thread: the OT kernels multiply many small matrices
+    (125 x D), where OpenBLAS's threads cost more than they give, 40x on a busy 2-core machine
+    (0.24 ms vs 9.7 ms for one ground-cost matrix); workers are the parallelism."""
+
+    def start_bundle(self):
+        from threadpoolctl import threadpool_limits
+
+        self._blas = threadpool_limits(limits=1, user_api="blas")
+
+    def finish_bundle(self):
+        self._blas.restore_original_limits()
+
+
 class ReadShard(beam.DoFn):
     """ShardSpec → records (checksummed, decoded). Protocol mode: (priority, key, record) of the
     records long enough for the prompts, and a ('count', reason) per record on the 'counts' tag."""
@@ -336,6 +350,15 @@ class MakeExample(beam.DoFn):
             yield mem.Example(index, key, rec.uri, q0, crop.mulan, np.asarray(crop.semantic[:n], np.uint16))
 
 
+@dataclass(eq=False)
+class LoadedStage:
+    """The semantic stage on a worker (a class, not a tuple: Beam's shared model handle holds a weakref)."""
+
+    model: Any  # training.model.Transformer, eval mode
+    layout: Any  # training.stages.StageLayout
+    allowed: Any  # torch bool [1, vocab]: the semantic ids
+
+
 class GreedySemanticHandler(ModelHandler):
     """Prompt → PredictionResult(prompt, uint16 [C] greedy continuation, or Failed). A batch is
     split by prompt length (prompts of one T have one length) and decoded with the KV cache."""
@@ -354,15 +377,14 @@ class GreedySemanticHandler(ModelHandler):
         if self.torch_threads:
             torch.set_num_threads(self.torch_threads)
         model, layout, _ = load_model(self.checkpoint, self.device)
-        return model, layout, torch.from_numpy(layout.allowed()).to(self.device)
+        return LoadedStage(model, layout, torch.from_numpy(layout.allowed()).to(self.device))
 
     def _decode(self, prompts: list, model) -> list[np.ndarray]:
         import torch
 
-        net, layout, allowed = model
         ids = torch.from_numpy(np.stack([p.ids for p in prompts])).to(self.device)
-        out = net.generate(ids, self.continuation, temperature=0.0, allowed=allowed)
-        return list(layout.target_tokens(out[:, ids.shape[1]:].cpu().numpy()))
+        out = model.model.generate(ids, self.continuation, temperature=0.0, allowed=model.allowed)
+        return list(model.layout.target_tokens(out[:, ids.shape[1]:].cpu().numpy()))
 
     def run_inference(self, batch, model, inference_args=None):
         by_len: dict[int, list[int]] = {}
@@ -380,7 +402,7 @@ class GreedySemanticHandler(ModelHandler):
         return "tokenmill_memorization"
 
 
-class Score(beam.DoFn):
+class Score(OneBlasThread):
     """PredictionResult → Scored (main) or a dead letter dict ('failed')."""
 
     def __init__(self, centroids: np.ndarray, ot_cfg: OTConfig):
@@ -402,7 +424,7 @@ class Score(beam.DoFn):
         yield s
 
 
-class NegativeCosts(beam.DoFn):
+class NegativeCosts(OneBlasThread):
     """All truths [(order, source, tokens)] → the OT costs of `n` random cross-source pairs."""
 
     def __init__(self, centroids: np.ndarray, ot_cfg: OTConfig, n: int, seed: int):

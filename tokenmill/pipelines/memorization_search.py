@@ -25,7 +25,7 @@ from tokenmill.eval.report import share
 from tokenmill.eval.search import GeneratedIndex, ScanStats
 from tokenmill.eval.windows import window_starts
 from tokenmill.pipelines.memorization import (
-    NS, REPORT_NAME, MemorizationConfig, Plan, ReadShard, tau_report, write_bytes,
+    NS, REPORT_NAME, MemorizationConfig, OneBlasThread, Plan, ReadShard, tau_report, write_bytes,
 )
 
 LOG = logging.getLogger("tokenmill")
@@ -68,7 +68,7 @@ def load_generated(directory: str, plan_: Plan) -> dict[str, np.ndarray]:
     return out
 
 
-class Search(beam.DoFn):
+class Search(OneBlasThread):
     """record → (window index, Hit) per hit; ScanStats on the 'stats' tag."""
 
     def __init__(self, cfg: MemorizationConfig):
@@ -98,7 +98,7 @@ class SampleWindows(beam.DoFn):
                    np.asarray(rec.semantic[s:s + w], np.uint16))
 
 
-class PoolNegatives(beam.DoFn):
+class PoolNegatives(OneBlasThread):
     def __init__(self, centroids, ot_cfg, n: int, seed: int):
         self.centroids, self.ot_cfg, self.n, self.seed = centroids, ot_cfg, n, seed
 
