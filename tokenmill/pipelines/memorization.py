@@ -480,7 +480,7 @@ def write_report(output: str, cfg: MemorizationConfig, plan_: Plan, scored, nega
 
 def build_memorization(p: beam.Pipeline, cfg: MemorizationConfig, plan_: Plan) -> None:
     """The protocol job (module docstring)."""
-    read = (p | "Shards" >> beam.Create(list(plan_.specs))
+    read = (p | "Shards" >> beam.Create(list(plan_.specs)) | "SpreadShards" >> beam.Reshuffle()
             | "Read" >> beam.ParDo(ReadShard(plan_, cfg, protocol=True)).with_outputs("counts", main="records"))
     counts = read.counts | "CountReasons" >> beam.combiners.Count.PerElement()
     sample = read.records | "Sample" >> beam.combiners.Top.Smallest(cfg.examples, key=lambda x: (x[0], x[1]))

@@ -165,8 +165,9 @@ def build_search(p: beam.Pipeline, cfg: MemorizationConfig, plan_: Plan, generat
         raise EvalError(f"--generated {cfg.generated}: no sequence is as long as one {cfg.continuation}-frame window; "
                         "lower --continuation or generate longer sequences")
     LOG.info("memorization --generated: %d windows of %d sequences", len(index), len(generated))
-    records = (p | "Shards" >> beam.Create(list(plan_.specs))
-               | "Read" >> beam.ParDo(ReadShard(plan_, cfg, protocol=False)))
+    records = (p | "Shards" >> beam.Create(list(plan_.specs)) | "SpreadShards" >> beam.Reshuffle()
+               | "Read" >> beam.ParDo(ReadShard(plan_, cfg, protocol=False))
+               | "SpreadRecords" >> beam.Reshuffle())  # a shard's records go to every worker
     negatives = (records | "NegativeWindows" >> beam.ParDo(SampleWindows(cfg))
                  | "Pool" >> beam.combiners.Top.Smallest(cfg.negative_windows, key=lambda x: (x[0], x[1]))
                  | "NegativeCosts" >> beam.ParDo(PoolNegatives(plan_.centroids, cfg.ot, cfg.negatives, cfg.seed)))
