@@ -139,7 +139,7 @@ def _parser() -> argparse.ArgumentParser:
                     "(shares per T with 95 % intervals, tau and its false-positive rate, the matched examples' "
                     "keys and entropies) and PNG plots. With --generated DIR, searches every training record "
                     "for exact and approximate copies of each generated window instead.")
-    from tokenmill.pipelines.memorization import add_memorization_args
+    from tokenmill.pipelines.memorization_options import add_memorization_args
 
     add_memorization_args(mem)
     return p
@@ -468,7 +468,8 @@ def _generate(args) -> int:
 def _memorization(parser, args, beam_args) -> int:
     from tokenmill.eval import EvalError
     from tokenmill.pipelines.device import check_local_device
-    from tokenmill.pipelines.memorization import format_summary, memorization_config, run_memorization
+    from tokenmill.pipelines.memorization import format_summary, run_memorization
+    from tokenmill.pipelines.memorization_options import memorization_config
     from tokenmill.pipelines.runner import check_beam_args
     from tokenmill.schemas.manifest import ManifestError
     from tokenmill.schemas.shards import ShardFormatError
