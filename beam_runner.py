@@ -10,6 +10,7 @@
     python beam_runner.py embed-text "a calm piano piece" "fast drums"
     python beam_runner.py fit-codebook --stream mulan --input 'audio/*.flac' --output codebooks/
     python beam_runner.py generate --text "a calm piano piece" --checkpoints runs/ --out piano.wav
+    python beam_runner.py memorization --dataset dataset/ --checkpoints runs/ --output report/
 
 Options this tool does not know are Beam pipeline options, passed through unchanged:
 --runner (default: the embedded local runner), --direct_running_mode=multi_processing,
@@ -127,6 +128,21 @@ def _parser() -> argparse.ArgumentParser:
                      "token_usage_<stream>.png (sorted usage per id, log scale) into OUT")
     sta.add_argument("--json", action="store_true", help="print the same numbers as JSON")
     _add_generate_parser(sub)
+    mem = sub.add_parser(
+        "memorization", epilog=EPILOG, allow_abbrev=False,
+        help="does a trained semantic stage copy its training data? (MusicLM 4.4; or --generated: search "
+             "the training set for copies of generated windows)",
+        description="Sample N training examples, prompt the semantic stage with each example's MuLan tokens "
+                    "and its first T semantic tokens, greedily decode the next C tokens and compare them with "
+                    "the true continuation: exact match (token for token) and approximate match (optimal-"
+                    "transport cost between the token histograms, centroid distances as ground cost, below a "
+                    "tau calibrated on negative pairs of different tracks). Writes REPORT_DIR/memorization.json "
+                    "(shares per T with 95 % intervals, tau and its false-positive rate, the matched examples' "
+                    "keys and entropies) and PNG plots. With --generated DIR, searches every training record "
+                    "for exact and approximate copies of each generated window instead.")
+    from tokenmill.pipelines.memorization_options import add_memorization_args
+
+    add_memorization_args(mem)
     return p
 
 
@@ -265,6 +281,9 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, beam_args: l
         print(f"{args.out}: {len(wave) / sr:.2f} s at {sr} Hz from record {key} ({rec.uri}, segment "
               f"{rec.segment}, {rec.acoustic.shape[0] if args.levels is None else args.levels} levels)")
         return 0
+
+    if args.command == "memorization":
+        return _memorization(parser, args, beam_args)
 
     from tokenmill.pipelines.device import check_local_device
     from tokenmill.pipelines.ingest import check_inputs_match
@@ -500,6 +519,31 @@ def _generate(args) -> int:
     print(f"{', '.join(side['wavs'])}: {side['samples'] / side['sample_rate_hz']:.2f} s at {side['sample_rate_hz']} Hz "
           f"({steps}; seed {side['seed']}; {side['elapsed_s']:.1f} s); sidecar "
           f"{args.out.rsplit('.', 1)[0]}.json")
+    return 0
+
+
+def _memorization(parser, args, beam_args) -> int:
+    from tokenmill.eval import EvalError
+    from tokenmill.pipelines.device import check_local_device
+    from tokenmill.pipelines.memorization import format_summary, run_memorization
+    from tokenmill.pipelines.memorization_options import memorization_config
+    from tokenmill.pipelines.runner import check_beam_args
+    from tokenmill.schemas.manifest import ManifestError
+    from tokenmill.schemas.shards import ShardFormatError
+    from tokenmill.tokenizers.kmeans import CodebookError
+    from tokenmill.training.checkpoint import CheckpointError
+    from tokenmill.training.data import ReaderError
+
+    sub = parser._subparsers._group_actions[0].choices[args.command]  # noqa: SLF001
+    check_beam_args(beam_args, [o for a in sub._actions for o in a.option_strings])  # noqa: SLF001
+    check_local_device(args.device, beam_args)
+    try:
+        rep = run_memorization(memorization_config(args), beam_args)
+    except (EvalError, CheckpointError, CodebookError, ManifestError, ShardFormatError, ReaderError,
+            FileNotFoundError) as e:
+        raise SystemExit(f"memorization: {e}") from e
+    print(format_summary(rep))
+    print(f"report: {args.output.rstrip('/')}/memorization.json")
     return 0
 
 

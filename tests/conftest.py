@@ -4,8 +4,13 @@ Add new fixtures in their own section below; keep each one documented and determ
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import io
 import shutil
+import threading
+from contextlib import contextmanager
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -144,3 +149,58 @@ def small_corpus(root: Path, real_audio_dir: Path) -> Path:
     shutil.copy(root / "score_bach_bwv66_6.wav", root / "zz_copy_of_bach.wav")
     (root / "broken.mp3").write_bytes(b"This is not audio.\n" * 50)
     return root
+
+
+# ---- hand-made token datasets and a local HTTP server (no Beam) ------------------------------
+
+def write_token_dataset(root: Path, records, *, streams: dict, codebooks: dict, tokenizers: dict,
+                        job: dict | None = None) -> Path:
+    """A dataset directory written with the schema writers: one shard per split present in
+    `records` and per format, no dead letters, a manifest whose counts reconcile."""
+    from tokenmill.schemas import manifest as mf
+    from tokenmill.schemas import shards as fmt
+    from tokenmill.schemas.records import parquet_shard_name, wds_shard_name
+
+    root.mkdir(parents=True, exist_ok=True)
+    shards = []
+    for form, name, enc in (("parquet", parquet_shard_name, fmt.encode_parquet),
+                            ("webdataset", wds_shard_name, fmt.encode_wds)):
+        for split in sorted({r.split for r in records}):
+            recs = sorted((r for r in records if r.split == split), key=lambda r: r.key)
+            data, path = enc(recs), name(split, 0, 1)
+            (root / path).parent.mkdir(exist_ok=True)
+            (root / path).write_bytes(data)
+            shards.append(mf.ShardInfo(path, form, split, len(recs), round(sum(r.duration_s for r in recs), 6),
+                                       len(data), hashlib.sha256(data).hexdigest()))
+    uris = {r.uri for r in records}
+    counts = mf.Counts(inputs=len(uris), sources_in_records=len(uris), sources_dead_only=0, dead_letters=0,
+                       records=len(records), seconds=round(sum(r.duration_s for r in records), 6),
+                       inputs_digest=mf.uri_digest(uris))
+    m = mf.build_manifest(job={"num_shards": 1, "num_valid_shards": 1, **(job or {})}, tokenizers=tokenizers,
+                          codebooks=codebooks, streams=streams, shards=shards, dead_letter_files=[], counts=counts,
+                          tokenmill_version="test")
+    (root / "manifest.json").write_bytes(mf.dumps(m))
+    return root
+
+
+@contextmanager
+def serve(root: Path):
+    """A local HTTP server over `root` on a free port: (base URL, list of requested paths)."""
+    requests: list[str] = []
+
+    class Handler(SimpleHTTPRequestHandler):
+        def do_GET(self):
+            requests.append(self.path)
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}", requests
+    finally:
+        srv.shutdown()
+        srv.server_close()

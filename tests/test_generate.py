@@ -163,6 +163,7 @@ def test_same_seed_gives_same_tokens_and_wav_bytes_other_seed_differs(tmp_path, 
     side = json.loads((tmp_path / "a.json").read_text())
     assert side["text"] == "a calm piano piece" and side["seed"] == 3
     assert side["mulan_tokens"] == FakeText()(["x"])[0].tolist() == a.mulan.tolist()
+    assert side["semantic_tokens"] == a.semantic.tolist() and np.array(side["semantic_tokens"]).shape == (2, 12)
     assert side["shapes"] == {"mulan": [12], "semantic": [2, 12], "coarse": [2, 4, 24], "fine": [2, 8, 24],
                               "codes": [2, 12, 24]}
     assert side["checkpoints"]["coarse"]["path"] == "<coarse>"

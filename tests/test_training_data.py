@@ -9,13 +9,13 @@ import importlib.util
 import io
 import json
 import threading
-from contextlib import contextmanager
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import serve  # noqa: F401 (test_train and test_e2e_training import it from here)
 from test_stats import SEMANTIC_ID, STREAMS, write_dataset
 from torch.utils.data import DataLoader
 
@@ -76,29 +76,6 @@ def write_sharded(root: Path, n_shards: int, per_shard: int) -> Path:
                           shards=infos, dead_letter_files=[], counts=counts, tokenmill_version="test")
     (root / "manifest.json").write_bytes(mf.dumps(m))
     return root
-
-
-@contextmanager
-def serve(root: Path):
-    """A local HTTP server over `root` on a free port: (base URL, list of requested paths)."""
-    requests: list[str] = []
-
-    class Handler(SimpleHTTPRequestHandler):
-        def do_GET(self):
-            requests.append(self.path)
-            super().do_GET()
-
-        def log_message(self, *args):
-            pass
-
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{srv.server_address[1]}", requests
-    finally:
-        srv.shutdown()
-        srv.server_close()
 
 
 def same(a: list[TrackRecord], b: list[TrackRecord]) -> bool:

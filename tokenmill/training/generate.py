@@ -454,6 +454,7 @@ def generate_music(text: str, stages: dict[str, StageModel], cfg: GenerateConfig
         "checkpoints": {s: {"path": sm.path, "step": sm.step} for s, sm in stages.items()},
         "codebooks": ds.get("codebooks"), "codec": {"name": codec.name, "weights_sha256": codec.weights_sha256},
         "mulan_tokens": gen.mulan.tolist(),
+        "semantic_tokens": gen.semantic.tolist(),  # [batch][frames]: what `memorization --generated` searches for
         "shapes": {"mulan": list(gen.mulan.shape), "semantic": list(gen.semantic.shape),
                    "coarse": list(gen.coarse.shape), "fine": list(gen.fine.shape), "codes": list(codes.shape)},
         "peak": peaks, "clipped_samples": clipped, "elapsed_s": round(time.monotonic() - t0, 3),
