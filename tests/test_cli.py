@@ -1,4 +1,5 @@
 """Command-line behaviour: help text, and fix-it errors before any job starts."""
+import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -29,9 +30,20 @@ def test_typo_in_an_option_is_refused_with_a_suggestion(tmp_path, capsys):
                           "--output", str(tmp_path / "o"), "--num_shard", "3"])
 
 
-def test_glob_expanded_by_the_shell_is_explained(tmp_path):
-    with pytest.raises(SystemExit, match="quote globs"):
-        beam_runner.main(["tokenize", "--input", "a.wav", "b.wav", "--codebook", "x", "--output", "o"])
+def test_several_patterns_after_one_input_flag_equal_the_flag_repeated():
+    """`--input 'a/*' 'b/*'` (as the README writes GLOB...) means the same as --input repeated."""
+    from tokenmill.pipelines.options import add_fit_codebook_args
+
+    p = argparse.ArgumentParser()
+    add_fit_codebook_args(p)
+    one = p.parse_args(["--input", "a/*", "b/*.flac", "--output", "o"])
+    rep = p.parse_args(["--input", "a/*", "--input", "b/*.flac", "--output", "o"])
+    assert one.inputs == rep.inputs == ["a/*", "b/*.flac"]
+
+
+def test_stray_positional_argument_is_explained(tmp_path):
+    with pytest.raises(SystemExit, match="unexpected argument"):
+        beam_runner.main(["tokenize", "--codebook", "x", "--output", "o", "stray.wav", "--input", "a.wav"])
 
 
 def test_pattern_matching_nothing_fails_fast(tmp_path):
