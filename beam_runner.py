@@ -10,6 +10,7 @@
     python beam_runner.py embed-text "a calm piano piece" "fast drums"
     python beam_runner.py fit-codebook --stream mulan --input 'audio/*.flac' --output codebooks/
     python beam_runner.py generate --text "a calm piano piece" --checkpoints runs/ --out piano.wav
+    python beam_runner.py evaluate --generated 'gen/*.wav' --reference musiccaps.csv --output report/
 
 Options this tool does not know are Beam pipeline options, passed through unchanged:
 --runner (default: the embedded local runner), --direct_running_mode=multi_processing,
@@ -126,6 +127,12 @@ def _parser() -> argparse.ArgumentParser:
                      "token_usage_<stream>.png (sorted usage per id, log scale) into OUT")
     sta.add_argument("--json", action="store_true", help="print the same numbers as JSON")
     _add_generate_parser(sub)
+    from tokenmill.pipelines.evaluate_options import DESCRIPTION, add_evaluate_args
+
+    ev = sub.add_parser("evaluate", epilog=EPILOG, allow_abbrev=False, description=DESCRIPTION,
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        help="FAD, KLD and MCC of generated vs reference audio (report.json, report.md, plots)")
+    add_evaluate_args(ev)
     return p
 
 
@@ -249,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.out}: {len(wave) / sr:.2f} s at {sr} Hz from record {key} ({rec.uri}, segment "
               f"{rec.segment}, {rec.acoustic.shape[0] if args.levels is None else args.levels} levels)")
         return 0
+
+    if args.command == "evaluate":
+        return _evaluate(args, parser, beam_args)
 
     from tokenmill.pipelines.device import check_local_device
     from tokenmill.pipelines.ingest import check_inputs_match
@@ -443,6 +453,31 @@ def _generate(args) -> int:
     print(f"{', '.join(side['wavs'])}: {side['samples'] / side['sample_rate_hz']:.2f} s at {side['sample_rate_hz']} Hz "
           f"({steps}; seed {side['seed']}; {side['elapsed_s']:.1f} s); sidecar "
           f"{args.out.rsplit('.', 1)[0]}.json")
+    return 0
+
+
+def _evaluate(args, parser, beam_args) -> int:
+    from tokenmill.eval import EvalError
+    from tokenmill.pipelines.device import check_local_device
+    from tokenmill.pipelines.runner import check_beam_args, make_pipeline
+
+    sub = parser._subparsers._group_actions[0].choices[args.command]  # noqa: SLF001
+    check_beam_args(beam_args, [o for a in sub._actions for o in a.option_strings])  # noqa: SLF001
+    check_local_device(args.device, beam_args)
+    from tokenmill.pipelines.evaluate import build_evaluate
+    from tokenmill.pipelines.evaluate_options import prepare
+
+    t0 = time.monotonic()
+    try:
+        cfg, sides, descs, rates, captions, reused, notes = prepare(args)
+        with make_pipeline(beam_args) as p:
+            build_evaluate(p, cfg, sides=sides, descs=descs, rates_hz=rates, captions=captions, reused=reused,
+                           notes=notes)
+    except EvalError as e:
+        raise SystemExit(f"evaluate: {e}") from e
+    out = cfg.output.rstrip("/")
+    print(open(f"{out}/report.md").read() if "://" not in out else "", end="")
+    print(f"evaluate: {out}/report.json, report.md and plots written in {time.monotonic() - t0:.1f} s")
     return 0
 
 

@@ -175,3 +175,11 @@ def test_reference_artifact_round_trip_and_content_address():
     assert artifact.encode(s, emb, {"spec": "other data name"})[0] == art_id  # id: tensors + embedder
     assert artifact.encode(s, {**emb, "weights_sha256": "cd"}, {})[0] != art_id
     assert artifact.matches(card, emb) and not artifact.matches(card, {**emb, "weights_sha256": "cd"})
+
+
+def test_fixed_reference_equals_sqrtm_distance():
+    from tokenmill.eval.fad import FixedReference
+
+    for seed, n in ((9, 400), (10, 30)):  # full rank, and singular (30 points in 40-d)
+        a, b = GaussStats.of(_data(seed, n, 40)), GaussStats.of(_data(seed + 100, n, 40, offset=0.3))
+        assert FixedReference(b).fad(a) == pytest.approx(fad(a, b), rel=1e-7, abs=1e-7)

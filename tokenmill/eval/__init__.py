@@ -8,3 +8,5 @@ from tokenmill.errors import TokenmillError
 
 class EvalError(TokenmillError, ValueError):
     """Evaluation input or configuration that cannot work; the message names it and the fix."""
+
+    reason = "unscorable"  # a clip's dead-letter reason
