@@ -55,4 +55,5 @@ def decode(data: bytes, card: dict, source: str) -> GaussStats:
 def matches(card: dict, embedder: dict) -> bool:
     """Whether a card's statistics were made by this embedder (name, config and weights hash)."""
     e = card.get("embedder") or {}
-    return all(e.get(k) == embedder.get(k) for k in ("name", "config", "weights_sha256"))
+    want = json.loads(json.dumps(embedder, sort_keys=True))  # as the card stores it (tuples become lists)
+    return all(e.get(k) == want.get(k) for k in ("name", "config", "weights_sha256"))

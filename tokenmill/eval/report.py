@@ -91,7 +91,9 @@ def mcc_section(model: dict, text: np.ndarray, audio_emb: np.ndarray, aspects: l
 
 
 def _fmt(v) -> str:
-    return "–" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.3f}"
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "–"
+    return "0.000" if abs(v) < 5e-4 else f"{v:.3f}"  # no "-0.000" from rounding
 
 
 def _with_iv(iv: dict | None, value=None) -> str:

@@ -8,7 +8,8 @@
 The statistics are a CombineFn, so the reference side (any size) is never held in memory; the
 generated side's frames are gathered for the bootstrap and FAD-inf resamples (evaluation sets are
 thousands of clips). WriteReport computes the numbers (tokenmill/eval/), and writes report.json,
-report.md, the plots, failures-{side}.jsonl and the reference statistics as content-addressed
+report.md, the plots, clips.jsonl (one line per scored clip: side, key, duration_s, frames, and
+for generated clips its KL and MCC), failures-{side}.jsonl and the reference statistics as content-addressed
 artifacts in OUTPUT/reference_stats/ (`--reference_stats` reuses them: the reference is then not
 embedded again). Counts reconcile per side: inputs = scored clips + dead letters.
 """
@@ -233,7 +234,7 @@ class WriteReport(beam.DoFn):
             ref_means = (np.concatenate([x.embeddings[spec] for x in by_side["reference"]])
                          if by_side["reference"] and spec not in self.reused else None)
             projections[spec] = (ref_means, np.stack([c.mean(axis=0) for c in clips]))
-        kl_values = None
+        kl_values, per_clip = None, {}
         if self.descs["classifier"] is not None:
             ref_p = {x.key: x.probs for x in by_side["reference"]}
             pairs = [(x.key, ref_p[x.key], x.probs) for x in by_side["generated"] if x.key in ref_p]
@@ -245,17 +246,25 @@ class WriteReport(beam.DoFn):
                     self.descs["classifier"], [k for k, _, _ in pairs], np.stack([p for _, p, _ in pairs]),
                     np.stack([q for _, _, q in pairs]), self.descs["classifier_labels"], rc)
                 rep["kld"]["unpaired"] = {"generated": n_gen - len(pairs), "reference": n_ref - len(pairs)}
+                per_clip.update({k: {"kl_ref_gen": float(v)} for (k, _, _), v in zip(pairs, kl_values)})
         if self.descs["mcc_model"] is not None:
             cap = [x for x in by_side["generated"] if x.mcc is not None]
             if not cap:
                 notes.append("MCC: no captioned generated clip (give a MusicCaps-format CSV as --generated or "
                              "--captions CSV)")
             else:
-                rep["mcc"], _ = mcc_section(self.descs["mcc_model"], np.stack([x.mcc[0] for x in cap]),
+                rep["mcc"], cos = mcc_section(self.descs["mcc_model"], np.stack([x.mcc[0] for x in cap]),
                                             np.stack([x.mcc[1] for x in cap]), [x.aspects for x in cap], rc)
                 rep["mcc"]["uncaptioned_generated_clips"] = len(by_side["generated"]) - len(cap)
+                for x, c in zip(cap, cos):
+                    per_clip.setdefault(x.key, {})["mcc"] = float(c)
         for note in notes:
             LOG.info("evaluate: %s", note)
+        lines = [json.dumps(_jsonable({"side": x.side, "key": x.key, "uri": x.uri, "duration_s": x.duration_s,
+                                       "frames": {k: int(v.shape[0]) for k, v in x.embeddings.items()} if s == "generated" else None,
+                                       **(per_clip.get(x.key, {}) if s == "generated" else {})}))
+                 for s in SIDES for x in by_side[s]]
+        atomic_write(f"{out}/clips.jsonl", ("\n".join(lines) + "\n" if lines else "").encode())
         atomic_write(f"{out}/report.json", (json.dumps(_jsonable(rep), indent=1) + "\n").encode())
         atomic_write(f"{out}/report.md", render_markdown(rep).encode())
         for name, png in render_plots(rep, kl_values, projections).items():

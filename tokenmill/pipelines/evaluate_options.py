@@ -17,7 +17,8 @@ with its bootstrap interval and FAD-inf, the 1/n-bias-free extrapolation), KLD (
 a classifier's label distributions on each reference clip and the generated clip with the same key,
 both directions) and MCC (cosine between each caption's text embedding and the generated clip's
 audio embedding). Writes OUTPUT/report.json, report.md, mcc_per_aspect.png, kld_distribution.png,
-embeddings_<embedder>.png, failures-{generated,reference}.jsonl and the reference statistics
+embeddings_<embedder>.png, clips.jsonl (per clip), failures-{generated,reference}.jsonl and the
+reference statistics
 (OUTPUT/reference_stats/<embedder>-<sha12>.safetensors + .json card) for --reference_stats.
 
 SPEC (--generated, --reference) is one of: a MusicCaps-format CSV (ytid, start_s, end_s, caption,
