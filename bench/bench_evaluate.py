@@ -5,8 +5,8 @@ one run.
 
     python bench/bench_evaluate.py [--audio DIR] [--clips N]
 
-Clips: 10 s cuts of the real music in --audio (default tests/data/audio), written as 16 kHz WAVs;
-both sides of the job are these clips (2N clips scored). Two job settings:
+Clips: 10 s cuts of the real music in --audio (default tests/data/audio; the 15 cuts repeat to
+make --clips), written as 16 kHz WAVs; both sides of the job are these clips (2N clips scored). Two job settings:
   fad-only   --classifier none --mulan_model none (the embedder alone)
   full       FAD + zero-shot KLD (50 labels) + MCC, every model the built-in MuLan
 The bare figure is MulanWindowsEmbedder.embed over the same waves in this process. The job's
@@ -37,7 +37,7 @@ def job(gen: str, out: str, extra: list[str]) -> float:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--audio", default=str(ROOT / "tests" / "data" / "audio"))
-    p.add_argument("--clips", type=int, default=16)
+    p.add_argument("--clips", type=int, default=64, help="clips per side (default 64)")
     a = p.parse_args()
     import numpy as np
     import soundfile
@@ -53,7 +53,7 @@ def main() -> int:
     for f in sorted(Path(a.audio).iterdir()):
         w = load_clip(f.read_bytes(), str(f), (sr,))[0][sr]
         waves += [w[i:i + 10 * sr] for i in range(0, len(w) - 10 * sr + 1, 10 * sr)]
-    waves = waves[: a.clips]
+    waves = [waves[i % len(waves)] for i in range(a.clips)]  # the cuts repeat past the audio's length
     with tempfile.TemporaryDirectory() as tmp:
         for d in ("all", "two"):
             os.mkdir(f"{tmp}/{d}")

@@ -105,8 +105,12 @@ def test_evaluate_end_to_end(setup, small_mulan_weights, capsys):
     clips = [json.loads(x) for x in (out / "clips.jsonl").read_text().splitlines()]
     assert sorted((c["side"], c["key"]) for c in clips) == sorted(
         [("generated", k) for k in [*FILES, "zz"]] + [("reference", k) for k in FILES])
-    for name in ("report.md", "mcc_per_aspect.png", "kld_distribution.png", f"embeddings_mulan={w}.png"):
-        assert (out / name).stat().st_size > 0, name
+    from tokenmill.eval.report import file_label
+
+    label = file_label(f"mulan={w}")
+    assert label.startswith("mulan-") and len(label) == 14
+    for name in ("report.md", "mcc_per_aspect.png", "kld_distribution.png", f"embeddings_{label}.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     arts = sorted((out / "reference_stats").iterdir())
     assert [a.suffix for a in arts] == [".json", ".safetensors"] and f["reference_stats"] == arts[0].stem
 
@@ -127,3 +131,53 @@ def test_evaluate_refuses_bad_specs(setup, tmp_path):
     with pytest.raises(SystemExit, match="--reference is needed"):
         beam_runner.main(["evaluate", "--generated", str(setup / "gen" / "*.wav"), "--output", str(tmp_path / "o"),
                           "--classifier", "none"])
+
+
+def test_dataset_spec_decodes_the_tokens_through_its_codec(tmp_path, real_audio_dir, small_mulan_weights):
+    """--generated DATASET --levels 4: each record decoded from its first 4 acoustic levels by the
+    dataset's codec, keyed by its source's stem, paired with the originals."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import small_corpus
+
+    from tokenmill.training.listen import decode_record, load_manifest
+    from tokenmill.schemas.shards import read_dataset
+
+    src = small_corpus(tmp_path / "in", real_audio_dir)
+    (src / "broken.mp3").unlink()
+    (src / "zz_copy_of_bach.wav").unlink()
+    assert beam_runner.main(["fit-codebook", "--input", str(src / "*"), "--num_clusters", "8", "--sample_frames",
+                             "400", "--heldout_frames", "40", "--output", str(tmp_path / "cb")]) == 0
+    assert beam_runner.main(["tokenize", "--input", str(src / "*"), "--codebook", str(tmp_path / "cb"),
+                             "--mulan_model", "none", "--output", str(tmp_path / "ds")]) == 0
+    w = str(small_mulan_weights)
+    _run(["--generated", str(tmp_path / "ds"), "--levels", "4", "--reference", str(src / "*"), "--output",
+          str(tmp_path / "rep"), "--embedder", f"mulan={w}", "--classifier", f"mulan={w}", "--labels",
+          str(_labels(tmp_path)), "--mulan_model", "none"])
+    rep = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert rep["kld"]["n_pairs"] == 2 and rep["inputs"]["generated"]["inputs"] == 2
+    emb = build_embedder(f"mulan={w}")
+    recs = sorted(read_dataset(str(tmp_path / "ds")), key=lambda r: Path(r.uri).stem)
+    assert [Path(r.uri).stem for r in recs] == ["pushover_greek", "score_bach_bwv66_6"]
+    gen = []
+    for r in recs:
+        wave, sr, _ = decode_record(str(tmp_path / "ds"), r.key, levels=4)
+        gen.append(emb.embed(resample_all_16k(wave, sr)))
+    ref = [emb.embed(load_clip((src / f"{Path(r.uri).name}").read_bytes(), r.uri, (16_000,))[0][16_000]) for r in recs]
+    want = fad(GaussStats.of(np.concatenate(gen)), GaussStats.of(np.concatenate(ref)))
+    got = rep["fad"][f"mulan={w}"]
+    assert got["n_generated_frames"] == 2 and got["fad"] == pytest.approx(want, rel=1e-5)
+    assert load_manifest(str(tmp_path / "ds"))["tokenizers"]["acoustic"]["name"] == "soundstream"
+
+
+def _labels(tmp_path: Path) -> Path:
+    p = tmp_path / "labels.txt"
+    p.write_text("piano\nchoir\nguitar\n")
+    return p
+
+
+def resample_all_16k(wave: np.ndarray, sr: int) -> np.ndarray:
+    from tokenmill.eval.clips import resample_all
+
+    return resample_all(np.asarray(wave, np.float32), sr, (16_000,), "x")[16_000]

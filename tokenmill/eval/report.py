@@ -3,7 +3,7 @@
 writes the files.
 
 Plots: mcc_per_aspect.png (mean MCC of the clips holding each of the most frequent aspects),
-kld_distribution.png (histogram of KL(P_ref ‖ Q_gen) per pair), embeddings_<embedder>.png
+kld_distribution.png (histogram of KL(P_ref ‖ Q_gen) per pair), embeddings_<file_label(embedder spec)>.png
 (reference vs generated clips, each clip the mean of its frames, projected on the two principal
 axes of both sets together)."""
 from __future__ import annotations
@@ -194,8 +194,20 @@ def render_plots(rep: dict, kl_values: np.ndarray | None, projections: dict[str,
         ax.set_title(f"{name}: clip embeddings (mean of frames), PCA of both sets")
         ax.legend()
         fig.tight_layout()
-        out[f"embeddings_{name}.png"] = _png(fig)
+        out[f"embeddings_{file_label(name)}.png"] = _png(fig)
     return out
+
+
+def file_label(spec: str) -> str:
+    """A file-name-safe label of an embedder spec: the spec itself when it is a plain name
+    ("mulan"), else its name and a hash of the whole spec ("hf-3fa4c1d2" for "hf=/models/x,layer=7")."""
+    import hashlib
+    import re
+
+    if re.fullmatch(r"[A-Za-z0-9_.-]+", spec):
+        return spec
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", spec.split("=", 1)[0].split(",", 1)[0]).strip("_") or "embedder"
+    return f"{name}-{hashlib.sha256(spec.encode()).hexdigest()[:8]}"
 
 
 def config_dict(rc: ResampleConfig) -> dict:
