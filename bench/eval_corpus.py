@@ -4,8 +4,8 @@ through Opus: what the acoustic tokens lose, on the scale of the evaluation's ow
 
     python bench/eval_corpus.py --corpus /path/to/corpus --work /tmp/eval-corpus
 
-The corpus is a folder of audio files (any depth) with a captions.jsonl (file, caption, kind) as
-`build_corpus.sh` writes. Rows (each an `evaluate` job with the built-in MuLan as embedder,
+The corpus is a folder of audio files (any depth) with a captions.jsonl: one JSON object per line
+with `file` (path relative to the corpus), `caption`, `kind` and `duration_s`. Rows (each an `evaluate` job with the built-in MuLan as embedder,
 zero-shot classifier and MCC model; the zero-shot vocabulary is the 50 most frequent aspects of
 --musiccaps when given, else the corpus kinds):
   originals vs originals            FAD 0 and KLD 0 by construction; MCC of the real audio

@@ -181,3 +181,24 @@ def resample_all_16k(wave: np.ndarray, sr: int) -> np.ndarray:
     from tokenmill.eval.clips import resample_all
 
     return resample_all(np.asarray(wave, np.float32), sr, (16_000,), "x")[16_000]
+
+
+def test_stats_combinefn_equals_one_pass_numpy_for_any_grouping():
+    from tokenmill.pipelines.evaluate import GaussStatsFn
+
+    rng = np.random.default_rng(0)
+    clips = [rng.normal(size=(int(rng.integers(1, 5)), 6)) + 50.0 for _ in range(30)]
+    x = np.concatenate(clips)
+    fn = GaussStatsFn()
+    for groups in ([30], [1, 29], [7, 7, 7, 9], [1] * 30):
+        accs, i = [], 0
+        for g in groups:  # one accumulator per "bundle", merged at the end as a runner would
+            acc = fn.create_accumulator()
+            for c in clips[i:i + g]:
+                acc = fn.add_input(acc, c)
+            accs.append(acc)
+            i += g
+        s = fn.extract_output(fn.merge_accumulators([fn.create_accumulator(), *accs[::-1]]))
+        assert s.n == len(x)
+        np.testing.assert_allclose(s.mean, x.mean(axis=0), rtol=1e-13)
+        np.testing.assert_allclose(s.cov, np.cov(x, rowvar=False), rtol=1e-9, atol=1e-12)
