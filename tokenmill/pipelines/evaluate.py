@@ -200,8 +200,8 @@ class WriteReport(beam.DoFn):
         by_side = {s: sorted((x for x in scores if x.side == s), key=lambda x: x.key) for s in SIDES}
         dead_by = {s: sorted((d for side, d in dead if side == s), key=lambda d: d.sort_key()) for s in SIDES}
         for s in SIDES:
-            keys = [x.key for x in by_side[s]]
-            dup = sorted({k for k in keys if keys.count(k) > 1})
+            counts = _count(x.key for x in by_side[s])
+            dup = [k for k, n in counts.items() if n > 1]
             if dup:
                 raise EvalError(f"{s}: several clips have the key(s) {', '.join(dup[:5])} (a dataset with two sources "
                                 "of the same file stem?); clips pair by key, so rename the sources")
