@@ -11,6 +11,8 @@
     python beam_runner.py fit-codebook --stream mulan --input 'audio/*.flac' --output codebooks/
     python beam_runner.py generate --text "a calm piano piece" --checkpoints runs/ --out piano.wav
     python beam_runner.py memorization --dataset dataset/ --checkpoints runs/ --output report/
+    python beam_runner.py generate --captions musiccaps.csv --checkpoints runs/ --output gen/
+    python beam_runner.py evaluate --generated 'gen/*.wav' --reference musiccaps.csv --output report/
 
 Options this tool does not know are Beam pipeline options, passed through unchanged:
 --runner (default: the embedded local runner), --direct_running_mode=multi_processing,
@@ -22,6 +24,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import sys
 import time
 
@@ -143,6 +146,12 @@ def _parser() -> argparse.ArgumentParser:
     from tokenmill.pipelines.memorization_options import add_memorization_args
 
     add_memorization_args(mem)
+    from tokenmill.pipelines.evaluate_options import DESCRIPTION, add_evaluate_args
+
+    ev = sub.add_parser("evaluate", epilog=EPILOG, allow_abbrev=False, description=DESCRIPTION,
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        help="FAD, KLD and MCC of generated vs reference audio (report.json, report.md, plots)")
+    add_evaluate_args(ev)
     return p
 
 
@@ -164,15 +173,21 @@ def _add_generate_parser(sub) -> None:
                     "same tokens and WAV bytes.",
         epilog="example: beam_runner.py generate --text 'upbeat jazz with a walking bass' "
                "--checkpoints runs/ --out jazz.wav --seconds 60 --batch 2 --seed 7")
-    gen.add_argument("--text", required=True, help="the text prompt")
-    gen.add_argument("--output", "--out", dest="out", required=True, metavar="WAV",
-                     help="output WAV path (its .json sidecar goes next to it; --out is the older spelling)")
+    gen.add_argument("--text", help="the text prompt (or --captions for many)")
+    gen.add_argument("--output", "--out", dest="out", metavar="WAV|DIR",
+                     help="--text: the output WAV path (its .json sidecar goes next to it); --captions: the "
+                          "output folder (local, gs://, s3://). --out is the older spelling")
+    gen.add_argument("--captions", metavar="CSV",
+                     help="a MusicCaps-format CSV: generate one clip per row as a Beam job, DIR/{ytid}.wav + "
+                          "{ytid}.json, seeds from (--seed, ytid), length --seconds or the row's end_s - start_s; "
+                          "then DIR/generate.json and DIR/failures.jsonl (rows = clips + dead letters)")
     gen.add_argument("--checkpoints", metavar="DIR",
                      help="a directory holding semantic/, coarse/ and fine/ stage checkpoints (each a trainer "
                           "--out directory with latest.json, or a step-NNNNNNN folder)")
     for stage in ("semantic", "coarse", "fine"):
         gen.add_argument(f"--{stage}", metavar="PATH", help=f"the {stage} stage checkpoint (overrides DIR/{stage})")
-    gen.add_argument("--seconds", type=float, default=10.0, help="output length, a multiple of 0.04 s (default 10)")
+    gen.add_argument("--seconds", type=float, help="output length, a multiple of 0.04 s (default 10; with --captions "
+                     "each row's end_s - start_s)")
     gen.add_argument("--batch", type=int, default=1, help="samples of the prompt, one WAV each (default 1)")
     gen.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     gen.add_argument("--top_k", type=int, help="sample among the K most likely tokens, every stage (default: all)")
@@ -264,6 +279,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, beam_args: l
         return _embed_text(args)
 
     if args.command == "generate":
+        if args.captions:
+            return _generate_captions(args, parser, beam_args)
         if beam_args:
             raise SystemExit(f"generate: unknown arguments {beam_args}")
         return _generate(args)
@@ -284,6 +301,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, beam_args: l
 
     if args.command == "memorization":
         return _memorization(parser, args, beam_args)
+    if args.command == "evaluate":
+        return _evaluate(args, parser, beam_args)
 
     from tokenmill.pipelines.device import check_local_device
     from tokenmill.pipelines.ingest import check_inputs_match
@@ -503,9 +522,11 @@ def _generate(args) -> int:
     from tokenmill.training.crops import CropError
     from tokenmill.training.generate import GenerateConfig, GenerateError, generate_from_paths
 
+    if not (args.text and args.out):
+        raise SystemExit("generate: give --text TEXT --output WAV, or --captions CSV --output DIR")
     try:
         cfg = GenerateConfig(
-            seconds=args.seconds, batch=args.batch, seed=args.seed, top_k=args.top_k,
+            seconds=10.0 if args.seconds is None else args.seconds, batch=args.batch, seed=args.seed, top_k=args.top_k,
             top_k_semantic=args.top_k_semantic, top_k_coarse=args.top_k_coarse, top_k_fine=args.top_k_fine,
             temperature_semantic=args.temperature_semantic, temperature_coarse=args.temperature_coarse,
             temperature_fine=args.temperature_fine, stride_fraction=args.stride_fraction, device=args.device)
@@ -544,6 +565,71 @@ def _memorization(parser, args, beam_args) -> int:
         raise SystemExit(f"memorization: {e}") from e
     print(format_summary(rep))
     print(f"report: {args.output.rstrip('/')}/memorization.json")
+    return 0
+
+
+def _evaluate(args, parser, beam_args) -> int:
+    from tokenmill.eval import EvalError
+    from tokenmill.pipelines.device import check_local_device
+    from tokenmill.pipelines.runner import check_beam_args, make_pipeline
+
+    sub = parser._subparsers._group_actions[0].choices[args.command]  # noqa: SLF001
+    check_beam_args(beam_args, [o for a in sub._actions for o in a.option_strings])  # noqa: SLF001
+    check_local_device(args.device, beam_args)
+    from tokenmill.pipelines.evaluate import build_evaluate
+    from tokenmill.pipelines.evaluate_options import prepare
+
+    t0 = time.monotonic()
+    try:
+        cfg, sides, descs, rates, captions, reused, notes = prepare(args)
+        with make_pipeline(beam_args) as p:
+            build_evaluate(p, cfg, sides=sides, descs=descs, rates_hz=rates, captions=captions, reused=reused,
+                           notes=notes)
+    except EvalError as e:
+        raise SystemExit(f"evaluate: {e}") from e
+    out = cfg.output.rstrip("/")
+    print(open(f"{out}/report.md").read() if "://" not in out else "", end="")
+    print(f"evaluate: {out}/report.json, report.md and plots written in {time.monotonic() - t0:.1f} s")
+    return 0
+
+
+def _generate_captions(args, parser, beam_args) -> int:
+    from tokenmill.eval import EvalError
+    from tokenmill.pipelines.eval_sources import read_caption_rows
+    from tokenmill.pipelines.generate_captions import CaptionsJob, build_generate_captions
+    from tokenmill.pipelines.runner import check_beam_args, make_pipeline
+    from tokenmill.tokenizers.codec import CodecError
+    from tokenmill.tokenizers.mulan import MulanError
+    from tokenmill.training.checkpoint import CheckpointError
+    from tokenmill.training.crops import CropError
+    from tokenmill.training.generate import (GenerateConfig, GenerateError, dataset_text_tokenizer, load_codec,
+                                             load_stages, stage_paths)
+
+    if args.text or not args.out or args.batch != 1:
+        raise SystemExit("generate --captions: give --output DIR (not --text/--batch: one clip per row)")
+    sub = parser._subparsers._group_actions[0].choices[args.command]  # noqa: SLF001
+    check_beam_args(beam_args, [o for a in sub._actions for o in a.option_strings])  # noqa: SLF001
+    try:
+        rows = read_caption_rows(args.captions)
+        cfg = GenerateConfig(
+            seconds=10.0 if args.seconds is None else args.seconds, seed=args.seed, top_k=args.top_k,
+            top_k_semantic=args.top_k_semantic, top_k_coarse=args.top_k_coarse, top_k_fine=args.top_k_fine,
+            temperature_semantic=args.temperature_semantic, temperature_coarse=args.temperature_coarse,
+            temperature_fine=args.temperature_fine, stride_fraction=args.stride_fraction, device=args.device)
+        paths = stage_paths(args.checkpoints, semantic=args.semantic, coarse=args.coarse, fine=args.fine)
+        stages = load_stages(paths, "cpu")  # fail before the job: checkpoints, tokenizer and codec must load
+        dataset_text_tokenizer(stages, model=args.mulan_model, path=args.mulan_path, codebook=args.mulan_codebook)
+        load_codec(stages, args.acoustic_model)
+        job = CaptionsJob(args.captions, args.out, {k: str(v) for k, v in paths.items()}, cfg, args.seconds,
+                          args.mulan_model, args.mulan_path, args.mulan_codebook, args.acoustic_model, args.torch_threads)
+        with make_pipeline(beam_args) as p:
+            build_generate_captions(p, job, rows)
+    except (EvalError, GenerateError, CheckpointError, CropError, MulanError, CodecError, FileNotFoundError) as e:
+        raise SystemExit(f"generate: {e}") from e
+    with open(f"{args.out.rstrip('/')}/generate.json") if "://" not in args.out else open(os.devnull) as f:
+        summary = json.loads(f.read() or "{}")
+    print(f"generate: {summary.get('clips', '?')} clips of {len(rows)} rows in {args.out} "
+          f"({summary.get('dead_letters', '?')} dead letters: failures.jsonl)")
     return 0
 
 

@@ -371,7 +371,7 @@ def tau_report(cfg: MemorizationConfig, negative_costs) -> dict:
 
 def write_report(output: str, cfg: MemorizationConfig, plan_: Plan, scored, negatives, failed, counts,
                  n_examples: int) -> dict:
-    from tokenmill.eval import report as rp
+    from tokenmill.eval import memorization_report as rp
 
     scored = sorted(scored, key=lambda s: (s.index, s.prompt_tokens))
     tau = tau_report(cfg, negatives)

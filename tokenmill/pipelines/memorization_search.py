@@ -21,7 +21,7 @@ import numpy as np
 from tokenmill.eval import EvalError
 from tokenmill.eval import memorization as mem
 from tokenmill.eval.ot import TokenOT
-from tokenmill.eval.report import share
+from tokenmill.eval.memorization_report import share
 from tokenmill.eval.search import GeneratedIndex, ScanStats
 from tokenmill.eval.windows import window_starts
 from tokenmill.pipelines.memorization import (
@@ -122,7 +122,7 @@ def _sum_stats(stats) -> dict:
 
 def write_search_report(output: str, cfg: MemorizationConfig, plan_: Plan, index: GeneratedIndex, nearest,
                         negatives, stats, tau: dict) -> dict:
-    from tokenmill.eval import report as rp
+    from tokenmill.eval import memorization_report as rp
 
     near = dict(nearest)
     fr = plan_.frame_rate_hz

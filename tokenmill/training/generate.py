@@ -348,26 +348,42 @@ def acoustic_codes(coarse: np.ndarray, fine: np.ndarray, streams: StreamLayout) 
 
 # ---- text and codec ---------------------------------------------------------------------------
 
+def clip_seed(seed: int, key: str) -> int:
+    """The --seed of the clip named `key` (a ytid) in `generate --captions`: SeedSequence([seed,
+    first 8 bytes of sha256(key)]), 63 bits; so a clip's audio depends on (seed, key) only."""
+    import hashlib
+
+    h = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
+    state = np.random.SeedSequence([int(seed), h]).generate_state(2, np.uint32)
+    return int((int(state[0]) << 32 | int(state[1])) & (2**63 - 1))
+
+
+def dataset_text_tokenizer(stages: dict[str, StageModel], *, model: str | None = None, path: str | None = None,
+                           codebook: str | None = None):
+    """The MuLan TextTokenizer of the checkpoints' dataset (its tokenize job's model, weights and
+    RVQ unless overridden); load it once and pass it to `text_tokens` for many prompts."""
+    from tokenmill.tokenizers.mulan import MulanError, load_text_tokenizer
+
+    job = (stages["semantic"].state["dataset"].get("job") or {}).get("mulan") or {}
+    try:
+        return load_text_tokenizer(model or job.get("model") or "mulan", path if path is not None else job.get("path"),
+                                   codebook if codebook is not None else job.get("codebook"))
+    except (MulanError, FileNotFoundError) as e:
+        raise GenerateError(f"cannot load the MuLan text tokenizer the dataset used: {e}; pass "
+                            "--mulan_model/--mulan_path/--mulan_codebook") from None
+
+
 def text_tokens(text: str, stages: dict[str, StageModel], tokenizer=None, *, model: str | None = None,
                 path: str | None = None, codebook: str | None = None) -> np.ndarray:
     """M_T uint16 [n_stages] of `text`, with the checkpoints' MuLan codebook. `tokenizer` (a
     ``TextTokenizer``) or model/path/codebook (default: the dataset's tokenize job's)."""
-    from tokenmill.tokenizers.mulan import MulanError, load_text_tokenizer
-
     ds = stages["semantic"].state["dataset"]
     want = (ds.get("codebooks") or {}).get("mulan")
     if want is None:
         raise GenerateError("the checkpoints' dataset has no mulan codebook: it was tokenized without "
                             "--mulan_model, so its stages are not text-conditioned")
     if tokenizer is None:
-        job = (ds.get("job") or {}).get("mulan") or {}
-        try:
-            tokenizer = load_text_tokenizer(model or job.get("model") or "mulan",
-                                            path if path is not None else job.get("path"),
-                                            codebook if codebook is not None else job.get("codebook"))
-        except (MulanError, FileNotFoundError) as e:
-            raise GenerateError(f"cannot load the MuLan text tokenizer the dataset used: {e}; pass "
-                                "--mulan_model/--mulan_path/--mulan_codebook") from None
+        tokenizer = dataset_text_tokenizer(stages, model=model, path=path, codebook=codebook)
     desc = tokenizer.describe()
     if desc["codebook_id"] != want:
         raise GenerateError(f"the MuLan text tokenizer quantizes with codebook {desc['codebook_id']} but the "
