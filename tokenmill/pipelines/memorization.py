@@ -30,6 +30,7 @@ from tokenmill.eval import EvalError
 from tokenmill.eval import memorization as mem
 from tokenmill.eval.ot import OTConfig, TokenOT
 from tokenmill.pipelines.handlers import Failed, per_element
+from tokenmill.pipelines.sinks import atomic_write
 
 LOG = logging.getLogger("tokenmill")
 NS = "tokenmill"
@@ -356,10 +357,8 @@ class NegativeCosts(OneBlasThread):
 
 
 def write_bytes(path: str, data: bytes) -> None:
-    if "://" not in path:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with FileSystems.create(path) as f:
-        f.write(data)
+    """Reports and plots, like every output: a temp name, then a rename (sinks.atomic_write)."""
+    atomic_write(path, data)
 
 
 def tau_report(cfg: MemorizationConfig, negative_costs) -> dict:
