@@ -99,7 +99,7 @@ def main() -> None:
     ce = fit_kmeans(xt, a.k, seed=0, n_iter=a.n_iter)
     t_exact = time.perf_counter() - t
     mse_f = codebook_stats(cf, xt, xh)["heldout_mse"]
-    mse_e = ce.card["heldout_mse"]
+    mse_e = codebook_stats(np.asarray(ce.centroids), xt, xh)["heldout_mse"]
     print(f"fit k={a.k}, {a.n_iter} iterations: FAISS Clustering {t_faiss:.1f} s (held-out MSE {mse_f:.4f}), "
           f"exact {t_exact:.1f} s (MSE {mse_e:.4f}; stopped after {ce.card['lloyd']['iterations_run']} "
           f"iterations): time {t_exact / t_faiss:.2f}x, MSE {mse_e / mse_f:.3f}x", flush=True)
