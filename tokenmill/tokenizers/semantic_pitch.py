@@ -22,7 +22,8 @@ floor(j·128/441) = t, i.e. j·256/22050 in [0.04·t, 0.04·(t+1)): 3 or 4 frame
 
 Features per 25 Hz frame t (float32 [T, 14]), from the model frames it owns:
   note_pc  [0, 12)   pitch-class profile, C..B: for each class the largest note posterior over its
-                     octaves, averaged over the frame's model frames; · pc_weight
+                     octaves, averaged over the frame's model frames, divided by
+                     max(largest class, pc_norm_floor); · pc_weight
   onset    [12, 13)  largest onset posterior over all keys and the frame's model frames; · onset_weight
   register [13, 14)  posterior-weighted mean MIDI pitch of the frame's notes, (pitch - 60) / 12,
                      0 when no note is above `register_floor`; · register_weight
@@ -65,16 +66,21 @@ class PitchModelError(TokenmillError, RuntimeError):
 class PitchConfig:
     """Everything that defines the features; recorded in the manifest and the codebook card.
 
-    The block weights act as weights in k-means' Euclidean distance. Posteriors lie in [0, 1]; a
-    sounding note's pitch class is ~0.5-0.9, so pc_weight = 2 makes a change of pitch class cost
-    ~1-3 in squared distance, onset_weight = 1.5 makes an onset about as costly as half a pitch
-    class change, register_weight = 0.5 keeps octave a secondary split.
+    The block weights act as weights in k-means' Euclidean distance. Posteriors lie in [0, 1], but
+    how sure the model is of a note depends on the instrument (a piano's note posterior runs
+    higher than a flute's), so the profile is divided by max(largest class, pc_norm_floor): a
+    sounding note's class becomes 1 whatever plays it, and frames whose largest class is below the
+    floor (silence, ~0.1 everywhere) keep their small values. With pc_weight = 2 a change of pitch
+    class costs ~8 in squared distance, an onset (onset_weight = 1.5) ~2, an octave
+    (register_weight = 1) 1. Chosen on bench/bench_semantic_invariance.py (README table): without
+    the normalization, or with register_weight 0 or 0.5, tokens split more by instrument.
     """
 
     pc_weight: float = 2.0
     onset_weight: float = 1.5
-    register_weight: float = 0.5
+    register_weight: float = 1.0
     register_floor: float = 0.3  # note posterior below this does not count towards the register
+    pc_norm_floor: float = 0.3  # divide the profile by max(its largest class, this); 0 = off
     resample_quality: str = "HQ"  # soxr quality for 16 kHz -> 22 050 Hz
     batch_windows: int = 8  # model windows (~1.6 s of audio each) per onnxruntime call
 
@@ -82,6 +88,8 @@ class PitchConfig:
         for f in ("pc_weight", "onset_weight", "register_weight"):
             if not getattr(self, f) >= 0:
                 raise ValueError(f"{f} must be >= 0, got {getattr(self, f)}")
+        if not 0 <= self.pc_norm_floor < 1:
+            raise ValueError(f"pc_norm_floor must be in [0, 1), got {self.pc_norm_floor}")
         if not 0 < self.register_floor < 1:
             raise ValueError(f"register_floor must be in (0, 1), got {self.register_floor}")
         if self.resample_quality not in ("VHQ", "HQ", "MQ", "LQ", "QQ"):
@@ -126,6 +134,8 @@ def pool_to_25hz(note: np.ndarray, onset: np.ndarray, n_frames: int, cfg: PitchC
     pc_25 = np.zeros((n_frames, 12))
     np.add.at(pc_25, owner, pc)
     pc_25 /= counts[:, None]
+    if cfg.pc_norm_floor > 0:
+        pc_25 /= np.maximum(pc_25.max(1, keepdims=True), cfg.pc_norm_floor)
     onset_25 = np.zeros(n_frames)
     np.maximum.at(onset_25, owner, onset[:j].max(1))
     mass = np.where(note >= cfg.register_floor, note, 0.0)
