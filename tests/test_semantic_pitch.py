@@ -143,3 +143,20 @@ def test_fit_and_tokenize_end_to_end(tmp_path, real_audio_dir):
         beam_runner.main(["tokenize", "--input", str(src / "*"), "--codebook", str(spec),
                           "--output", str(tmp_path / "ds2"), "--mulan_model", "none",
                           "--acoustic_codec", "none", *sem])
+
+
+def test_features_do_not_depend_on_torch_threads():
+    """onnxruntime runs on one thread whatever the job's --torch_threads (its floats change with
+    its thread count), so the same wave gives the same bytes under any compute layout."""
+    import torch
+
+    wave = (0.2 * np.random.default_rng(7).standard_normal(640 * 200)).astype(np.float32)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        a = build_extractor("basic-pitch").extract(wave)
+        torch.set_num_threads(2)
+        b = build_extractor("basic-pitch").extract(wave)
+    finally:
+        torch.set_num_threads(before)
+    assert a.tobytes() == b.tobytes()

@@ -156,7 +156,7 @@ class PitchExtractor(SemanticExtractor):
     name = "basic-pitch"
     dim = 14
 
-    def __init__(self, config: PitchConfig | None = None, threads: int | None = None) -> None:
+    def __init__(self, config: PitchConfig | None = None) -> None:
         try:
             import onnxruntime as ort
         except ImportError as e:
@@ -166,11 +166,10 @@ class PitchExtractor(SemanticExtractor):
         blob = path.read_bytes()
         self.weights_sha256 = hashlib.sha256(blob).hexdigest()
         opts = ort.SessionOptions()
-        if threads is None:  # the job's compute layout sets torch's intra-op threads; follow it
-            import torch
-
-            threads = torch.get_num_threads()
-        opts.intra_op_num_threads = int(threads)
+        # One intra-op thread, always: onnxruntime's floats change with its thread count (measured:
+        # 1 vs 2 threads differ by ~1e-7), and tokens must not depend on --torch_threads. Beam
+        # parallelizes over segments instead. (Its kernels follow the CPU's ISA: see README.)
+        opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1
         self._session = ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
         self._input = self._session.get_inputs()[0].name
@@ -216,9 +215,8 @@ class PitchExtractor(SemanticExtractor):
 def _build_pitch(**config: Any) -> PitchExtractor:
     import dataclasses
 
-    threads = config.pop("threads", None)
     fields = {f.name for f in dataclasses.fields(PitchConfig)}
     unknown = sorted(set(config) - fields)
     if unknown:
         raise ValueError(f"unknown basic-pitch config keys {unknown}; valid: {sorted(fields)}")
-    return PitchExtractor(PitchConfig(**config), threads=threads)
+    return PitchExtractor(PitchConfig(**config))
