@@ -135,6 +135,12 @@ def test_fit_and_tokenize_end_to_end(tmp_path, real_audio_dir):
     (rec,) = rep.records["parquet"]
     (seg,) = audio.prepare((src / name).read_bytes(), str(src / name), audio.AudioConfig(target_rates_hz=(SR,)))
     np.testing.assert_array_equal(rec.semantic, cb.assign(build_extractor("basic-pitch").extract(seg.waves[SR])))
+    # rebuild re-extracts with the dataset's extractor (basic-pitch, named in the manifest)
+    assert beam_runner.main(["rebuild", "--dataset", str(out), "--stream", "semantic", "--codebook",
+                             str(path), "--output", str(tmp_path / "v2")]) == 0
+    m2 = json.loads((tmp_path / "v2" / "manifest.json").read_text())
+    assert m2["tokenizers"]["semantic"]["extractor"]["name"] == "basic-pitch"
+    assert m2["tokenizers"]["semantic"]["extractor"]["weights_sha256"] == NMP_ONNX_SHA256
     # a spectral codebook is refused for basic-pitch features, as a fix-it exit
     spec = tmp_path / "cb_spectral"
     assert beam_runner.main(["fit-codebook", "--input", str(src / "*"), "--output", str(spec),
