@@ -166,3 +166,14 @@ def test_features_do_not_depend_on_torch_threads():
     finally:
         torch.set_num_threads(before)
     assert a.tobytes() == b.tobytes()
+
+
+def test_a_missing_basic_pitch_wheel_says_how_to_install_it(monkeypatch):
+    import importlib.util
+
+    from tokenmill.tokenizers.semantic_pitch import PitchModelError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "basic_pitch" else real(n, *a))
+    with pytest.raises(PitchModelError, match="pip install --no-deps basic-pitch==0.4.0"):
+        build_extractor("basic-pitch")
