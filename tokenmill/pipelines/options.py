@@ -17,7 +17,7 @@ from tokenmill.tokenizers.compute import KERNELS, ComputeError, ComputeLayout
 
 @dataclass(frozen=True)
 class SemanticConfig:
-    extractor: str = "spectral"  # "spectral" | "w2v-bert" | "hubert" (semantic.known_extractors())
+    extractor: str = "spectral"  # "spectral" | "basic-pitch" | "w2v-bert" | "hubert" (semantic.known_extractors())
     extractor_config: tuple[tuple[str, object], ...] = ()  # (name, value) pairs, JSON-able
     batch_size: int = 8  # segments per RunInference batch
     path: str | None = None  # SSL extractors: transformers save_pretrained directory
@@ -160,14 +160,17 @@ def _add_audio_args(p: argparse.ArgumentParser) -> None:
 
 
 SSL_EXTRACTORS = ("w2v-bert", "hubert")  # tokenizers/semantic_ssl.py; need --semantic_path
-SEMANTIC_EXTRACTORS = ("spectral", *SSL_EXTRACTORS)
+PITCH_EXTRACTORS = ("basic-pitch",)  # tokenizers/semantic_pitch.py; model file from the basic-pitch wheel
+SEMANTIC_EXTRACTORS = ("spectral", *PITCH_EXTRACTORS, *SSL_EXTRACTORS)
 
 
 def _add_semantic_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("semantic features")
     g.add_argument("--semantic_extractor", choices=SEMANTIC_EXTRACTORS, default="spectral",
                    help="feature extractor at 25 Hz: 'spectral' is the built-in weight-free log-mel+chroma "
-                        "baseline; 'w2v-bert' (w2v-BERT 2.0, Wav2Vec2BertModel) and 'hubert' (HubertModel) "
+                        "baseline; 'basic-pitch' pools the pretrained basic-pitch model's note and onset "
+                        "posteriorgrams (ONNX file from the basic-pitch wheel, run by onnxruntime) into a "
+                        "pitch-class profile + onset + register per frame; 'w2v-bert' (w2v-BERT 2.0, Wav2Vec2BertModel) and 'hubert' (HubertModel) "
                         "load --semantic_path and take hidden layer --semantic_layer, averaged over pairs "
                         "of 50 Hz frames; their codebook standardizes each dimension with the fit "
                         "sample's mean and std (default %(default)s)")

@@ -3,7 +3,8 @@
 The k-means codebook (kmeans.py) maps each frame to one of 1024 semantic tokens. Extractors plug
 in through `SemanticExtractor` and the `build_extractor` registry: "spectral" (built-in,
 weight-free) lives here; the SSL adapters "w2v-bert" and "hubert" (transformers from_pretrained,
-semantic_ssl.py) register when the registry is first used.
+semantic_ssl.py) and "basic-pitch" (pretrained pitch posteriorgrams, semantic_pitch.py) register
+when the registry is first used.
 
 Frame contract (every extractor): a wave of n samples, n a multiple of 640 (rates.SEMANTIC hop),
 gives T = n // 640 frames exactly. Frame t describes the audio around [t·640, (t+1)·640): its
@@ -123,10 +124,12 @@ def known_extractors() -> list[str]:
 
 
 def _import_backends() -> None:
-    """SSL back-ends register themselves on import; import them lazily (transformers)."""
+    """Back-ends register themselves on import; import them lazily (transformers, onnxruntime are
+    imported only when a model is built)."""
     import importlib
 
     importlib.import_module("tokenmill.tokenizers.semantic_ssl")
+    importlib.import_module("tokenmill.tokenizers.semantic_pitch")
 
 
 def build_extractor(name: str, **config: Any) -> SemanticExtractor:
