@@ -39,6 +39,7 @@ class _QuietOptionalClients(logging.Filter):
 # installed before Beam is imported: its import-time warning goes through the root logger
 logging.getLogger().addFilter(_QuietOptionalClients())
 
+from tokenmill.errors import TokenmillError, UsageError  # noqa: E402
 from tokenmill.pipelines import options as opts  # noqa: E402 (after the filter above)
 
 EPILOG = """Beam options: anything not listed above is passed to Beam, e.g. --runner=DataflowRunner,
@@ -232,8 +233,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, beam_args = parser.parse_known_args(argv)
     _setup_logging(args.verbose)
-    from tokenmill.errors import TokenmillError
-
     try:
         return _run(parser, args, beam_args)
     except TokenmillError as e:   # one error path: the fix-it message, exit 2 (traceback with -v)
@@ -241,8 +240,20 @@ def main(argv: list[str] | None = None) -> int:
             import traceback
 
             traceback.print_exc()
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        message = f"{args.command}: {e}"
+        print(f"error: {message}", file=sys.stderr)
+        raise CommandError(message) from None
+
+
+class CommandError(SystemExit):
+    """Exit status 2 after a TokenmillError; str() is the message already printed to stderr."""
+
+    def __init__(self, message: str):
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, beam_args: list[str]) -> int:
@@ -420,10 +431,7 @@ def _apply_compute(layout) -> dict:
     compute layout; a fix-it error when torch already runs other kernels here."""
     from tokenmill.tokenizers import compute
 
-    try:
-        return compute.apply(layout)
-    except compute.ComputeError as e:
-        raise SystemExit(f"error: {e}") from e
+    return compute.apply(layout)   # ComputeError (a TokenmillError): main's one handler
 
 
 def _compute_warning(what: str, changes: list[str]) -> None:
@@ -451,8 +459,8 @@ def _open_journal(cfg, semantic_desc, acoustic_desc, mulan_desc, compute_entry):
         journal = open_journal(cfg.output, {"job": job, "tokenizers": tokenizers, "codebooks": codebooks,
                                             "streams": streams, "tokenmill_version": __version__}, cfg.inputs,
                                compute_entry=compute_entry)
-    except JournalError as e:
-        raise SystemExit(f"error: {e}") from e
+    except JournalError as e:   # its message names the journal and the fix
+        raise UsageError(str(e)) from e
     if journal.finished:
         changes = compute.differences(journal.compute_before, compute_entry)
         _compute_warning(f"the interrupted run of {cfg.output}", changes)
@@ -471,41 +479,32 @@ def _open_journal(cfg, semantic_desc, acoustic_desc, mulan_desc, compute_entry):
 def _model_errors():
     """A model (semantic SSL checkpoint, MuLan) or codebook that cannot be loaded, or that do not
     fit together, stops the command with its fix-it message before any job starts (no traceback)."""
-    from tokenmill.tokenizers.kmeans import CodebookError
-    from tokenmill.tokenizers.mulan import MulanError
-    from tokenmill.tokenizers.semantic_ssl import SemanticModelError
 
     try:
         yield
-    except (MulanError, CodebookError, SemanticModelError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}") from e
+    except FileNotFoundError as e:  # our errors go to main's one handler
+        raise UsageError(str(e)) from e
 
 
 def _rebuild(args) -> int:
-    from tokenmill.pipelines.rebuild import RebuildError, print_rebuild_summary, rebuild_config, run_rebuild
-    from tokenmill.schemas.manifest import ManifestError
-    from tokenmill.schemas.shards import ShardFormatError
-    from tokenmill.tokenizers.kmeans import CodebookError
-    from tokenmill.tokenizers.mulan import MulanError
+    from tokenmill.pipelines.rebuild import print_rebuild_summary, rebuild_config, run_rebuild
 
     cfg = rebuild_config(args)
     try:
         res = run_rebuild(cfg)
-    except (RebuildError, CodebookError, MulanError, ManifestError, ShardFormatError, FileNotFoundError) as e:
-        raise SystemExit(f"rebuild: {e}") from e
+    except FileNotFoundError as e:  # our errors go to main's one handler
+        raise UsageError(str(e)) from e
     print_rebuild_summary(res)
     return 0
 
 
 def _stats(args) -> int:
-    from tokenmill.schemas.manifest import ManifestError
-    from tokenmill.schemas.shards import ShardFormatError
-    from tokenmill.schemas.stats import StatsError, dataset_stats, format_stats
+    from tokenmill.schemas.stats import dataset_stats, format_stats
 
     try:
         st = dataset_stats(args.dataset)
-    except (FileNotFoundError, ManifestError, ShardFormatError, StatsError) as e:
-        raise SystemExit(f"stats: {e}") from e
+    except FileNotFoundError as e:  # our errors go to main's one handler
+        raise UsageError(str(e)) from e
     print(json.dumps(st.summary, indent=1) if args.json else format_stats(st.summary))
     if args.plots:
         from tokenmill.inspect_plots import write_stats_plots
@@ -516,11 +515,7 @@ def _stats(args) -> int:
 
 
 def _generate(args) -> int:
-    from tokenmill.tokenizers.codec import CodecError
-    from tokenmill.tokenizers.mulan import MulanError
-    from tokenmill.training.checkpoint import CheckpointError
-    from tokenmill.training.crops import CropError
-    from tokenmill.training.generate import GenerateConfig, GenerateError, generate_from_paths
+    from tokenmill.training.generate import GenerateConfig, generate_from_paths
 
     if not (args.text and args.out):
         raise SystemExit("generate: give --text TEXT --output WAV, or --captions CSV --output DIR")
@@ -534,8 +529,8 @@ def _generate(args) -> int:
                                    coarse=args.coarse, fine=args.fine, mulan_model=args.mulan_model,
                                    mulan_path=args.mulan_path, mulan_codebook=args.mulan_codebook,
                                    acoustic_model=args.acoustic_model, torch_threads=args.torch_threads).sidecar
-    except (GenerateError, CheckpointError, CropError, MulanError, CodecError, FileNotFoundError) as e:
-        raise SystemExit(f"generate: {e}") from e
+    except FileNotFoundError as e:  # our errors go to main's one handler
+        raise UsageError(str(e)) from e
     steps = ", ".join(f"{s} step {c['step']}" for s, c in side["checkpoints"].items())
     print(f"{', '.join(side['wavs'])}: {side['samples'] / side['sample_rate_hz']:.2f} s at {side['sample_rate_hz']} Hz "
           f"({steps}; seed {side['seed']}; {side['elapsed_s']:.1f} s); sidecar "
@@ -544,32 +539,24 @@ def _generate(args) -> int:
 
 
 def _memorization(parser, args, beam_args) -> int:
-    from tokenmill.eval import EvalError
     from tokenmill.pipelines.device import check_local_device
     from tokenmill.pipelines.memorization import format_summary, run_memorization
     from tokenmill.pipelines.memorization_options import memorization_config
     from tokenmill.pipelines.runner import check_beam_args
-    from tokenmill.schemas.manifest import ManifestError
-    from tokenmill.schemas.shards import ShardFormatError
-    from tokenmill.tokenizers.kmeans import CodebookError
-    from tokenmill.training.checkpoint import CheckpointError
-    from tokenmill.training.data import ReaderError
 
     sub = parser._subparsers._group_actions[0].choices[args.command]  # noqa: SLF001
     check_beam_args(beam_args, [o for a in sub._actions for o in a.option_strings])  # noqa: SLF001
     check_local_device(args.device, beam_args)
     try:
         rep = run_memorization(memorization_config(args), beam_args)
-    except (EvalError, CheckpointError, CodebookError, ManifestError, ShardFormatError, ReaderError,
-            FileNotFoundError) as e:
-        raise SystemExit(f"memorization: {e}") from e
+    except FileNotFoundError as e:  # our errors go to main's one handler
+        raise UsageError(str(e)) from e
     print(format_summary(rep))
     print(f"report: {args.output.rstrip('/')}/memorization.json")
     return 0
 
 
 def _evaluate(args, parser, beam_args) -> int:
-    from tokenmill.eval import EvalError
     from tokenmill.pipelines.device import check_local_device
     from tokenmill.pipelines.runner import check_beam_args, make_pipeline
 
@@ -585,8 +572,8 @@ def _evaluate(args, parser, beam_args) -> int:
         with make_pipeline(beam_args) as p:
             build_evaluate(p, cfg, sides=sides, descs=descs, rates_hz=rates, captions=captions, reused=reused,
                            notes=notes)
-    except EvalError as e:
-        raise SystemExit(f"evaluate: {e}") from e
+    except FileNotFoundError as e:  # our errors go to main's one handler
+        raise UsageError(str(e)) from e
     out = cfg.output.rstrip("/")
     print(open(f"{out}/report.md").read() if "://" not in out else "", end="")
     print(f"evaluate: {out}/report.json, report.md and plots written in {time.monotonic() - t0:.1f} s")
@@ -594,15 +581,10 @@ def _evaluate(args, parser, beam_args) -> int:
 
 
 def _generate_captions(args, parser, beam_args) -> int:
-    from tokenmill.eval import EvalError
     from tokenmill.pipelines.eval_sources import read_caption_rows
     from tokenmill.pipelines.generate_captions import CaptionsJob, build_generate_captions
     from tokenmill.pipelines.runner import check_beam_args, make_pipeline
-    from tokenmill.tokenizers.codec import CodecError
-    from tokenmill.tokenizers.mulan import MulanError
-    from tokenmill.training.checkpoint import CheckpointError
-    from tokenmill.training.crops import CropError
-    from tokenmill.training.generate import (GenerateConfig, GenerateError, dataset_text_tokenizer, load_codec,
+    from tokenmill.training.generate import (GenerateConfig, dataset_text_tokenizer, load_codec,
                                              load_stages, stage_paths)
 
     if args.text or not args.out or args.batch != 1:
@@ -624,8 +606,8 @@ def _generate_captions(args, parser, beam_args) -> int:
                           args.mulan_model, args.mulan_path, args.mulan_codebook, args.acoustic_model, args.torch_threads)
         with make_pipeline(beam_args) as p:
             build_generate_captions(p, job, rows)
-    except (EvalError, GenerateError, CheckpointError, CropError, MulanError, CodecError, FileNotFoundError) as e:
-        raise SystemExit(f"generate: {e}") from e
+    except FileNotFoundError as e:  # our errors go to main's one handler
+        raise UsageError(str(e)) from e
     with open(f"{args.out.rstrip('/')}/generate.json") if "://" not in args.out else open(os.devnull) as f:
         summary = json.loads(f.read() or "{}")
     print(f"generate: {summary.get('clips', '?')} clips of {len(rows)} rows in {args.out} "

@@ -97,3 +97,28 @@ def test_jobs_print_progress_lines_and_not_the_optional_client_warning(tmp_path,
     assert res.returncode == 0, res.stderr[-3000:]
     assert "INFO [decode] 1 files" in res.stderr
     assert "apitools" not in res.stderr + res.stdout
+
+
+def test_one_error_path_exit_2_with_the_message(tmp_path, capsys):
+    """Regression: a corrupt dataset made `stats` print a traceback. Every TokenmillError now ends
+    the command with its message on stderr and exit status 2."""
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(SystemExit) as e:
+        beam_runner.main(["stats", str(tmp_path)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "manifest.json" in err and "Traceback" not in err
+
+
+def test_library_code_raises_no_system_exit():
+    """Only the command-line entry points end the process; library code raises TokenmillError."""
+    import re
+
+    bad = []
+    for path in sorted((ROOT / "tokenmill").rglob("*.py")):
+        if "training" in path.parts:
+            continue  # the trainers' own `python -m` entry points (to become subcommands)
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"raise SystemExit\b", line):
+                bad.append(f"{path.relative_to(ROOT)}:{i}")
+    assert not bad, bad

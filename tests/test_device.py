@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import beam_runner
+from tokenmill.errors import UsageError
 from tokenmill.pipelines import device as dev
 from tokenmill.pipelines import handlers
 from tokenmill.pipelines import mulan as pmulan
@@ -284,10 +285,10 @@ def test_which_runners_run_the_workers_here(beam_args, local):
 
 def test_local_cuda_without_cuda_is_refused(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(UsageError) as e:
         dev.check_local_device("cuda", [])
     assert str(e.value) == REFUSAL
-    with pytest.raises(SystemExit, match=r"^--device cuda:1: CUDA is not available on this machine"):
+    with pytest.raises(UsageError, match=r"^--device cuda:1: CUDA is not available on this machine"):
         dev.check_local_device("cuda:1", ["--runner=PortableRunner", "--job_endpoint=embed"])
     dev.check_local_device("cpu", [])  # cpu is never checked
 
@@ -305,7 +306,7 @@ def test_local_gpu_index_beyond_the_machine_is_refused(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     dev.check_local_device("cuda:1", [])
-    with pytest.raises(SystemExit, match=r"--device cuda:2: this machine has 2 CUDA device\(s\), cuda:0 to cuda:1"):
+    with pytest.raises(UsageError, match=r"--device cuda:2: this machine has 2 CUDA device\(s\), cuda:0 to cuda:1"):
         dev.check_local_device("cuda:2", [])
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import beam_runner
+from tokenmill.errors import UsageError
 from tokenmill.pipelines.entries import PendingRecord
 from tokenmill.schemas.verify import verify_dataset
 from tokenmill.tokenizers import audio
@@ -259,9 +260,9 @@ def test_compatibility_names_the_differing_field(grown):
     newer = json.loads(json.dumps(same))
     newer["streams"]["semantic"]["a_field_old_manifests_lack"] = 1
     check_compatible(base, **newer)
-    with pytest.raises(SystemExit, match=r"streams \['acoustic', 'semantic'\] but the dataset has \['semantic'\]"):
+    with pytest.raises(UsageError, match=r"streams \['acoustic', 'semantic'\] but the dataset has \['semantic'\]"):
         check_compatible(base, **{**same, "streams": {**m["streams"], "acoustic": {}}})
     other = json.loads(json.dumps(same))
     other["audio"]["max_segment_s"] = 30.0
-    with pytest.raises(SystemExit, match=r"audio.max_segment_s is 30.0 in this run but 8.0 in the dataset"):
+    with pytest.raises(UsageError, match=r"audio.max_segment_s is 30.0 in this run but 8.0 in the dataset"):
         check_compatible(base, **other)

@@ -9,3 +9,7 @@ from __future__ import annotations
 
 class TokenmillError(Exception):
     """An error tokenmill raises on purpose, with a message that names the file and the fix."""
+
+
+class UsageError(TokenmillError, ValueError):
+    """A flag, path or setting given to a command cannot work; the message names it and the fix."""

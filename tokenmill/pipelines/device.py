@@ -14,6 +14,8 @@ import argparse
 import re
 import socket
 
+from tokenmill.errors import UsageError
+
 DEVICE_RE = re.compile(r"cpu|cuda(:\d+)?")
 _MODELS = {
     "tokenize": "the SSL semantic extractor (w2v-bert/hubert), the acoustic codec (built-in SoundStream "
@@ -98,10 +100,10 @@ def check_local_device(device: str, beam_args: list[str]) -> None:
     import torch
 
     if not torch.cuda.is_available():
-        raise SystemExit(f"--device {device}: CUDA is not available on this machine; run with --device cpu, "
+        raise UsageError(f"--device {device}: CUDA is not available on this machine; run with --device cpu, "
                          "or on GPU workers (docs/runners.md)")
     index = device_index(device)
     n = torch.cuda.device_count()
     if index >= n:
-        raise SystemExit(f"--device {device}: this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}; "
+        raise UsageError(f"--device {device}: this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}; "
                          "pick one of those, or run with --device cpu")

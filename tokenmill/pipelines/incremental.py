@@ -32,6 +32,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from tokenmill.errors import UsageError
 from tokenmill.pipelines.ingest import DEAD, DuplicateContent, SegmentInput, dead_letter
 from tokenmill.pipelines.sinks import atomic_write, write_dead_letters
 from tokenmill.schemas import manifest as mf
@@ -86,16 +87,16 @@ def load_base(root: str) -> Base:
     root = root.rstrip("/")
     path = f"{root}/{MANIFEST_NAME}"
     if not FileSystems.exists(path):
-        raise SystemExit(f"--into {root}: {path} not found; --into adds to a dataset written by "
+        raise UsageError(f"--into {root}: {path} not found; --into adds to a dataset written by "
                          "tokenize (use --output DIR to create one)")
     try:
         manifest = json.loads(_read(path))
     except json.JSONDecodeError as e:
-        raise SystemExit(f"--into {root}: {path} is not valid JSON ({e})") from e
+        raise UsageError(f"--into {root}: {path} is not valid JSON ({e})") from e
     problems = mf.validate_manifest(manifest)
     missing = [k for k in LAYOUT if k not in manifest.get("job", {})] if not problems else []
     if problems or missing:
-        raise SystemExit(f"--into {root}: {path} is not a tokenize manifest this version can extend: "
+        raise UsageError(f"--into {root}: {path} is not a tokenize manifest this version can extend: "
                          + "; ".join(problems or [f"job lacks {missing}"]) + f"; run `verify {root}`")
     fmt_name = "parquet" if any(s["format"] == "parquet" for s in manifest["shards"]) else "webdataset"
     key_uri: dict[str, str] = {}
@@ -104,7 +105,7 @@ def load_base(root: str) -> Base:
             continue
         pairs = _key_uris(f"{root}/{s['path']}", fmt_name)
         if len(pairs) != s["records"]:
-            raise SystemExit(f"--into {root}: {s['path']} holds {len(pairs)} records, the manifest says "
+            raise UsageError(f"--into {root}: {s['path']} holds {len(pairs)} records, the manifest says "
                              f"{s['records']}; run `verify {root}`")
         key_uri.update(pairs)
     letters = []
@@ -115,7 +116,7 @@ def load_base(root: str) -> Base:
 
 def _key_uris(path: str, fmt_name: str) -> list[tuple[str, str]]:
     if not FileSystems.exists(path):
-        raise SystemExit(f"{path}: listed in the manifest but missing; run `verify` on the dataset")
+        raise UsageError(f"{path}: listed in the manifest but missing; run `verify` on the dataset")
     if fmt_name == "parquet":
         import pyarrow.parquet as pq
 
@@ -153,14 +154,14 @@ def check_compatible(base: Base, *, tokenizers: dict, codebooks: dict, streams: 
     m, where = base.manifest, base.where()
     for what, have, want in (("streams", m["streams"], streams), ("tokenizers", m["tokenizers"], tokenizers)):
         if set(have) != set(want):
-            raise SystemExit(
+            raise UsageError(
                 f"--into {base.root}: this run has the streams {sorted(want)} but the dataset has "
                 f"{sorted(have)} ({where} '{what}'); records of one dataset hold the same streams. Set "
                 "--acoustic_codec / --mulan_model as the dataset was written, or write a new dataset with --output")
     for stream in sorted(set(m["codebooks"]) | set(codebooks)):
         have, want = m["codebooks"].get(stream), codebooks.get(stream)
         if have != want:
-            raise SystemExit(
+            raise UsageError(
                 f"--into {base.root}: this run's {stream} codebook is {want} but the dataset's is {have} "
                 f"({where}); tokens from different codebooks cannot share a dataset. Tokenize with the "
                 f"dataset's codebook (and model), or write a new dataset with --output")
@@ -169,7 +170,7 @@ def check_compatible(base: Base, *, tokenizers: dict, codebooks: dict, streams: 
     diff = _first_difference(old, new, "")
     if diff:
         field, have, want = diff
-        raise SystemExit(f"--into {base.root}: {field.lstrip('.')} is {json.dumps(want)} in this run but "
+        raise UsageError(f"--into {base.root}: {field.lstrip('.')} is {json.dumps(want)} in this run but "
                          f"{json.dumps(have)} in the dataset ({where}); records of one dataset must come "
                          "from the same models and audio front end. Use the dataset's settings, or write "
                          "a new dataset with --output")

@@ -14,7 +14,7 @@ import numpy as np
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
-from tokenmill.errors import TokenmillError
+from tokenmill.errors import TokenmillError, UsageError
 from tokenmill.schemas.manifest import uri_digest, digest_add
 from tokenmill.schemas.shards import DeadLetter
 from tokenmill.tokenizers import audio
@@ -149,7 +149,7 @@ def check_inputs_match(patterns: tuple[str, ...]) -> int:
         result = FileSystems.match([pattern])[0]
         n = len(result.metadata_list)
         if n == 0:
-            raise SystemExit(f"--input {pattern!r} matched no files; check the path or quote the "
+            raise UsageError(f"--input {pattern!r} matched no files; check the path or quote the "
                              "glob so the shell does not expand it")
         total += n
     return total

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict, dataclass, field
 
+from tokenmill.errors import UsageError
 from tokenmill.pipelines.device import add_device_arg
 from tokenmill.tokenizers.audio import AudioConfig
 from tokenmill.tokenizers.compute import KERNELS, ComputeError, ComputeLayout
@@ -212,17 +213,17 @@ def acoustic_config(args: argparse.Namespace) -> AcousticConfig:
         kw["path"] = args.acoustic_model
     if args.acoustic_bandwidth_kbps is not None:
         if args.acoustic_codec != "encodec":
-            raise SystemExit("--acoustic_bandwidth_kbps applies to --acoustic_codec encodec only")
+            raise UsageError("--acoustic_bandwidth_kbps applies to --acoustic_codec encodec only")
         kw["bandwidth_kbps"] = args.acoustic_bandwidth_kbps
     if args.acoustic_n_q is not None:
         if args.acoustic_codec not in ("dac", "mimi"):
-            raise SystemExit("--acoustic_n_q applies to --acoustic_codec dac or mimi only")
+            raise UsageError("--acoustic_n_q applies to --acoustic_codec dac or mimi only")
         kw["n_q"] = args.acoustic_n_q
     if args.acoustic_codec in ("encodec", "dac", "mimi") and "path" not in kw:
-        raise SystemExit(f"--acoustic_codec {args.acoustic_codec} needs --acoustic_model DIR "
+        raise UsageError(f"--acoustic_codec {args.acoustic_codec} needs --acoustic_model DIR "
                          "(a transformers save_pretrained directory; nothing is downloaded)")
     if args.acoustic_codec == "none" and kw:
-        raise SystemExit("--acoustic_model and friends need --acoustic_codec")
+        raise UsageError("--acoustic_model and friends need --acoustic_codec")
     return AcousticConfig(codec=args.acoustic_codec, codec_config=tuple(sorted(kw.items())),
                           batch_size=args.acoustic_batch_size, device=getattr(args, "device", "cpu"),
                           compute=compute_layout(args))
@@ -257,16 +258,16 @@ def mulan_config(args: argparse.Namespace, *, need_codebook: bool = True) -> Mul
     if args.mulan_model == "none":
         given = [f for f in ("mulan_path", "mulan_codebook") if getattr(args, f) is not None]
         if given:
-            raise SystemExit(f"--{given[0]} needs --mulan_model mulan or clap (it is 'none')")
+            raise UsageError(f"--{given[0]} needs --mulan_model mulan or clap (it is 'none')")
     if args.mulan_batch_size < 1:
-        raise SystemExit("--mulan_batch_size must be >= 1")
+        raise UsageError("--mulan_batch_size must be >= 1")
     if args.mulan_model == "clap" and args.mulan_path is None:
-        raise SystemExit("--mulan_model clap needs --mulan_path DIR (a transformers save_pretrained directory "
+        raise UsageError("--mulan_model clap needs --mulan_path DIR (a transformers save_pretrained directory "
                          "of a CLAP model and its ClapProcessor; nothing is downloaded)")
     if need_codebook and args.mulan_model == "clap" and getattr(args, "mulan_codebook", None) is None:
         from tokenmill.tokenizers.mulan import fit_hint
 
-        raise SystemExit(f"--mulan_model clap needs --mulan_codebook (an RVQ fitted on this CLAP's windows); "
+        raise UsageError(f"--mulan_model clap needs --mulan_codebook (an RVQ fitted on this CLAP's windows); "
                          f"{fit_hint('clap', args.mulan_path)}")
     return MulanConfig(model=args.mulan_model, path=args.mulan_path,
                        codebook=getattr(args, "mulan_codebook", None), batch_size=args.mulan_batch_size,
@@ -297,7 +298,7 @@ def compute_layout(args: argparse.Namespace) -> ComputeLayout:
     try:
         return ComputeLayout(threads=getattr(args, "torch_threads", 1), kernels=getattr(args, "kernels", "portable"))
     except ComputeError as e:
-        raise SystemExit(f"error: {e}") from e
+        raise UsageError(f"{e}") from e
 
 
 def _common_inputs(p: argparse.ArgumentParser) -> None:
@@ -430,7 +431,7 @@ def semantic_config(args: argparse.Namespace) -> SemanticConfig:
     if name not in SSL_EXTRACTORS:
         given = [f for f, v in (("--semantic_path", path), ("--semantic_layer", layer)) if v is not None]
         if given:
-            raise SystemExit(f"{given[0]} applies to --semantic_extractor {' or '.join(SSL_EXTRACTORS)} "
+            raise UsageError(f"{given[0]} applies to --semantic_extractor {' or '.join(SSL_EXTRACTORS)} "
                              f"only (this is {name})")
     else:
         from tokenmill.tokenizers.semantic_ssl import DEFAULT_LAYER, SemanticModelError, read_checkpoint
@@ -440,9 +441,9 @@ def semantic_config(args: argparse.Namespace) -> SemanticConfig:
 
             read_checkpoint(name, local_model_path(path, "--semantic_path"), DEFAULT_LAYER if layer is None else layer)
         except (SemanticModelError, FileNotFoundError) as e:
-            raise SystemExit(f"error: {e}") from e
+            raise UsageError(f"{e}") from e
     if args.batch_size < 1:
-        raise SystemExit("--batch_size must be >= 1")
+        raise UsageError("--batch_size must be >= 1")
     return SemanticConfig(extractor=name, batch_size=args.batch_size, path=path, layer=layer,
                           device=getattr(args, "device", "cpu"), compute=compute_layout(args))
 
@@ -453,14 +454,14 @@ def fit_codebook_config(args: argparse.Namespace, mulan_rate_hz: int | None = No
     other = "mulan" if args.stream == "semantic" else "semantic"
     for dest in _FIT_STREAM_FLAGS[other]:
         if getattr(args, dest) is not None:
-            raise SystemExit(f"--{dest} applies to --stream {other} only (this is --stream {args.stream})")
+            raise UsageError(f"--{dest} applies to --stream {other} only (this is --stream {args.stream})")
     for dest, default in _FIT_STREAM_FLAGS[args.stream].items():
         if getattr(args, dest) is None:
             setattr(args, dest, default)
     if args.stream == "mulan" and (args.semantic_extractor, args.batch_size, args.semantic_path,
                                    args.semantic_layer) != (
             SemanticConfig().extractor, SemanticConfig().batch_size, None, None):
-        raise SystemExit("--semantic_extractor, --semantic_path, --semantic_layer and --batch_size apply "
+        raise UsageError("--semantic_extractor, --semantic_path, --semantic_layer and --batch_size apply "
                          "to --stream semantic; the MuLan model's batch is --mulan_batch_size")
     if args.n_iter is None:
         args.n_iter = 25 if args.stream == "semantic" else 10
@@ -468,13 +469,13 @@ def fit_codebook_config(args: argparse.Namespace, mulan_rate_hz: int | None = No
     if args.stream == "mulan":
         k = args.num_clusters
         if k < 2 or k > 1 << 16:
-            raise SystemExit(f"--num_clusters {k}: the MuLan RVQ needs [2, 65536] entries per stage "
+            raise UsageError(f"--num_clusters {k}: the MuLan RVQ needs [2, 65536] entries per stage "
                              "(uint16 tokens)")
         for name in ("num_stages", "max_windows"):
             if getattr(args, name) < 1:
-                raise SystemExit(f"--{name} must be >= 1")
+                raise UsageError(f"--{name} must be >= 1")
         if args.heldout_windows < 0:
-            raise SystemExit("--heldout_windows must be >= 0")
+            raise UsageError("--heldout_windows must be >= 0")
         kw = dict(num_stages=args.num_stages, max_windows=args.max_windows,
                   heldout_windows=args.heldout_windows,
                   mulan=mulan_config(args, need_codebook=False))
@@ -495,7 +496,7 @@ def tokenize_config(args: argparse.Namespace, acoustic_rate_hz: int | None = Non
     num_valid_shards, valid_fraction and formats (--into); an omitted flag takes its value, a given
     one must equal it."""
     if getattr(args, "retry_failures", False) and not getattr(args, "into", None):
-        raise SystemExit("--retry_failures needs --into DIR (the dataset whose dead letters to retry)")
+        raise UsageError("--retry_failures needs --into DIR (the dataset whose dead letters to retry)")
     for name, default in LAYOUT_DEFAULTS.items():
         given = getattr(args, name)
         if layout is None:
@@ -503,17 +504,17 @@ def tokenize_config(args: argparse.Namespace, acoustic_rate_hz: int | None = Non
             continue
         have = ",".join(layout[name]) if name == "formats" else layout[name]
         if given is not None and (given.replace(" ", "") if name == "formats" else given) != have:
-            raise SystemExit(f"--{name} {given} differs from the dataset's {have} ({args.into}/manifest.json); "
+            raise UsageError(f"--{name} {given} differs from the dataset's {have} ({args.into}/manifest.json); "
                              f"--into keeps the dataset's shard layout: omit --{name}, or write a new "
                              "dataset with --output")
         setattr(args, name, have)
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     bad = [f for f in formats if f not in ("parquet", "webdataset")]
     if bad or not formats:
-        raise SystemExit(f"--formats: unknown {bad or 'empty'}; choose from parquet,webdataset")
+        raise UsageError(f"--formats: unknown {bad or 'empty'}; choose from parquet,webdataset")
     for name in ("num_shards", "num_valid_shards"):
         if getattr(args, name) < 1:
-            raise SystemExit(f"--{name} must be >= 1")
+            raise UsageError(f"--{name} must be >= 1")
     rates_hz = tuple(dict.fromkeys(r for r in (16_000, acoustic_rate_hz, mulan_rate_hz) if r))  # unique, in order
     return TokenizeConfig(
         inputs=tuple(args.inputs), output=args.output or args.into, codebook=args.codebook,

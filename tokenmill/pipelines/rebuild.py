@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from tokenmill.errors import TokenmillError
+from tokenmill.errors import TokenmillError, UsageError
 from tokenmill import __version__
 from tokenmill.pipelines.ingest import frames_priority
 from tokenmill.pipelines.options import RebuildConfig, SemanticConfig
@@ -90,11 +90,11 @@ def add_rebuild_args(p: argparse.ArgumentParser) -> None:
 def rebuild_config(args: argparse.Namespace) -> RebuildConfig:
     for name in ("sample_frames", "probe_frames"):
         if getattr(args, name) < 1:
-            raise SystemExit(f"--{name} must be >= 1")
+            raise UsageError(f"--{name} must be >= 1")
     if args.n_iter is not None and args.n_iter < 1:
-        raise SystemExit("--n_iter must be >= 1")
+        raise UsageError("--n_iter must be >= 1")
     if args.inputs and args.stream == "mulan":
-        raise SystemExit("--input applies to --stream semantic only: the MuLan RVQ is refitted on the "
+        raise UsageError("--input applies to --stream semantic only: the MuLan RVQ is refitted on the "
                          "dataset's stored mulan_windows (tokenize the other audio with the same MuLan "
                          "model first, and rebuild that dataset)")
     n_iter = args.n_iter if args.n_iter is not None else (25 if args.stream == "semantic" else 10)

@@ -15,6 +15,8 @@ from apache_beam.options.pipeline_options import (
     DirectOptions, PipelineOptions, StandardOptions, WorkerOptions,
 )
 
+from tokenmill.errors import UsageError
+
 EMBEDDED = ("DirectRunner", "FnApiRunner", None)
 LOG = logging.getLogger("tokenmill")
 LAST_RESULT = None  # PipelineResult of the latest job a make_pipeline() pipeline ran (`with` block)
@@ -99,7 +101,7 @@ def check_beam_args(beam_args: list[str], own_options: list[str]) -> None:
         for a in flags:
             close = difflib.get_close_matches(a.split("=", 1)[0], known, n=1)
             hints.append(f"{a}" + (f" (did you mean {close[0]}?)" if close else ""))
-        raise SystemExit("unknown option(s): " + ", ".join(hints) + "; see --help")
+        raise UsageError("unknown option(s): " + ", ".join(hints) + "; see --help")
     if unknown:
-        raise SystemExit(f"unexpected argument(s): {' '.join(unknown)}; quote globs so the shell "
+        raise UsageError(f"unexpected argument(s): {' '.join(unknown)}; quote globs so the shell "
                          "does not expand them, and repeat --input for several patterns")

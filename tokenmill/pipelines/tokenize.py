@@ -21,6 +21,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
+from tokenmill.errors import UsageError
 from tokenmill import __version__
 from tokenmill.pipelines.handlers import AcousticTokenHandler, Failed, SemanticTokenHandler
 from tokenmill.pipelines.entries import PendingRecord, TokenRef
@@ -320,11 +321,11 @@ def load_captions(path: str) -> CaptionIndex:
     from tokenmill.schemas.captions import CaptionFileError, parse_captions
 
     if not FileSystems.exists(path):
-        raise SystemExit(f"--captions {path}: file not found")
+        raise UsageError(f"--captions {path}: file not found")
     with FileSystems.open(path) as f:
         try:
             index = parse_captions(f.read(), path)
         except CaptionFileError as e:
-            raise SystemExit(f"--captions: {e}") from e
+            raise UsageError(f"--captions: {e}") from e
     LOG.info("captions: %d lookup entries from %s", len(index), path)
     return index
