@@ -318,7 +318,7 @@ def test_beam_runner_stops_before_the_job_starts(command, monkeypatch, real_audi
             "--device", "cuda"] + (["--codebook", str(tmp_path / "no-codebook")] if command == "tokenize" else [])
     with pytest.raises(SystemExit) as e:
         beam_runner.main(argv)
-    assert str(e.value) == REFUSAL
+    assert str(e.value) == f"{command}: {REFUSAL}" and e.value.code == 2
     assert not out.exists()  # nothing written: no model loaded, no job
 
 
