@@ -122,3 +122,9 @@ def test_library_code_raises_no_system_exit():
             if re.search(r"raise SystemExit\b", line):
                 bad.append(f"{path.relative_to(ROOT)}:{i}")
     assert not bad, bad
+
+
+def test_installed_console_script_is_the_same_cli():
+    script = Path(sys.executable).parent / "tokenmill"
+    res = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "fit-codebook" in res.stdout and "memorization" in res.stdout
