@@ -172,15 +172,45 @@ def _sqdist_to(x_t: np.ndarray, v: np.ndarray) -> np.ndarray:
     return acc
 
 
-def lloyd(x: np.ndarray, init: np.ndarray, n_iter: int, make_index=None) -> tuple[np.ndarray, dict]:
+def _split_into_empty(c: np.ndarray, counts: np.ndarray, empty_ids: np.ndarray, seed: int, step: int,
+                      reseeded_ids: set) -> int:
+    """Give each empty cluster half of a populous one (see `lloyd`); returns how many were filled."""
+    rng = np.random.default_rng([seed, step])
+    sizes = counts.astype(np.int64).copy()
+    sign = np.where(np.arange(c.shape[1]) % 2 == 0, 1.0, -1.0) / 1024.0
+    filled = 0
+    for j in empty_ids:
+        weight = np.maximum(sizes - 1, 0)
+        total = int(weight.sum())
+        if total == 0:
+            break
+        r = int(rng.integers(total))                 # integer draw: exact on any machine
+        big = int(np.searchsorted(np.cumsum(weight), r, side="right"))
+        base = c[big].astype(np.float64)
+        c[j] = (base * (1.0 + sign)).astype(np.float32)
+        c[big] = (base * (1.0 - sign)).astype(np.float32)
+        sizes[j] = sizes[big] // 2
+        sizes[big] -= sizes[j]
+        reseeded_ids.add(int(j))
+        filled += 1
+    return filled
+
+
+def lloyd(x: np.ndarray, init: np.ndarray, n_iter: int, make_index=None, *,
+          empty: str = "farthest", seed: int = 0) -> tuple[np.ndarray, dict]:
     """Deterministic Lloyd iterations from ``init`` float32 [k, D] on float32 [N, D].
 
     Returns (centroids float32 [k, D], info). Stops early once an iteration reassigns no point
     and re-seeds nothing (the centroids are then a fixed point). Empty clusters are re-seeded by
     farthest-first traversal: the point farthest from its centroid, then the point farthest from
     all centroids and the points chosen so far, ties to the lowest row; ``info`` counts every
-    re-seed. `make_index(centroids)` builds the candidate search (default: FAISS on the CPU; a GPU
-    index gives the same result, only the candidates come from there)."""
+    re-seed. `make_index(centroids)` builds the candidate search (default: numpy on the CPU; a GPU
+    index gives the same result, only the candidates come from there).
+
+    ``empty="split"`` instead gives an empty cluster half of a populous one (drawn with probability
+    proportional to its size minus one, from an RNG seeded by (seed, iteration)): both take that
+    centroid scaled by 1 ± 1/1024 in alternate dimensions, as FAISS's k-means does. It lowers the
+    error of late RVQ stages, where many clusters empty out and the farthest points are outliers."""
     k = init.shape[0]
     c = np.array(init, dtype=np.float32, copy=True)
     reseeds, reseeded_ids, unfilled = 0, set(), set()
@@ -195,8 +225,12 @@ def lloyd(x: np.ndarray, init: np.ndarray, n_iter: int, make_index=None) -> tupl
         sums, counts = _cluster_sums(x, lab, k)
         live = counts > 0
         c[live] = (sums[live] / counts[live, None]).astype(np.float32)
-        d = sqd.copy()                              # float64 [N]: to the nearest chosen centre
         n_before = reseeds
+        if empty == "split" and not live.all():
+            reseeds += _split_into_empty(c, counts, np.flatnonzero(~live), seed, runs, reseeded_ids)
+            prev = lab if reseeds == n_before else None
+            continue
+        d = sqd.copy()                              # float64 [N]: to the nearest chosen centre
         if not live.all() and x_t is None:
             x_t = np.ascontiguousarray(x.T, dtype=np.float64)   # once: reseeds scan contiguous rows
         for j in np.flatnonzero(~live):

@@ -277,12 +277,13 @@ def _fit_codebooks(x_train, n_stages, k, seed, n_iter, method, kind):
         res = np.array(x_train, dtype=np.float32, copy=True)
         stages, runs = [], []
         for _ in range(n_stages):
-            c, run = lloyd(res, res[rows], int(n_iter))
+            c, run = lloyd(res, res[rows], int(n_iter), empty="split", seed=seed)
             stages.append(c)
             runs.append(run["iterations_run"])
             res -= c[nearest(res, c)[0]]
         cbs = np.stack(stages)
         params = {"name": method, "n_iter": int(n_iter), "init": "same random rows every stage",
+                  "empty_clusters": "split a populous one",
                   "iterations_run": runs}
     else:
         res = np.array(x_train, copy=True)
