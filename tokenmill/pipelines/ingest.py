@@ -67,10 +67,12 @@ def dead_letter(uri: str, stage: str, exc: BaseException, key: str | None = None
 
 
 class Progress:
-    """Throttled progress lines on the 'tokenmill' logger (one per `every_s` per worker)."""
+    """Throttled progress lines on the 'tokenmill' logger (one per `every_s` per worker), the one
+    line every long phase prints: `[label] N <unit>, M min audio, D dead letters, Xx real time`.
+    Decode counts files; model stages (tokenize, fit-codebook) and rebuild count segments."""
 
-    def __init__(self, label: str, every_s: float = 5.0):
-        self.label, self.every_s = label, every_s
+    def __init__(self, label: str, every_s: float = 5.0, unit: str = "files"):
+        self.label, self.every_s, self.unit = label, every_s, unit
         self.files = self.dead = 0
         self.audio_s = 0.0
         self._t0 = self._last = None
@@ -90,8 +92,8 @@ class Progress:
         if self._t0 is None:
             return
         el = max(time.monotonic() - self._t0, 1e-9)
-        LOG.info("[%s] %d files, %.1f min audio, %d dead letters, %.0fx real time (this worker)",
-                 self.label, self.files, self.audio_s / 60, self.dead, self.audio_s / el)
+        LOG.info("[%s] %d %s, %.1f min audio, %d dead letters, %.0fx real time (this worker)",
+                 self.label, self.files, self.unit, self.audio_s / 60, self.dead, self.audio_s / el)
 
 
 class DecodeToSegments(beam.DoFn):

@@ -26,7 +26,7 @@ from tokenmill.pipelines.handlers import AcousticTokenHandler, Failed, SemanticT
 from tokenmill.pipelines.entries import PendingRecord, TokenRef
 from tokenmill.pipelines.incremental import KnownContent, Plan, WriteIncrementalManifest
 from tokenmill.pipelines.journal import Journal, JournalDead, JournalPlan, JournalSegment, ReadJournal
-from tokenmill.pipelines.ingest import DEAD, DuplicateContent, ReadAndDecode, SegmentInput, dead_letter
+from tokenmill.pipelines.ingest import DEAD, DuplicateContent, Progress, ReadAndDecode, SegmentInput, dead_letter
 from tokenmill.pipelines.mulan import MulanTokenHandler, mulan_stream_info
 from tokenmill.pipelines.options import TokenizeConfig
 from tokenmill.pipelines.sinks import WriteShards, atomic_write, write_dead_letters
@@ -46,9 +46,16 @@ class AttachTokens(beam.DoFn):
     def __init__(self, stream: str, keep_rates: tuple[int, ...]):
         self.stream, self.keep_rates = stream, keep_rates
 
+    def setup(self):
+        self.progress = Progress(self.stream, unit="segments")  # this model stage's throughput
+
+    def finish_bundle(self):
+        self.progress.report()
+
     def process(self, element):
         key, result = element
         seg = result.example
+        self.progress.tick(audio_s=seg.duration_s, dead=isinstance(result.inference, Failed))
         if isinstance(result.inference, Failed):
             yield beam.pvalue.TaggedOutput(DEAD, dead_letter(seg.uri, self.stream, result.inference.exc, key))
             return
