@@ -144,17 +144,41 @@ class DecodeToSegments(beam.DoFn):
                 source_channels=s.source_channels, waves=dict(s.waves), n_segments=len(segments))
 
 
-def check_inputs_match(patterns: tuple[str, ...]) -> int:
-    """Fail fast, before the job starts, on a pattern that matches nothing; return the count."""
-    total = 0
+@dataclass(frozen=True)
+class InputListing:
+    """What the launcher's match of the inputs found: distinct files and their bytes per
+    lower-case extension (schemas/shard_plan.py sizes the shards from it)."""
+
+    n_files: int
+    bytes_by_ext: dict
+
+
+def list_inputs(patterns: tuple[str, ...]) -> InputListing:
+    """Match every pattern through Beam FileSystems once (sizes come with the listing; no file is
+    opened); fail fast on a pattern that matches nothing. A path matched by two patterns counts
+    once, as ReadAndDecode reads it once."""
+    from tokenmill.schemas.shard_plan import extension
+
+    n, by_ext, seen = 0, {}, set() if len(patterns) > 1 else None
     for pattern in patterns:
         result = FileSystems.match([pattern])[0]
-        n = len(result.metadata_list)
-        if n == 0:
+        if not result.metadata_list:
             raise SystemExit(f"--input {pattern!r} matched no files; check the path or quote the "
                              "glob so the shell does not expand it")
-        total += n
-    return total
+        for m in result.metadata_list:
+            if seen is not None:
+                if m.path in seen:
+                    continue
+                seen.add(m.path)
+            n += 1
+            ext = extension(m.path)
+            by_ext[ext] = by_ext.get(ext, 0) + int(m.size_in_bytes)
+    return InputListing(n, dict(sorted(by_ext.items())))
+
+
+def check_inputs_match(patterns: tuple[str, ...]) -> int:
+    """Fail fast, before the job starts, on a pattern that matches nothing; return the count."""
+    return list_inputs(patterns).n_files
 
 
 class UriDigestFn(beam.CombineFn):
