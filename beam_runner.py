@@ -343,7 +343,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, beam_args: l
     from tokenmill.pipelines.handlers import describe_acoustic, describe_semantic
     from tokenmill.pipelines.mulan import describe_mulan
     from tokenmill.pipelines import incremental
-    from tokenmill.pipelines.tokenize import build_tokenize, load_captions, manifest_entries
+    from tokenmill.pipelines.tokenize import build_tokenize, check_captions, manifest_entries
 
     if args.retry_failures and not args.into:
         raise SystemExit("--retry_failures needs --into DIR (the dataset whose dead letters to retry)")
@@ -386,7 +386,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, beam_args: l
         if not todo:
             print(f"nothing to add: {base.root} is left unchanged")
             return 0
-    captions = load_captions(cfg.captions) if cfg.captions else None
+    if cfg.captions:
+        check_captions(cfg.captions)  # fail fast; the job reads and joins them itself
     from tokenmill.pipelines import journal as jr
 
     from tokenmill.tokenizers import compute
@@ -398,7 +399,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, beam_args: l
         journal = jr.open_spill(cfg.output, plan.version)
         _compute_warning(f"the dataset {base.root}", incremental.compute_changes(base.manifest, compute_entry))
     with make_pipeline(beam_args) as p:
-        build_tokenize(p, cfg, semantic_desc=semantic_desc, captions=captions,
+        build_tokenize(p, cfg, semantic_desc=semantic_desc,
                        acoustic_desc=acoustic_desc, mulan_desc=mulan_desc, plan=plan, journal=journal,
                        compute_entry=compute_entry)
     if plan is None:

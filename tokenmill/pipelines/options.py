@@ -114,7 +114,10 @@ class TokenizeConfig:
         return self.num_valid_shards if split == "valid" else self.num_shards
 
     def to_json(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if out["shard_plan"] is None:  # counts given (or --into): the job reads as before sizing existed
+            del out["shard_plan"]
+        return out
 
 
 @dataclass(frozen=True)
