@@ -316,7 +316,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, beam_args: l
         return _evaluate(args, parser, beam_args)
 
     from tokenmill.pipelines.device import check_local_device
-    from tokenmill.pipelines.ingest import check_inputs_match
+    from tokenmill.pipelines.ingest import check_inputs_match, list_inputs
     from tokenmill.pipelines.runner import check_beam_args, make_pipeline
 
     sub = parser._subparsers._group_actions[0].choices[args.command]  # noqa: SLF001
@@ -354,7 +354,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, beam_args: l
     from tokenmill.pipelines.handlers import describe_acoustic, describe_semantic
     from tokenmill.pipelines.mulan import describe_mulan
     from tokenmill.pipelines import incremental
-    from tokenmill.pipelines.tokenize import build_tokenize, load_captions, manifest_entries
+    from tokenmill.pipelines.tokenize import build_tokenize, check_captions, manifest_entries
 
     if args.retry_failures and not args.into:
         raise SystemExit("--retry_failures needs --into DIR (the dataset whose dead letters to retry)")
@@ -366,14 +366,24 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, beam_args: l
         acoustic_desc = describe_acoustic(acoustic) if acoustic.enabled else None
     a_rate = acoustic_desc["sample_rate_hz"] if acoustic_desc else None
     cfg = opts.tokenize_config(args, a_rate, layout=layout)
-    check_inputs_match(cfg.inputs)
+    t_list = time.monotonic()
+    listing = list_inputs(cfg.inputs)  # one listing: fails fast on an empty pattern, sizes the shards
+    t_list = time.monotonic() - t_list
     with _model_errors():
         semantic_desc, _ = describe_semantic(cfg.semantic, cfg.codebook)
     mulan_desc = None
     if mulan.enabled:
         with _model_errors():
             mulan_desc = describe_mulan(mulan)
-        cfg = opts.tokenize_config(args, a_rate, mulan_desc["model"]["sample_rate_hz"], layout=layout)
+    m_rate = mulan_desc["model"]["sample_rate_hz"] if mulan_desc else None
+    cfg = opts.tokenize_config(args, a_rate, m_rate, layout=layout,
+                               sizing=(listing, manifest_entries(semantic_desc, acoustic_desc, mulan_desc)[0]))
+    if cfg.shard_plan is not None:
+        sp = cfg.shard_plan
+        print(f"shards: {cfg.num_shards} train + {cfg.num_valid_shards} valid per format, for {sp['input_files']} "
+              f"inputs ({sp['input_bytes'] / 1e9:.2f} GB, ~{sp['est_audio_hours']:.1f} h of audio, "
+              f"~{sp['est_out_bytes'] / 1e9:.2f} GB of arrays) at --target_shard_mb {sp['target_shard_mb']:g} "
+              f"(listed in {t_list:.1f} s)")
     plan = None
     if base is not None:
         streams, tokenizers, codebooks = manifest_entries(semantic_desc, acoustic_desc, mulan_desc)
@@ -387,7 +397,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, beam_args: l
         if not todo:
             print(f"nothing to add: {base.root} is left unchanged")
             return 0
-    captions = load_captions(cfg.captions) if cfg.captions else None
+    if cfg.captions:
+        check_captions(cfg.captions)  # fail fast; the job reads and joins them itself
     from tokenmill.pipelines import journal as jr
 
     from tokenmill.tokenizers import compute
@@ -399,7 +410,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, beam_args: l
         journal = jr.open_spill(cfg.output, plan.version)
         _compute_warning(f"the dataset {base.root}", incremental.compute_changes(base.manifest, compute_entry))
     with make_pipeline(beam_args) as p:
-        build_tokenize(p, cfg, semantic_desc=semantic_desc, captions=captions,
+        build_tokenize(p, cfg, semantic_desc=semantic_desc,
                        acoustic_desc=acoustic_desc, mulan_desc=mulan_desc, plan=plan, journal=journal,
                        compute_entry=compute_entry)
     if plan is None:

@@ -119,10 +119,10 @@ def test_dedupe_builds_pending_records_with_the_in_memory_fields(tmp_path):
     pending = _journal(recs, tmp_path)
     cfg = TokenizeConfig(inputs=("x",), output=str(tmp_path), codebook="c", valid_fraction=0.0)
     source = recs[0].key.split("-")[0]
-    from_refs = list(DedupeAndBuild(cfg, None).process(
+    from_refs = list(DedupeAndBuild(cfg).process(
         (source, [(dict(p.fields), p.ref) for p in pending])))
     meta_of = [{k: v for k, v in p.fields if k not in ("split", "caption", "tags")} for p in pending]
-    from_arrays = list(DedupeAndBuild(cfg, None).process(
+    from_arrays = list(DedupeAndBuild(cfg).process(
         (source, [(m, {"semantic": r.semantic, "acoustic": r.acoustic}) for m, r in zip(meta_of, recs)])))
     # one source hash, three uris: the smallest uri is kept, the other two are duplicates
     kept = [x for x in from_refs if isinstance(x, PendingRecord)]

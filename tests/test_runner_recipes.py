@@ -128,7 +128,7 @@ def build_tokenize_graph(beam_args: list[str]):
     cfg = opts.tokenize_config(args, acoustic_desc["sample_rate_hz"])
     semantic_desc, _ = describe_semantic(cfg.semantic, cfg.codebook)
     p = make_pipeline(beam_args)
-    build_tokenize(p, cfg, semantic_desc=semantic_desc, captions=None, acoustic_desc=acoustic_desc)
+    build_tokenize(p, cfg, semantic_desc=semantic_desc, acoustic_desc=acoustic_desc)
     return p
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from tokenmill.pipelines.handlers import Failed, SemanticFeatureHandler
-from tokenmill.pipelines.ingest import DEAD, ReadAndDecode, dead_letter, frames_priority
+from tokenmill.pipelines.ingest import DEAD, Progress, ReadAndDecode, dead_letter, frames_priority
 from tokenmill.pipelines.options import FitCodebookConfig
 from tokenmill.pipelines.sinks import atomic_write
 from tokenmill.schemas import shards as fmt
@@ -32,9 +32,17 @@ class SampleFrames(beam.DoFn):
     def __init__(self, n: int, seed: int, stage: str = "semantic"):
         self.n, self.seed, self.stage = n, seed, stage  # stage: the dead letters' stage name
 
+    def setup(self):  # the model stage's progress line (MuLan embedding runs for hours on big corpora)
+        self.progress = Progress(f"{self.stage} features" if self.stage == "semantic" else f"{self.stage} windows",
+                                 unit="segments")
+
+    def finish_bundle(self):
+        self.progress.report()
+
     def process(self, element):
         key, result = element
         feats = result.inference
+        self.progress.tick(audio_s=result.example.duration_s, dead=isinstance(feats, Failed))
         if isinstance(feats, Failed):
             yield beam.pvalue.TaggedOutput(DEAD, dead_letter(result.example.uri, self.stage, feats.exc, key))
             return

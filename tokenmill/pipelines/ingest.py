@@ -14,7 +14,7 @@ import numpy as np
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
-from tokenmill.errors import TokenmillError, UsageError
+from tokenmill.errors import UsageError
 from tokenmill.schemas.manifest import uri_digest, digest_add
 from tokenmill.schemas.shards import DeadLetter
 from tokenmill.tokenizers import audio
@@ -67,10 +67,12 @@ def dead_letter(uri: str, stage: str, exc: BaseException, key: str | None = None
 
 
 class Progress:
-    """Throttled progress lines on the 'tokenmill' logger (one per `every_s` per worker)."""
+    """Throttled progress lines on the 'tokenmill' logger (one per `every_s` per worker), the one
+    line every long phase prints: `[label] N <unit>, M min audio, D dead letters, Xx real time`.
+    Decode counts files; model stages (tokenize, fit-codebook) and rebuild count segments."""
 
-    def __init__(self, label: str, every_s: float = 5.0):
-        self.label, self.every_s = label, every_s
+    def __init__(self, label: str, every_s: float = 5.0, unit: str = "files"):
+        self.label, self.every_s, self.unit = label, every_s, unit
         self.files = self.dead = 0
         self.audio_s = 0.0
         self._t0 = self._last = None
@@ -90,8 +92,8 @@ class Progress:
         if self._t0 is None:
             return
         el = max(time.monotonic() - self._t0, 1e-9)
-        LOG.info("[%s] %d files, %.1f min audio, %d dead letters, %.0fx real time (this worker)",
-                 self.label, self.files, self.audio_s / 60, self.dead, self.audio_s / el)
+        LOG.info("[%s] %d %s, %.1f min audio, %d dead letters, %.0fx real time (this worker)",
+                 self.label, self.files, self.unit, self.audio_s / 60, self.dead, self.audio_s / el)
 
 
 class DecodeToSegments(beam.DoFn):
@@ -142,17 +144,41 @@ class DecodeToSegments(beam.DoFn):
                 source_channels=s.source_channels, waves=dict(s.waves), n_segments=len(segments))
 
 
-def check_inputs_match(patterns: tuple[str, ...]) -> int:
-    """Fail fast, before the job starts, on a pattern that matches nothing; return the count."""
-    total = 0
+@dataclass(frozen=True)
+class InputListing:
+    """What the launcher's match of the inputs found: distinct files and their bytes per
+    lower-case extension (schemas/shard_plan.py sizes the shards from it)."""
+
+    n_files: int
+    bytes_by_ext: dict
+
+
+def list_inputs(patterns: tuple[str, ...]) -> InputListing:
+    """Match every pattern through Beam FileSystems once (sizes come with the listing; no file is
+    opened); fail fast on a pattern that matches nothing. A path matched by two patterns counts
+    once, as ReadAndDecode reads it once."""
+    from tokenmill.schemas.shard_plan import extension
+
+    n, by_ext, seen = 0, {}, set() if len(patterns) > 1 else None
     for pattern in patterns:
         result = FileSystems.match([pattern])[0]
-        n = len(result.metadata_list)
-        if n == 0:
+        if not result.metadata_list:
             raise UsageError(f"--input {pattern!r} matched no files; check the path or quote the "
                              "glob so the shell does not expand it")
-        total += n
-    return total
+        for m in result.metadata_list:
+            if seen is not None:
+                if m.path in seen:
+                    continue
+                seen.add(m.path)
+            n += 1
+            ext = extension(m.path)
+            by_ext[ext] = by_ext.get(ext, 0) + int(m.size_in_bytes)
+    return InputListing(n, dict(sorted(by_ext.items())))
+
+
+def check_inputs_match(patterns: tuple[str, ...]) -> int:
+    """Fail fast, before the job starts, on a pattern that matches nothing; return the count."""
+    return list_inputs(patterns).n_files
 
 
 class UriDigestFn(beam.CombineFn):

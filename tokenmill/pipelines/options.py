@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 from tokenmill.errors import UsageError
 from tokenmill.pipelines.device import add_device_arg
+from tokenmill.schemas.shard_plan import DEFAULT_TARGET_SHARD_MB
 from tokenmill.tokenizers.audio import AudioConfig
 from tokenmill.tokenizers.compute import KERNELS, ComputeError, ComputeLayout
 
@@ -99,8 +100,10 @@ class TokenizeConfig:
     output: str
     codebook: str
     captions: str | None = None
-    num_shards: int = 4  # train shards; fixed so shard = f(key) and re-runs are byte-identical
+    num_shards: int = 4  # train shards; fixed for the run so shard = f(key) and re-runs are byte-identical
     num_valid_shards: int = 1
+    # how the counts were sized by the data (schemas/shard_plan.ShardPlan.to_json()); None: given or --into
+    shard_plan: dict | None = None
     valid_fraction: float = 0.05
     formats: tuple[str, ...] = ("parquet", "webdataset")
     audio: AudioConfig = field(default_factory=AudioConfig)
@@ -112,7 +115,10 @@ class TokenizeConfig:
         return self.num_valid_shards if split == "valid" else self.num_shards
 
     def to_json(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if out["shard_plan"] is None:  # counts given (or --into): the job reads as before sizing existed
+            del out["shard_plan"]
+        return out
 
 
 @dataclass(frozen=True)
@@ -360,7 +366,9 @@ def add_fit_codebook_args(p: argparse.ArgumentParser) -> None:
     add_compute_args(p)
 
 
-# tokenize's shard layout: defaults for a new dataset; `--into` takes the existing dataset's.
+# tokenize's shard layout: defaults for a new dataset; `--into` takes the existing dataset's. The
+# shard counts' defaults apply only where no listing sizes them (tokenize_config without `sizing`);
+# the CLI always sizes them by the data (--target_shard_mb, schemas/shard_plan.py).
 LAYOUT_DEFAULTS = {"num_shards": 4, "num_valid_shards": 1, "valid_fraction": 0.05,
                    "formats": "parquet,webdataset"}
 
@@ -397,11 +405,20 @@ def add_tokenize_args(p: argparse.ArgumentParser) -> None:
                         "caption/tags and key, uri or file")
     # Layout flags default to None so that --into can tell a given value (checked against the
     # dataset's) from an omitted one (the dataset's value is used); tokenize_config fills defaults.
+    p.add_argument("--target_shard_mb", type=float,
+                   help="size the shard counts by the data: train and valid shards of about this many MiB "
+                        "of stored arrays each (before compression, so files come out at or under it). "
+                        "The counts are derived at launch from the matched files' sizes (per extension, "
+                        "at stated bytes per audio second: WAV 176400, FLAC 100000, MP3/AAC/Vorbis 16000, "
+                        "Opus 12000) and the streams' bytes per audio second (semantic 50, built-in "
+                        "acoustic 1200, built-in MuLan windows 256): the same inputs give the same "
+                        "layout. An explicit --num_shards / --num_valid_shards wins; recorded in the "
+                        f"manifest as job.shard_plan (default {DEFAULT_TARGET_SHARD_MB}; not with --into)")
     p.add_argument("--num_shards", type=int,
-                   help=f"train shards per format (fixed, so shard = f(key)) (default {LAYOUT_DEFAULTS['num_shards']}; "
-                        "with --into: the dataset's)")
+                   help="train shards per format, fixed for the run so shard = f(key) (default: sized by "
+                        "--target_shard_mb; with --into: the dataset's)")
     p.add_argument("--num_valid_shards", type=int,
-                   help=f"valid shards (default {LAYOUT_DEFAULTS['num_valid_shards']}; with --into: the dataset's)")
+                   help="valid shards (default: sized by --target_shard_mb; with --into: the dataset's)")
     p.add_argument("--valid_fraction", type=float,
                    help="fraction of tracks in the valid split, by hash of the track's content "
                         f"(default {LAYOUT_DEFAULTS['valid_fraction']}; with --into: the dataset's)")
@@ -490,35 +507,56 @@ def fit_codebook_config(args: argparse.Namespace, mulan_rate_hz: int | None = No
 
 
 def tokenize_config(args: argparse.Namespace, acoustic_rate_hz: int | None = None,
-                    mulan_rate_hz: int | None = None, layout: dict | None = None) -> TokenizeConfig:
+                    mulan_rate_hz: int | None = None, layout: dict | None = None,
+                    sizing: tuple | None = None) -> TokenizeConfig:
     """`acoustic_rate_hz`, `mulan_rate_hz`: the codec's and the MuLan model's sample rates (the
     launcher builds each model once to learn them). `layout`: the existing dataset's num_shards,
     num_valid_shards, valid_fraction and formats (--into); an omitted flag takes its value, a given
-    one must equal it."""
+    one must equal it. `sizing`: (ingest.InputListing, the manifest's stream entries) of a new
+    dataset: shard counts not given as flags are sized by the data (schemas/shard_plan.py).
+    `args` is only read, so this can be called again once more models are described."""
     if getattr(args, "retry_failures", False) and not getattr(args, "into", None):
         raise UsageError("--retry_failures needs --into DIR (the dataset whose dead letters to retry)")
+    target_mb = getattr(args, "target_shard_mb", None)
+    if layout is not None and target_mb is not None:
+        raise UsageError(f"--target_shard_mb applies to a new dataset; --into keeps the dataset's shard counts "
+                         f"({args.into}/manifest.json): omit it")
+    lay = {}
     for name, default in LAYOUT_DEFAULTS.items():
         given = getattr(args, name)
         if layout is None:
-            setattr(args, name, default if given is None else given)
+            lay[name] = default if given is None else given
             continue
         have = ",".join(layout[name]) if name == "formats" else layout[name]
         if given is not None and (given.replace(" ", "") if name == "formats" else given) != have:
             raise UsageError(f"--{name} {given} differs from the dataset's {have} ({args.into}/manifest.json); "
                              f"--into keeps the dataset's shard layout: omit --{name}, or write a new "
                              "dataset with --output")
-        setattr(args, name, have)
-    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+        lay[name] = have
+    formats = tuple(f.strip() for f in lay["formats"].split(",") if f.strip())
     bad = [f for f in formats if f not in ("parquet", "webdataset")]
     if bad or not formats:
         raise UsageError(f"--formats: unknown {bad or 'empty'}; choose from parquet,webdataset")
     for name in ("num_shards", "num_valid_shards"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UsageError(f"--{name} must be >= 1")
+    plan = None
+    if layout is None and sizing is not None and (args.num_shards is None or args.num_valid_shards is None):
+        from tokenmill.schemas.shard_plan import ShardPlanError, plan_shards
+
+        listing, streams = sizing
+        try:
+            plan = plan_shards(listing.bytes_by_ext, listing.n_files, streams, valid_fraction=lay["valid_fraction"],
+                               target_shard_mb=DEFAULT_TARGET_SHARD_MB if target_mb is None else target_mb)
+        except ShardPlanError as e:
+            raise UsageError(f"{e}") from e
+        lay["num_shards"] = plan.num_shards if args.num_shards is None else args.num_shards
+        lay["num_valid_shards"] = plan.num_valid_shards if args.num_valid_shards is None else args.num_valid_shards
     rates_hz = tuple(dict.fromkeys(r for r in (16_000, acoustic_rate_hz, mulan_rate_hz) if r))  # unique, in order
     return TokenizeConfig(
         inputs=tuple(args.inputs), output=args.output or args.into, codebook=args.codebook,
-        captions=args.captions, num_shards=args.num_shards,
-        num_valid_shards=args.num_valid_shards, valid_fraction=args.valid_fraction,
+        captions=args.captions, num_shards=lay["num_shards"],
+        num_valid_shards=lay["num_valid_shards"], valid_fraction=lay["valid_fraction"],
+        shard_plan=None if plan is None else plan.to_json(),
         formats=formats, audio=audio_config(args, rates_hz),
         semantic=semantic_config(args), acoustic=acoustic_config(args), mulan=mulan_config(args))

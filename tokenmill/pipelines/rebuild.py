@@ -29,7 +29,7 @@ import numpy as np
 
 from tokenmill.errors import TokenmillError, UsageError
 from tokenmill import __version__
-from tokenmill.pipelines.ingest import frames_priority
+from tokenmill.pipelines.ingest import Progress, frames_priority
 from tokenmill.pipelines.options import RebuildConfig, SemanticConfig
 from tokenmill.pipelines.sinks import atomic_write
 from tokenmill.schemas import shards as fmt
@@ -211,6 +211,7 @@ def _dataset_features(records: dict, extractor, acfg) -> dict[str, np.ndarray]:
     for r in records.values():
         by_uri.setdefault(r.uri, set()).add(r.key)
     feats = {}
+    progress = Progress("rebuild: decode + extract", unit="segments")
     for uri in sorted(by_uri):
         try:
             segs = {s.key: s for s in audio.prepare(_read_bytes(uri), uri, acfg)}
@@ -227,6 +228,8 @@ def _dataset_features(records: dict, extractor, acfg) -> dict[str, np.ndarray]:
                 raise RebuildError(f"{uri}: {f.shape[0]} semantic frames for {key}, but the dataset holds "
                                    f"{records[key].semantic.shape[0]}; the extractor differs from tokenize's")
             feats[key] = np.asarray(f, dtype=np.float32)
+            progress.tick(audio_s=segs[key].duration_s)
+    progress.report()
     return feats
 
 
@@ -238,15 +241,19 @@ def _input_features(patterns: tuple[str, ...], extractor, acfg) -> tuple[dict, d
     if not paths:
         raise RebuildError(f"--input {list(patterns)} matched no files; check the glob (quote it)")
     feats, skipped = {}, {}
+    progress = Progress("rebuild: sample inputs", unit="segments")
     for path in paths:
         try:
             segs = audio.prepare(_read_bytes(path), path, acfg)
         except audio.AudioError as e:
             LOG.warning("[rebuild] sample input %s skipped: %s", path, e)
             skipped[path] = e.reason
+            progress.tick(dead=True)
             continue
         for s in segs:
             feats[s.key] = np.asarray(extractor.extract(s.waves[16_000]), dtype=np.float32)
+            progress.tick(audio_s=s.duration_s)
+    progress.report()
     return feats, {"n_files": len(paths), "skipped": skipped}
 
 

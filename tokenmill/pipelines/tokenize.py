@@ -27,7 +27,7 @@ from tokenmill.pipelines.handlers import AcousticTokenHandler, Failed, SemanticT
 from tokenmill.pipelines.entries import PendingRecord, TokenRef
 from tokenmill.pipelines.incremental import KnownContent, Plan, WriteIncrementalManifest
 from tokenmill.pipelines.journal import Journal, JournalDead, JournalPlan, JournalSegment, ReadJournal
-from tokenmill.pipelines.ingest import DEAD, DuplicateContent, ReadAndDecode, SegmentInput, dead_letter
+from tokenmill.pipelines.ingest import DEAD, DuplicateContent, Progress, ReadAndDecode, SegmentInput, dead_letter
 from tokenmill.pipelines.mulan import MulanTokenHandler, mulan_stream_info
 from tokenmill.pipelines.options import TokenizeConfig
 from tokenmill.pipelines.sinks import WriteShards, atomic_write, write_dead_letters
@@ -47,9 +47,16 @@ class AttachTokens(beam.DoFn):
     def __init__(self, stream: str, keep_rates: tuple[int, ...]):
         self.stream, self.keep_rates = stream, keep_rates
 
+    def setup(self):
+        self.progress = Progress(self.stream, unit="segments")  # this model stage's throughput
+
+    def finish_bundle(self):
+        self.progress.report()
+
     def process(self, element):
         key, result = element
         seg = result.example
+        self.progress.tick(audio_s=seg.duration_s, dead=isinstance(result.inference, Failed))
         if isinstance(result.inference, Failed):
             yield beam.pvalue.TaggedOutput(DEAD, dead_letter(seg.uri, self.stream, result.inference.exc, key))
             return
@@ -96,16 +103,18 @@ TOKEN_FIELDS = ("acoustic", "mulan", "semantic")  # record fields counted as tok
 class DedupeAndBuild(beam.DoFn):
     """(source_hash, [(meta, tokens)]) → TrackRecords of one canonical uri (the smallest); the
     other uris with the same decoded audio become 'duplicate' dead letters. Journaled tokens (a
-    TokenRef) become PendingRecords, loaded by the shard writer (pipelines/entries.py)."""
+    TokenRef) become PendingRecords, loaded by the shard writer (pipelines/entries.py). Captions
+    come as a side input (the CaptionIndex that ReadCaptions builds on a worker), never as a
+    field of this DoFn, so the job graph does not grow with the captions file."""
 
-    def __init__(self, cfg: TokenizeConfig, captions: CaptionIndex | None):
-        self.cfg, self.captions = cfg, captions
+    def __init__(self, cfg: TokenizeConfig):
+        self.cfg = cfg
         self.n_dup = beam.metrics.Metrics.counter("tokenmill", "duplicates")
         self.n_records = beam.metrics.Metrics.counter("tokenmill", "records")
         self.ms_records = beam.metrics.Metrics.counter("tokenmill", "record_audio_ms")
         self.n_tokens = {f: beam.metrics.Metrics.counter("tokenmill", f"tokens_{f}") for f in TOKEN_FIELDS}
 
-    def process(self, element):
+    def process(self, element, captions: CaptionIndex | None = None):
         source_hash, items = element
         by_uri: dict[str, list] = {}
         for meta, tokens in items:
@@ -117,7 +126,7 @@ class DedupeAndBuild(beam.DoFn):
                                    f"{source_hash}); only {keep} is kept")
             yield beam.pvalue.TaggedOutput(DEAD, dead_letter(dup, "dedupe", exc))
         for meta, tokens in sorted(by_uri[keep], key=lambda mt: mt[0]["segment"]):
-            cap = self.captions.lookup(key=meta["key"], uri=keep) if self.captions else None
+            cap = captions.lookup(key=meta["key"], uri=keep) if captions else None
             self.n_records.inc()
             self.ms_records.inc(round(1000 * meta["duration_s"]))
             fields = {**meta, "split": split_of(meta["key"], self.cfg.valid_fraction),
@@ -229,7 +238,7 @@ def manifest_entries(semantic_desc: dict, acoustic_desc: dict | None = None,
 
 
 def build_tokenize(p: beam.Pipeline, cfg: TokenizeConfig, *, semantic_desc: dict,
-                   captions: CaptionIndex | None, acoustic_desc: dict | None = None,
+                   acoustic_desc: dict | None = None,
                    mulan_desc: dict | None = None, plan: Plan | None = None,
                    journal: Journal | None = None, compute_entry: dict | None = None) -> beam.PCollection:
     """Wire the job into `p`; returns the PCollection holding the written manifest. With `plan`
@@ -238,7 +247,8 @@ def build_tokenize(p: beam.Pipeline, cfg: TokenizeConfig, *, semantic_desc: dict
     journaled, and sources an interrupted run finished are taken from the journal, not read; with
     `plan` and `journal` (its spill, journal.open_spill) only the segments' tokens are written
     there, so the shuffles carry references. `compute_entry`: the manifest's `compute` (the layout
-    and kernels, tokenizers/compute.describe; with a resumed journal, what the earlier run used)."""
+    and kernels, tokenizers/compute.describe; with a resumed journal, what the earlier run used).
+    Captions (`cfg.captions`, a path) are read and joined inside the job (ReadCaptions)."""
     present = resumed = None
     if plan is None and journal is not None and journal.finished:
         segments, dead_decode, inputs, _ = p | "Ingest" >> ReadAndDecode(cfg.inputs, cfg.audio, skip=journal.skip)
@@ -282,8 +292,11 @@ def build_tokenize(p: beam.Pipeline, cfg: TokenizeConfig, *, semantic_desc: dict
         if resumed is not None:
             by_src = (by_src, resumed.items) | "WithResumed" >> beam.Flatten()
             dead_parts.append(resumed[DEAD])
+    side = {}
+    if cfg.captions:
+        side["captions"] = beam.pvalue.AsSingleton(p | "Captions" >> ReadCaptions(cfg.captions))
     built = (by_src | "GroupSource" >> beam.GroupByKey()
-             | "Dedupe" >> beam.ParDo(DedupeAndBuild(cfg, captions)).with_outputs(DEAD, main="records"))
+             | "Dedupe" >> beam.ParDo(DedupeAndBuild(cfg), **side).with_outputs(DEAD, main="records"))
     dead_parts.append(built[DEAD])
     records = built.records
     shards = records | "Shards" >> WriteShards(cfg, version=plan.version if plan else 0)
@@ -314,18 +327,42 @@ def build_tokenize(p: beam.Pipeline, cfg: TokenizeConfig, *, semantic_desc: dict
                 beam.pvalue.AsSingleton(inputs), beam.pvalue.AsSingleton(accounting)))
 
 
-def load_captions(path: str) -> CaptionIndex:
-    """Read a captions file through Beam FileSystems (local, gs://, s3://) and parse it."""
+def read_captions(path: str) -> CaptionIndex:
+    """Read a captions file through Beam FileSystems (local, gs://, s3://) and parse it
+    (schemas/captions.py); a bad file raises CaptionFileError naming the line."""
     from apache_beam.io.filesystems import FileSystems
 
-    from tokenmill.schemas.captions import CaptionFileError, parse_captions
+    from tokenmill.schemas.captions import parse_captions
+
+    with FileSystems.open(path) as f:
+        index = parse_captions(f.read(), path)
+    LOG.info("captions: %d lookup entries from %s", len(index), path)
+    return index
+
+
+class ReadCaptions(beam.PTransform):
+    """path → a one-element PCollection holding its CaptionIndex, read and parsed on a worker: the
+    graph carries the path only, whatever the number of captions (the Dedupe step takes the index
+    as a side input)."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+
+    def expand(self, pbegin):
+        return pbegin | "Path" >> beam.Create([self.path]) | "Parse" >> beam.Map(read_captions)
+
+
+def check_captions(path: str) -> int:
+    """Fail fast at launch on a missing or unparseable captions file (the job reads it again on a
+    worker; nothing parsed here goes into the job). Returns the number of lookup entries."""
+    from apache_beam.io.filesystems import FileSystems
+
+    from tokenmill.schemas.captions import CaptionFileError
 
     if not FileSystems.exists(path):
         raise UsageError(f"--captions {path}: file not found")
-    with FileSystems.open(path) as f:
-        try:
-            index = parse_captions(f.read(), path)
-        except CaptionFileError as e:
-            raise UsageError(f"--captions: {e}") from e
-    LOG.info("captions: %d lookup entries from %s", len(index), path)
-    return index
+    try:
+        return len(read_captions(path))
+    except CaptionFileError as e:
+        raise UsageError(f"--captions: {e}") from e

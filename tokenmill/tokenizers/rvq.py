@@ -276,11 +276,15 @@ def _fit_codebooks(x_train, n_stages, k, seed, n_iter, method, kind):
         rows = np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
         res = np.array(x_train, dtype=np.float32, copy=True)
         stages, runs = [], []
-        for _ in range(n_stages):
+        t0 = time.perf_counter()
+        for s in range(n_stages):
             c, run = lloyd(res, res[rows], int(n_iter), empty="split", seed=seed)
             stages.append(c)
             runs.append(run["iterations_run"])
             res -= c[nearest(res, c)[0]]
+            log.info("[fit] RVQ stage %d/%d: %d Lloyd iterations, residual MSE %.6g, %.1f s", s + 1, n_stages,
+                     run["iterations_run"], float(np.mean(np.square(res, dtype=np.float64))),
+                     time.perf_counter() - t0)
         cbs = np.stack(stages)
         params = {"name": method, "n_iter": int(n_iter), "init": "same random rows every stage",
                   "empty_clusters": "split a populous one",
@@ -288,10 +292,13 @@ def _fit_codebooks(x_train, n_stages, k, seed, n_iter, method, kind):
     else:
         res = np.array(x_train, copy=True)
         stages = []
+        t0 = time.perf_counter()
         for s in range(n_stages):
             cb = fit_kmeans(res, k, seed=seed + s, n_iter=int(n_iter), kind=kind)
             stages.append(np.array(cb.centroids))
             res -= stages[-1][cb.assign(res).astype(np.int64)]
+            log.info("[fit] RVQ stage %d/%d: residual MSE %.6g, %.1f s", s + 1, n_stages,
+                     float(np.mean(np.square(res, dtype=np.float64))), time.perf_counter() - t0)
         cbs = np.stack(stages)
         params = {"name": method, "n_iter": int(n_iter), "init": "greedy-kmeans++"}
     return cbs, params
