@@ -1,11 +1,12 @@
-"""FAISS k-means codebooks: fit, assign, and content-addressed artifacts.
+"""k-means codebooks: fit, assign (exact decisions, nearest.py), and content-addressed artifacts.
 
 Pure code: numpy/faiss/safetensors in, arrays out (docs/design.md §4).
 
 * Seeding is greedy k-means++ (Arthur & Vassilvitskii 2007; the greedy variant of
   scikit-learn) on a uniform subsample of ``SEED_SAMPLE_PER_CENTROID * k`` vectors; each
-  new center costs one BLAS pass ``x @ candidates.T`` over the subsample. FAISS then runs
-  Lloyd from those centroids on *all* training vectors (no hidden FAISS subsampling).
+  new center costs one float64 BLAS pass ``x @ candidates.T`` over the subsample. Exact Lloyd
+  (nearest.lloyd) then runs from those centroids on *all* training vectors, until a fixed point
+  or ``n_iter`` iterations.
 * A codebook's id is ``f"{kind}-{sha12}"``: sha256 over the shape (two little-endian
   int64) followed by the centroid bytes (little-endian float32, C order). A codebook with
   standardization statistics appends the bytes of ``mean`` then ``std`` (little-endian float32
@@ -16,11 +17,11 @@ Pure code: numpy/faiss/safetensors in, arrays out (docs/design.md §4).
   SSL models have a few outlier dimensions with huge activations). The centroids live in the standardized space;
   ``Codebook.assign`` applies ``(x - mean) / std`` to raw features first. Stored as the extra
   safetensors tensors ``mean`` and ``std`` and summarized in the card's ``standardization``.
-* Artifacts are byte-identical for the same input, seed and software on the same machine:
-  the card holds no timestamps, and wall-clock timings live in ``Codebook.timing``,
-  which is returned to the caller and never written. Verified: the same id with 1 and 2
-  FAISS/BLAS threads and across processes. Not promised across CPU types, BLAS builds,
-  or on GPU (float rounding can differ there, and the id with it).
+* Artifacts are byte-identical for the same input, seed and software on any CPU: every
+  nearest-centroid decision (seeding aside, which is float64) is exact (tokenizers/nearest.py),
+  the card holds no timestamps, and wall-clock timings live in ``Codebook.timing``, which is
+  returned to the caller and never written. Tested with 1 and 2 BLAS/FAISS threads and in fresh
+  processes under other kernels (tests/test_determinism.py).
 """
 from __future__ import annotations
 

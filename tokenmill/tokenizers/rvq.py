@@ -30,8 +30,9 @@ Pure code: numpy/faiss/safetensors in, arrays out (docs/design.md §4). Dimensio
   initialised from the residuals of the same k random rows, ``n_iter`` Lloyd steps, every
   training vector used), written here on the exact nearest-centroid kernel (nearest.py): FAISS's
   own training gave different floats, hence a different id, with another thread count or
-  instruction set; this one gives the same bytes on any CPU (bench/bench_rvq.py compares the
-  two: same error within noise). ``method="staged-kmeans"`` (k-means++ per stage) stays
+  instruction set; this one gives the same bytes on any CPU. bench/bench_rvq.py (10k × 128,
+  12 × 1024): held-out error 0.999× FAISS's at every stage count, in 3.7× its time; empty
+  clusters take half of a populous one, as in FAISS (nearest.lloyd ``empty="split"``). ``method="staged-kmeans"`` (k-means++ per stage) stays
   available for comparison.
 * Encoding is exact too (nearest.py): the float32 FAISS search only proposes candidates.
 * A codebook's id is ``f"{kind}-{sha12}"`` (default kind "mulan"): sha256 over the shape (three
