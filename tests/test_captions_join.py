@@ -9,6 +9,8 @@ import json
 import numpy as np
 import pytest
 
+from tokenmill.errors import UsageError
+
 import beam_runner
 from tokenmill.pipelines import options as opts
 from tokenmill.pipelines.runner import make_pipeline
@@ -79,5 +81,5 @@ def test_the_side_input_is_the_index_the_launcher_used_to_pickle(tmp_path):
     assert idx.lookup(key="aa-0000", uri="gs://b/q.flac") is None
     assert check_captions(str(path)) == 3
     path.write_text('{"uri": "gs://b/x.flac", "caption": 3}\n')
-    with pytest.raises(SystemExit, match=r"captions.jsonl:1: 'caption' must be a string"):
+    with pytest.raises(UsageError, match=r"captions.jsonl:1: 'caption' must be a string"):
         check_captions(str(path))

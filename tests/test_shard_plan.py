@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tokenmill.errors import UsageError
+
 import beam_runner
 from tokenmill.pipelines import options as opts
 from tokenmill.pipelines.ingest import list_inputs
@@ -96,9 +98,9 @@ def test_flags_explicit_counts_win_and_into_keeps_the_layout():
     cfg = opts.tokenize_config(into, 24_000, layout=layout, sizing=sized)
     assert (cfg.num_shards, cfg.num_valid_shards, cfg.shard_plan) == (7, 2, None)
     into.target_shard_mb = 4.0
-    with pytest.raises(SystemExit, match="--target_shard_mb applies to a new dataset"):
+    with pytest.raises(UsageError, match="--target_shard_mb applies to a new dataset"):
         opts.tokenize_config(into, 24_000, layout=layout, sizing=sized)
-    with pytest.raises(SystemExit, match="must be > 0"):
+    with pytest.raises(UsageError, match="must be > 0"):
         opts.tokenize_config(parse("--target_shard_mb", "0"), 24_000, sizing=sized)
 
 
