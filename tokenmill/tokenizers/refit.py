@@ -41,13 +41,13 @@ from tokenmill.tokenizers.kmeans import (
     SEED_SAMPLE_PER_CENTROID,
     Codebook,
     CodebookError,
-    _check_vectors,
-    _nearest,
-    _row_sqnorms,
     codebook_stats,
     kmeanspp_seed,
 )
+from tokenmill.tokenizers.artifacts import check_vectors as _check_vectors
+from tokenmill.tokenizers.artifacts import row_sqnorms as _row_sqnorms
 from tokenmill.tokenizers.nearest import lloyd
+from tokenmill.tokenizers.nearest import nearest as _nearest
 from tokenmill.tokenizers.rvq import RVQCodebook, _greedy_encode, rvq_stats
 
 MAX_ALIGN_K = 8192   # cost matrix k*k float64 = 512 MiB; scipy's LSA takes ~40 s at this k
@@ -186,7 +186,7 @@ def refit_kmeans(parent: Codebook, x_new: np.ndarray, *, seed: int, n_iter: int 
     stats_kw = _standardization(parent)
     if stats_kw:   # keep the parent's statistics: recomputing them would move every token
         x_new = parent.standardize(x_new)
-        x_sq = _row_sqnorms(x_new, "standardized x_new")
+        _row_sqnorms(x_new, "standardized x_new")   # finiteness after standardizing
         x_heldout = None if x_heldout is None else parent.standardize(x_heldout)
     k = parent.k
     if warm_start:

@@ -55,17 +55,13 @@ import faiss
 import numpy as np
 
 from tokenmill import __version__
-from tokenmill.tokenizers.kmeans import (
-    MAX_K,
-    MIN_POINTS_PER_CENTROID,
-    CodebookError,
-    _atomic_write,
-    _read_artifact,
-    _safetensors_bytes,
-    _check_vectors,
-    _row_sqnorms,
-    fit_kmeans,
-)
+from tokenmill.tokenizers.artifacts import CodebookError
+from tokenmill.tokenizers.artifacts import atomic_write_local as _atomic_write
+from tokenmill.tokenizers.artifacts import check_vectors as _check_vectors
+from tokenmill.tokenizers.artifacts import read_artifact as _read_artifact
+from tokenmill.tokenizers.artifacts import row_sqnorms as _row_sqnorms
+from tokenmill.tokenizers.artifacts import safetensors_bytes as _safetensors_bytes
+from tokenmill.tokenizers.kmeans import MAX_K, MIN_POINTS_PER_CENTROID, fit_kmeans
 from tokenmill.tokenizers.nearest import lloyd, nearest, sqdist_exact
 
 log = logging.getLogger(__name__)
