@@ -204,3 +204,26 @@ def serve(root: Path):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+# ---- hand-set stage models -----------------------------------------------------------------------
+
+def transition_transformer(nxt: np.ndarray, d_model: int):
+    """A tiny stage Transformer whose greedy next token is nxt[current token], hand-set: one-hot
+    embeddings (d_model >= len(nxt)), attention and feed-forward outputs zeroed, the head mapping
+    id i to nxt[i]. Generation and memorization tests check decoding against this exact rule."""
+    import torch
+
+    from tokenmill.training.model import Transformer, preset
+
+    v = len(nxt)
+    model = Transformer(preset("tiny", v, n_layers=1, n_heads=2, d_model=d_model, d_ff=64)).eval()
+    with torch.no_grad():
+        model.embed.weight.copy_(torch.eye(v, d_model))
+        for blk in model.blocks:
+            blk.attn.out.weight.zero_()
+            blk.ff.wo.weight.zero_()
+        model.head.weight.zero_()
+        model.head.weight[torch.from_numpy(np.asarray(nxt)), torch.arange(v)] = 1.0
+    return model
+

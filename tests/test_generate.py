@@ -17,6 +17,7 @@ import pytest
 import soundfile
 import torch
 
+from conftest import transition_transformer
 from tokenmill.training.checkpoint import save_checkpoint
 from tokenmill.training.crops import CropConfig
 from tokenmill.training.generate import (
@@ -265,20 +266,12 @@ def chain_model(layout: StageLayout) -> Transformer:
     is a transition table. A target id (level l, code c) is followed by (level l+1 mod L, code
     c+1 mod vocab); anything else (BOS, PAD, conditioning) by level 0, code 0."""
     tgt = layout.target
-    model = Transformer(preset("tiny", layout.vocab_size, n_layers=1, n_heads=2, d_model=32, d_ff=64)).eval()
     v = layout.vocab_size
     nxt = np.full(v, tgt.offset)
     for lv in range(tgt.levels):
         for c in range(tgt.vocab):
             nxt[tgt.offset + lv * tgt.vocab + c] = tgt.offset + (lv + 1) % tgt.levels * tgt.vocab + (c + 1) % tgt.vocab
-    with torch.no_grad():
-        model.embed.weight.copy_(torch.eye(v, 32))
-        for blk in model.blocks:
-            blk.attn.out.weight.zero_()
-            blk.ff.wo.weight.zero_()
-        model.head.weight.zero_()
-        model.head.weight[torch.from_numpy(nxt), torch.arange(v)] = 1.0
-    return model
+    return transition_transformer(nxt, 32)
 
 
 def test_greedy_on_a_transition_table_model_gives_the_hand_computed_sequence():

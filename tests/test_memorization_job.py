@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import serve, write_token_dataset
+from conftest import serve, transition_transformer, write_token_dataset
 
 import beam_runner
 from tokenmill.eval import memorization as mem
@@ -28,7 +28,7 @@ from tokenmill.tokenizers.kmeans import Codebook
 from tokenmill.tokenizers.rvq import RVQCodebook
 from tokenmill.training.checkpoint import load_model, save_checkpoint
 from tokenmill.training.crops import CropConfig, StreamLayout, crop_at
-from tokenmill.training.model import Transformer, preset
+from tokenmill.training.model import Transformer
 from tokenmill.training.stages import StageLayout
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -89,17 +89,9 @@ def counting_model(layout: StageLayout) -> Transformer:
     """Blocks add nothing and embeddings are one-hot, so logits = sqrt(d)·head[:, last id]: semantic
     code c is followed by c + 1 (mod V); BOS and the M ids by code 0."""
     tgt, v = layout.target, layout.vocab_size  # v = 2 + 12 + 512 <= d_model: one-hot embeddings fit
-    model = Transformer(preset("tiny", v, n_layers=1, n_heads=2, d_model=528, d_ff=64)).eval()
     nxt = np.full(v, tgt.offset)
     nxt[tgt.offset: tgt.offset + V] = tgt.offset + (np.arange(V) + 1) % V
-    with torch.no_grad():
-        model.embed.weight.copy_(torch.eye(v, 528))
-        for blk in model.blocks:
-            blk.attn.out.weight.zero_()
-            blk.ff.wo.weight.zero_()
-        model.head.weight.zero_()
-        model.head.weight[torch.from_numpy(nxt), torch.arange(v)] = 1.0
-    return model
+    return transition_transformer(nxt, 528)
 
 
 def run_job(dataset: str, ckpt: Path, out: Path, *extra: str) -> dict:
