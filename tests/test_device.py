@@ -14,14 +14,14 @@ import pytest
 import torch
 
 import beam_runner
+from tokenmill import plugins
 from tokenmill.errors import UsageError
 from tokenmill.pipelines import device as dev
 from tokenmill.pipelines import handlers
 from tokenmill.pipelines import mulan as pmulan
 from tokenmill.pipelines import options as opts
 from tokenmill.pipelines.options import AcousticConfig, MulanConfig, SemanticConfig
-from tokenmill.tokenizers import codec, semantic
-from tokenmill.tokenizers import mulan as tmulan
+from tokenmill.tokenizers import semantic
 from tokenmill.tokenizers.codec import CodecError
 from tokenmill.tokenizers.kmeans import fit_kmeans
 from tokenmill.tokenizers.mulan import MulanError
@@ -62,23 +62,18 @@ def spectral_codebook(tmp_path_factory):
     return cb
 
 
-def _spy(monkeypatch, registry: dict, name: str, force_cpu: bool) -> list[dict]:
-    """Replace registry[name] by a recorder of its kwargs; it builds the real model, on the CPU
-    when `force_cpu` (a CUDA request on this GPU-less machine), else exactly as asked."""
+def _spy(monkeypatch, family: str, name: str, force_cpu: bool) -> list[dict]:
+    """Replace the plug-in row family/name by a recorder of its kwargs; it builds the real model,
+    on the CPU when `force_cpu` (a CUDA request on this GPU-less machine), else exactly as asked."""
     calls: list[dict] = []
-    real = registry[name]
+    real = plugins.resolve(family, name)
 
     def spy(**kw):
         calls.append(dict(kw))
         return real(**({**kw, "device": "cpu"} if force_cpu and "device" in kw else kw))
 
-    monkeypatch.setitem(registry, name, spy)
+    monkeypatch.setitem(plugins.TABLE[family], name, spy)
     return calls
-
-
-@pytest.fixture(autouse=True)
-def _backends_registered():
-    semantic.known_extractors(), codec.known_codecs(), tmulan.known_mulan()  # registries filled
 
 
 def _keys(x) -> set[str]:
@@ -146,7 +141,7 @@ def test_embed_text_configs_stay_on_cpu():
 
 def test_semantic_handlers_build_the_ssl_extractor_on_the_device(monkeypatch, hubert_dir):
     d, cb = hubert_dir
-    calls = _spy(monkeypatch, semantic._REGISTRY, "hubert", force_cpu=True)
+    calls = _spy(monkeypatch, "semantic", "hubert", force_cpu=True)
     cfg = SemanticConfig(extractor="hubert", path=str(d), device="cuda:1")
     ex = handlers.SemanticFeatureHandler(cfg).load_model()
     tok = handlers.SemanticTokenHandler(cfg, str(cb)).load_model()
@@ -155,14 +150,14 @@ def test_semantic_handlers_build_the_ssl_extractor_on_the_device(monkeypatch, hu
 
 
 def test_acoustic_handler_builds_the_codec_on_the_device(monkeypatch):
-    calls = _spy(monkeypatch, codec._REGISTRY, "soundstream", force_cpu=True)
+    calls = _spy(monkeypatch, "codec", "soundstream", force_cpu=True)
     model = handlers.AcousticTokenHandler(AcousticConfig(codec="soundstream", device="cuda")).load_model()
     assert calls == [{"device": "cuda"}]
     assert model.name == "soundstream" and str(model.device) == "cpu"  # the spy built it here
 
 
 def test_mulan_handlers_build_the_model_on_the_device(monkeypatch):
-    calls = _spy(monkeypatch, tmulan._REGISTRY, "mulan", force_cpu=True)
+    calls = _spy(monkeypatch, "mulan", "mulan", force_cpu=True)
     cfg = MulanConfig(device="cuda:2")
     pmulan.MulanWindowHandler(cfg).load_model()
     tok = pmulan.MulanTokenHandler(cfg).load_model()
@@ -173,7 +168,7 @@ def test_mulan_handlers_build_the_model_on_the_device(monkeypatch):
 def test_clap_gets_the_device_too(monkeypatch):
     """build_model passes the device to any MuLan back-end (clap's constructor is spied, not run)."""
     calls = []
-    monkeypatch.setitem(tmulan._REGISTRY, "clap", lambda **kw: calls.append(kw) or "clap-model")
+    monkeypatch.setitem(plugins.TABLE["mulan"], "clap", lambda **kw: calls.append(kw) or "clap-model")
     assert pmulan.build_model(MulanConfig(model="clap", path="/ckpt", device="cuda"), device="cuda") == "clap-model"
     assert calls == [{"device": "cuda", "batch_size": 16, "path": "/ckpt"}]
 
@@ -214,7 +209,7 @@ def test_spectral_extractor_warns_once_and_runs_on_cpu(caplog, spectral_codebook
 # ---- the launcher describes on the CPU -----------------------------------------------------------
 
 def test_describe_acoustic_is_built_on_cpu_and_unchanged_by_the_device(monkeypatch):
-    calls = _spy(monkeypatch, codec._REGISTRY, "soundstream", force_cpu=False)  # cuda here would raise
+    calls = _spy(monkeypatch, "codec", "soundstream", force_cpu=False)  # cuda here would raise
     cpu = handlers.describe_acoustic(AcousticConfig(device="cpu"))
     gpu = handlers.describe_acoustic(AcousticConfig(device="cuda"))
     assert [c["device"] for c in calls] == ["cpu", "cpu"]
@@ -224,7 +219,7 @@ def test_describe_acoustic_is_built_on_cpu_and_unchanged_by_the_device(monkeypat
 
 def test_describe_semantic_ssl_is_built_on_cpu_and_unchanged_by_the_device(monkeypatch, hubert_dir):
     d, cb = hubert_dir
-    calls = _spy(monkeypatch, semantic._REGISTRY, "hubert", force_cpu=False)
+    calls = _spy(monkeypatch, "semantic", "hubert", force_cpu=False)
     cpu, _ = handlers.describe_semantic(SemanticConfig(extractor="hubert", path=str(d)), str(cb))
     gpu, _ = handlers.describe_semantic(SemanticConfig(extractor="hubert", path=str(d), device="cuda"), str(cb))
     assert [c["device"] for c in calls] == ["cpu", "cpu"]
@@ -241,7 +236,7 @@ def test_describe_semantic_spectral_unchanged_and_silent(caplog, spectral_codebo
 
 
 def test_describe_mulan_and_fit_build_on_cpu_unchanged_by_the_device(monkeypatch):
-    calls = _spy(monkeypatch, tmulan._REGISTRY, "mulan", force_cpu=False)
+    calls = _spy(monkeypatch, "mulan", "mulan", force_cpu=False)
     cpu = pmulan.describe_mulan(MulanConfig())
     gpu = pmulan.describe_mulan(MulanConfig(device="cuda"))
     fit_desc = pmulan.build_model(MulanConfig(device="cuda")).describe()  # beam_runner's fit-codebook --stream mulan

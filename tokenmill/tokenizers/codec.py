@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from tokenmill import plugins
 from tokenmill.errors import TokenmillError
 
 COARSE_LEVELS_DEFAULT = 4  # MusicLM: levels 1-4 coarse, the rest fine
@@ -118,30 +119,24 @@ def sha256_of_files(paths: list[Path]) -> str:
     return h.hexdigest()
 
 
-_REGISTRY: dict[str, Callable[..., AcousticCodec]] = {}
-
-
 def register_codec(name: str) -> Callable:
+    """Decorator for a user's own codec factory: a row in the plug-in table (tokenmill/plugins.py)."""
     def deco(factory):
-        if name in _REGISTRY:
-            raise ValueError(f"codec {name!r} registered twice")
-        _REGISTRY[name] = factory
+        plugins.register("codec", name, factory)
         return factory
     return deco
 
 
 def known_codecs() -> list[str]:
-    _import_backends()
-    return sorted(_REGISTRY)
+    return plugins.names("codec")
 
 
 def build_codec(name: str, **config: Any) -> AcousticCodec:
     """Build a codec by name: 'soundstream' (built-in) or an adapter ('encodec', 'dac', 'mimi')
-    whose `path` is a transformers `save_pretrained` directory."""
-    _import_backends()
-    if name not in _REGISTRY:
-        raise CodecError(f"unknown codec {name!r}; known: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](**config)
+    whose `path` is a transformers `save_pretrained` directory (rows of tokenmill/plugins.py)."""
+    if name not in plugins.TABLE["codec"]:
+        raise CodecError(f"unknown codec {name!r}; known: {', '.join(known_codecs())}")
+    return plugins.resolve("codec", name)(**config)
 
 
 def rebuild_codec(job: dict[str, Any] | None, desc: dict[str, Any] | None, model_path: str | None = None,
@@ -168,13 +163,3 @@ def rebuild_codec(job: dict[str, Any] | None, desc: dict[str, Any] | None, model
     return codec
 
 
-def _import_backends() -> None:
-    """Back-ends register themselves on import; import them lazily (torch, transformers)."""
-    import importlib
-
-    for mod in ("tokenmill.tokenizers.soundstream", "tokenmill.tokenizers.codec_adapters"):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise

@@ -41,7 +41,6 @@ import numpy as np
 from tokenmill.tokenizers.codec import (
     AcousticCodec,
     CodecError,
-    register_codec,
     resolve_device,
     sha256_of_files,
 )
@@ -173,7 +172,6 @@ class _HFCodec(AcousticCodec):
                 "n_q": self.n_q}
 
 
-@register_codec("encodec")
 class EncodecCodec(_HFCodec):
     """EnCodec (24 kHz mono). `bandwidth_kbps` picks the depth; default 6 kbps (8 levels at 75 Hz)."""
 
@@ -224,7 +222,6 @@ class EncodecCodec(_HFCodec):
                 "num_filters": int(c.num_filters), "use_causal_conv": bool(c.use_causal_conv)}
 
 
-@register_codec("dac")
 class DacCodec(_HFCodec):
     """Descript Audio Codec. `n_q` levels (default: all of config.n_codebooks)."""
 
@@ -264,7 +261,6 @@ class DacCodec(_HFCodec):
                 "decoder_hidden_size": int(c.decoder_hidden_size)}
 
 
-@register_codec("mimi")
 class MimiCodec(_HFCodec):
     """Kyutai Mimi (24 kHz, 12.5 Hz). `n_q` (alias `num_quantizers`) levels, default all."""
 

@@ -52,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from tokenmill import plugins
 from tokenmill.errors import TokenmillError
 from tokenmill.schemas import rates
 from tokenmill.tokenizers.codec import sha256_of_files
@@ -313,40 +314,29 @@ def embed_text_tokens(texts: list[str], *, model: str = "mulan", path: Any = Non
 
 # ---- registry ----------------------------------------------------------------------------------
 
-_REGISTRY: dict[str, Callable[..., MulanModel]] = {}
-
-
 def register_mulan(name: str) -> Callable:
+    """Decorator for a user's own MuLan-like back-end: a row in the plug-in table (tokenmill/plugins.py)."""
     def deco(factory):
-        if name in _REGISTRY:
-            raise ValueError(f"MuLan back-end {name!r} registered twice")
-        _REGISTRY[name] = factory
+        plugins.register("mulan", name, factory)
         return factory
     return deco
 
 
-def _import_backends() -> None:
-    import tokenmill.tokenizers.mulan_builtin  # noqa: F401  (registers 'mulan'; imports torch)
-
-
 def known_mulan() -> list[str]:
-    _import_backends()
-    return sorted(_REGISTRY)
+    return plugins.names("mulan")
 
 
 def build_mulan(name: str, **config: Any) -> MulanModel:
-    """Build a MuLan back-end by name: 'clap' (adapter; `path` = a transformers save_pretrained
-    directory holding the model and its processor), 'mulan' (built-in; `path` = a weights file,
-    default the packaged one)."""
-    _import_backends()
-    if name not in _REGISTRY:
-        raise MulanError(f"unknown MuLan model {name!r}; known: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](**config)
+    """Build a MuLan back-end by name (a row of tokenmill/plugins.py): 'clap' (adapter; `path` = a
+    transformers save_pretrained directory holding the model and its processor), 'mulan' (built-in;
+    `path` = a weights file, default the packaged one)."""
+    if name not in plugins.TABLE["mulan"]:
+        raise MulanError(f"unknown MuLan model {name!r}; known: {', '.join(known_mulan())}")
+    return plugins.resolve("mulan", name)(**config)
 
 
 # ---- CLAP adapter ------------------------------------------------------------------------------
 
-@register_mulan("clap")
 class ClapMulan(MulanModel):
     """transformers `ClapModel` + `ClapProcessor` from one save_pretrained directory (nothing is
     downloaded). Audio: the caller resamples to the feature extractor's `sampling_rate` (48 kHz for

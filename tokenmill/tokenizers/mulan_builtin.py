@@ -33,7 +33,7 @@ from torch import nn
 
 from tokenmill.schemas import rates
 from tokenmill.tokenizers.codec import sha256_of_files
-from tokenmill.tokenizers.mulan import MulanError, MulanModel, register_mulan
+from tokenmill.tokenizers.mulan import MulanError, MulanModel
 from tokenmill.tokenizers.semantic import mel_filterbank
 
 FORMAT = "tokenmill.mulan.v1"
@@ -242,7 +242,6 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-@register_mulan("mulan")
 class BuiltinMulan(MulanModel):
     """The built-in model behind the MulanModel interface (16 kHz, 128-d)."""
 

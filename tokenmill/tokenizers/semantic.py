@@ -22,6 +22,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from tokenmill import plugins
 from tokenmill.schemas import rates
 
 HOP_SAMPLES = rates.SEMANTIC.hop_samples  # 640
@@ -105,39 +106,25 @@ class SemanticExtractor(abc.ABC):
 
 # ---- registry --------------------------------------------------------------------------------
 
-_REGISTRY: dict[str, Callable[..., SemanticExtractor]] = {}
-
-
 def register_extractor(name: str) -> Callable:
-    """Decorator: register `factory(**config) -> SemanticExtractor` under `name`."""
+    """Decorator for a user's own `factory(**config) -> SemanticExtractor`: a row in the plug-in
+    table (tokenmill/plugins.py); a name already there is refused."""
     def deco(factory: Callable[..., SemanticExtractor]) -> Callable[..., SemanticExtractor]:
-        if name in _REGISTRY:
-            raise ValueError(f"semantic extractor {name!r} is already registered")
-        _REGISTRY[name] = factory
+        plugins.register("semantic", name, factory)
         return factory
     return deco
 
 
 def known_extractors() -> list[str]:
-    _import_backends()
-    return sorted(_REGISTRY)
-
-
-def _import_backends() -> None:
-    """Back-ends register themselves on import; import them lazily (transformers, onnxruntime are
-    imported only when a model is built)."""
-    import importlib
-
-    importlib.import_module("tokenmill.tokenizers.semantic_ssl")
-    importlib.import_module("tokenmill.tokenizers.semantic_pitch")
+    return plugins.names("semantic")
 
 
 def build_extractor(name: str, **config: Any) -> SemanticExtractor:
-    """Build a registered extractor; `config` overrides its config dataclass fields."""
-    _import_backends()
-    if name not in _REGISTRY:
+    """Build an extractor by name (a row of tokenmill/plugins.py); `config` overrides its config
+    dataclass fields."""
+    if name not in plugins.TABLE["semantic"]:
         raise ValueError(f"unknown semantic extractor {name!r}; known: {', '.join(known_extractors())}")
-    return _REGISTRY[name](**config)
+    return plugins.resolve("semantic", name)(**config)
 
 
 # ---- filterbanks (frequency in Hz; pure numpy, float64) --------------------------------------
@@ -300,8 +287,7 @@ class SpectralExtractor(SemanticExtractor):
         return np.ascontiguousarray(np.concatenate([log_mel, chroma, delta], axis=1), dtype=np.float32)
 
 
-@register_extractor("spectral")
-def _build_spectral(**config: Any) -> SpectralExtractor:
+def build_spectral(**config: Any) -> SpectralExtractor:
     fields = {f.name for f in dataclasses.fields(SpectralConfig)}
     unknown = sorted(set(config) - fields)
     if unknown:

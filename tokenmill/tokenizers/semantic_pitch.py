@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from tokenmill.errors import TokenmillError
-from tokenmill.tokenizers.semantic import HOP_SAMPLES, SAMPLE_RATE_HZ, SemanticExtractor, register_extractor
+from tokenmill.tokenizers.semantic import HOP_SAMPLES, SAMPLE_RATE_HZ, SemanticExtractor
 
 MODEL_RATE_HZ = 22050
 MODEL_HOP = 256  # samples per model frame at 22 050 Hz
@@ -211,8 +211,7 @@ class PitchExtractor(SemanticExtractor):
         return pool_to_25hz(note, onset, len(wave) // HOP_SAMPLES, self.config)
 
 
-@register_extractor("basic-pitch")
-def _build_pitch(**config: Any) -> PitchExtractor:
+def build_pitch(**config: Any) -> PitchExtractor:
     import dataclasses
 
     fields = {f.name for f in dataclasses.fields(PitchConfig)}

@@ -48,7 +48,6 @@ from tokenmill.tokenizers.semantic import (
     HOP_SAMPLES,
     SAMPLE_RATE_HZ,
     SemanticExtractor,
-    register_extractor,
 )
 
 DEFAULT_LAYER = 7
@@ -222,5 +221,5 @@ def _factory(name: str):
     return build
 
 
-for _name in MODELS:
-    register_extractor(_name)(_factory(_name))
+build_w2v_bert = _factory("w2v-bert")   # rows of tokenmill/plugins.py
+build_hubert = _factory("hubert")

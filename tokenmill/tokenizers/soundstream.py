@@ -28,7 +28,6 @@ from torch.nn.utils import parametrize
 from tokenmill.tokenizers.codec import (
     AcousticCodec,
     CodecError,
-    register_codec,
     resolve_device,
     sha256_of_files,
 )
@@ -349,7 +348,6 @@ def load_soundstream(path: str | Path) -> tuple[SoundStream, dict[str, str]]:
 
 # ---- the codec --------------------------------------------------------------------------------
 
-@register_codec("soundstream")
 class SoundStreamCodec(AcousticCodec):
     """`build_codec("soundstream")` loads tokenmill/weights/soundstream-24k-default.safetensors;
     `build_codec("soundstream", path=...)` another export; `model=` wraps an in-memory model.

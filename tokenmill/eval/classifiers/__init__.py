@@ -18,12 +18,9 @@ import numpy as np
 
 from tokenmill.eval import EvalError
 from tokenmill.eval import plugins
+from tokenmill.plugins import TABLE
 
-CLASSIFIERS: dict[str, str] = {
-    "mulan": "tokenmill.eval.classifiers.zero_shot:build_mulan",
-    "clap": "tokenmill.eval.classifiers.zero_shot:build_clap",
-    "hf": "tokenmill.eval.classifiers.audio_classification:build",
-}
+CLASSIFIERS: dict[str, str] = TABLE["classifier"]   # the rows live in the one plug-in table
 
 
 class Classifier(abc.ABC):

@@ -22,13 +22,9 @@ import numpy as np
 
 from tokenmill.eval import EvalError
 from tokenmill.eval import plugins
+from tokenmill.plugins import TABLE
 
-EMBEDDERS: dict[str, str] = {
-    "mulan": "tokenmill.eval.embedders.mulan_tower:build",
-    "clap": "tokenmill.eval.embedders.clap:build",
-    "hf": "tokenmill.eval.embedders.hidden_states:build",
-    "encodec": "tokenmill.eval.embedders.encodec:build",
-}
+EMBEDDERS: dict[str, str] = TABLE["embedder"]   # the rows live in the one plug-in table
 
 
 class Embedder(abc.ABC):
