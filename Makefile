@@ -60,9 +60,11 @@ demo: setup
 		--output $(DEMO)/generated.wav --seconds 4 --torch_threads 1
 
 test: setup
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | $(QUIET_PIP)
 	$(BIN)/python -m pytest
 
 bench: setup
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[bench]' 2>&1 | $(QUIET_PIP)
 	$(BIN)/python bench/bench_frontend.py
 	$(BIN)/python bench/bench_kmeans.py
 	$(BIN)/python bench/bench_bytes.py
