@@ -92,7 +92,7 @@ def apply(layout: ComputeLayout, device: str = "cpu") -> dict:
     if device.startswith("cuda"):
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
-    got = facts(layout, device)
+    got = facts(device)
     want = "AVX2" if kernel_env(layout.kernels) else None
     if want and got["torch_cpu_capability"] != want:
         raise ComputeError(
@@ -104,7 +104,7 @@ def apply(layout: ComputeLayout, device: str = "cpu") -> dict:
     return got
 
 
-def facts(layout: ComputeLayout | None = None, device: str = "cpu") -> dict:
+def facts(device: str = "cpu") -> dict:
     """The kernels this process computes with, as recorded in manifests and codebook cards
     (with the GPU's name when `device` is a CUDA device this process can see)."""
     import torch
@@ -118,8 +118,6 @@ def facts(layout: ComputeLayout | None = None, device: str = "cpu") -> dict:
     if device.startswith("cuda") and torch.cuda.is_available():
         index = int(device.split(":", 1)[1]) if ":" in device else 0
         out["gpu"] = torch.cuda.get_device_name(index)
-    if layout is not None:
-        out.update(threads=layout.threads, kernels=layout.kernels)
     return out
 
 
@@ -128,9 +126,7 @@ def describe(layout: ComputeLayout, applied: dict | None = None, device: str = "
     of the process that applied it (the launcher, or the worker that fitted a codebook; workers
     refuse to run under other CPU kernels when they are pinned)."""
     entry = {"threads": layout.threads, "kernels": layout.kernels, "device": device,
-             "isa": dict(applied or facts(layout))}
-    for k in ("threads", "kernels", "torch_threads"):
-        entry["isa"].pop(k, None)
+             "isa": {k: v for k, v in (applied or facts(device)).items() if k != "torch_threads"}}
     if layout.threads == 0:
         entry["note"] = "threads 0: torch's default (all cores); outputs depend on each worker's core count"
     elif layout.kernels == "native":
