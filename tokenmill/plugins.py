@@ -10,6 +10,7 @@ also name a target directly (`package.module:factory`, eval/plugins.py).
     codec        tokenizers.codec.AcousticCodec                  tokenizers.codec.build_codec
     semantic     tokenizers.semantic.SemanticExtractor           tokenizers.semantic.build_extractor
     mulan        tokenizers.mulan.MulanModel                     tokenizers.mulan.build_mulan
+    melody       tokenizers.melody.MelodyModel                   tokenizers.melody.build_melody
     embedder     eval.embedders.Embedder (FAD)                   eval.embedders.build_embedder
     classifier   eval.classifiers.Classifier (KLD)               eval.classifiers.build_classifier
 """
@@ -36,6 +37,9 @@ TABLE: dict[str, dict[str, Any]] = {
     "mulan": {
         "mulan": "tokenmill.tokenizers.mulan_builtin:BuiltinMulan",
         "clap": "tokenmill.tokenizers.mulan:ClapMulan",
+    },
+    "melody": {
+        "basic-pitch": "tokenmill.tokenizers.melody_pitch:build_pitch_melody",
     },
     "embedder": {
         "mulan": "tokenmill.eval.embedders.mulan_tower:build",

@@ -57,6 +57,15 @@ MULAN_DIM = 128
 MULAN_LEVELS = 12
 MULAN_WINDOW_S = 10
 MULAN_STRIDE_S = 1
+# Melody stream: one embedding per 4 s window at a 1 s stride (16 kHz mono in), RVQ 24 x 512.
+# A training crop takes MELODY_CROP_WINDOWS windows MELODY_CROP_HOP_S apart (10 s crop: 0, 3, 6 s).
+MELODY_SAMPLE_RATE_HZ = 16_000
+MELODY_WINDOW_S = 4
+MELODY_STRIDE_S = 1
+MELODY_DIM = 192
+MELODY_LEVELS = 24
+MELODY_CODEBOOK_SIZE = 512
+MELODY_CROP_HOP_S = 3
 
 
 def n_quanta(n_samples: int, sample_rate_hz: int) -> int:
@@ -131,5 +140,16 @@ def mulan_window_count(quanta: int) -> int:
     Window w covers [w, w + 10) s; windows past the end are zero-padded by the audio tower, so a
     3 s clip still has one window. Owned here so the trainer and the tokenizer agree.
     """
+    return window_count(quanta, MULAN_WINDOW_S)
+
+
+def melody_window_count(quanta: int) -> int:
+    """Melody windows (4 s long, 1 s stride): the rule of `mulan_window_count` with 4 s windows."""
+    return window_count(quanta, MELODY_WINDOW_S)
+
+
+def window_count(quanta: int, window_s: int) -> int:
+    """Windows of `window_s` seconds at a 1 s stride over a segment of `quanta` quanta: one per whole
+    second that still leaves a whole window inside the audio, and at least one (zero-padded)."""
     whole_s = quanta // QUANTA_PER_S
-    return max(1, whole_s - MULAN_WINDOW_S + 1)
+    return max(1, whole_s - window_s + 1)

@@ -55,7 +55,9 @@ import numpy as np
 from tokenmill import plugins
 from tokenmill.errors import TokenmillError
 from tokenmill.schemas import rates
+from tokenmill.tokenizers import windowing
 from tokenmill.tokenizers.codec import sha256_of_files
+from tokenmill.tokenizers.windowing import l2_normalize
 
 
 class MulanError(TokenmillError, ValueError):
@@ -63,26 +65,17 @@ class MulanError(TokenmillError, ValueError):
 
 
 def _l2n(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    n = np.linalg.norm(x, axis=-1, keepdims=True)
-    return (x / np.maximum(n, np.float32(1e-12))).astype(np.float32)
+    return l2_normalize(x)
 
 
 def window_spans(n_samples: int, sample_rate_hz: int) -> list[tuple[int, int]]:
     """Sample ranges [a, a + 10 s) of the W windows of a wave (may run past n for short tracks)."""
-    w_count = rates.mulan_window_count(rates.n_quanta(n_samples, sample_rate_hz))
-    return [(w * rates.MULAN_STRIDE_S * sample_rate_hz,
-             (w * rates.MULAN_STRIDE_S + rates.MULAN_WINDOW_S) * sample_rate_hz) for w in range(w_count)]
+    return windowing.window_spans(n_samples, sample_rate_hz, rates.MULAN_WINDOW_S, rates.MULAN_STRIDE_S)
 
 
 def cut_windows(wave: np.ndarray, sample_rate_hz: int) -> np.ndarray:
     """float32 [W, 10 s · sr]: the windows of `wave`, zero-padded past its end."""
-    spans = window_spans(wave.shape[0], sample_rate_hz)
-    out = np.zeros((len(spans), rates.MULAN_WINDOW_S * sample_rate_hz), dtype=np.float32)
-    for i, (a, b) in enumerate(spans):
-        seg = wave[a:min(b, wave.shape[0])]
-        out[i, :seg.shape[0]] = seg
-    return out
+    return windowing.cut_windows(wave, sample_rate_hz, rates.MULAN_WINDOW_S, rates.MULAN_STRIDE_S)
 
 
 class MulanModel(abc.ABC):
@@ -124,20 +117,11 @@ class MulanModel(abc.ABC):
         across tracks is what fills a batch), and are cut lazily: memory holds `batch_size`
         windows, not all W (a 300 s segment at 48 kHz has 291 windows = 0.56 GB of float32)."""
         checked = [self._check_wave(w) for w in waves]
-        jobs = [(i, a, b) for i, w in enumerate(checked) for a, b in window_spans(w.shape[0], self.sample_rate_hz)]
-        win_samples = self.window_s * self.sample_rate_hz
-        parts = []
-        for j in range(0, len(jobs), self.batch_size):
-            chunk = jobs[j:j + self.batch_size]
-            buf = np.zeros((len(chunk), win_samples), dtype=np.float32)  # zero padding past the end
-            for row, (i, a, b) in enumerate(chunk):
-                seg = checked[i][a:min(b, checked[i].shape[0])]
-                buf[row, :seg.shape[0]] = seg
-            parts.append(np.asarray(self._embed_windows(buf), dtype=np.float32))
-        out = np.concatenate(parts, axis=0) if parts else np.zeros((0, self.dim), np.float32)
-        if out.shape != (len(jobs), self.dim):
-            raise MulanError(f"{self.name}: gave embeddings {out.shape}, expected {(len(jobs), self.dim)}")
-        counts = [len(window_spans(w.shape[0], self.sample_rate_hz)) for w in checked]
+        out, counts = windowing.embed_windows_batched(
+            checked, self._embed_windows, sample_rate_hz=self.sample_rate_hz, window_s=self.window_s,
+            stride_s=self.stride_s, batch_size=self.batch_size, dim=self.dim)
+        if out.shape != (sum(counts), self.dim):
+            raise MulanError(f"{self.name}: gave embeddings {out.shape}, expected {(sum(counts), self.dim)}")
         return np.split(_l2n(out), np.cumsum(counts)[:-1]) if checked else []
 
     def embed_text(self, texts: list[str]) -> np.ndarray:
