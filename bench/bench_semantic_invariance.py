@@ -41,7 +41,6 @@ import hashlib
 import itertools
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -54,88 +53,15 @@ import torch  # noqa: E402
 
 from tokenmill.tokenizers.kmeans import fit_kmeans  # noqa: E402
 from tokenmill.tokenizers.semantic import build_extractor  # noqa: E402
+from scripts.corpus.score_render import ground_truth, load_tunes, render  # noqa: E402
 
 SR = 16000
 HOP = 640
 PROGRAMS = {"piano": 0, "nylon guitar": 24, "violin": 40, "trumpet": 56, "flute": 73}
-SOUNDFONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
 
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-# ---- score → notes, MIDI, WAV, ground truth ---------------------------------------------------
-
-def load_tunes(opus: str, n: int, min_notes: int, cache: Path) -> list[dict]:
-    """[{'id', 'notes': [(onset_ql, dur_ql, midi)]}] for the first n monophonic tunes with enough notes."""
-    path = cache / f"tunes-{opus.replace('/', '_')}-{n}-{min_notes}.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    from music21 import chord, corpus
-
-    log(f"parsing music21 corpus {opus} (once; cached in {path})")
-    tunes = []
-    for score in corpus.parse(opus).scores:
-        flat = score.stripTies().flatten()
-        if any(isinstance(x, chord.Chord) for x in flat.notes):
-            continue
-        notes = [(float(x.offset), float(x.quarterLength), int(x.pitch.midi)) for x in flat.notes
-                 if x.quarterLength > 0]
-        if len(notes) >= min_notes:
-            tunes.append({"id": f"{opus}#{score.metadata.number}", "notes": notes})
-        if len(tunes) == n:
-            break
-    path.write_text(json.dumps(tunes))
-    return tunes
-
-
-def tempo_bpm(index: int) -> float:
-    return 84.0 + 8.0 * (index % 7)  # 84..132 quarter notes per minute
-
-
-def render(tune: dict, index: int, program: int, transpose: int, seconds: float, out: Path) -> np.ndarray:
-    """float32 [T·640] at 16 kHz: the tune's MIDI (music21) rendered by FluidSynth, cut to `seconds`."""
-    n = int(round(seconds * SR)) // HOP * HOP
-    if not out.exists():
-        from music21 import instrument, note, stream, tempo
-
-        s = stream.Stream()
-        s.insert(0, tempo.MetronomeMark(number=tempo_bpm(index)))
-        inst = instrument.instrumentFromMidiProgram(program)
-        inst.midiProgram = program
-        s.insert(0, inst)
-        for off, dur, midi in tune["notes"]:
-            x = note.Note(midi + transpose, quarterLength=dur)
-            x.volume.velocity = 96
-            s.insert(off, x)
-        mid = out.with_suffix(".mid")
-        s.write("midi", fp=str(mid))
-        subprocess.run(["fluidsynth", "-ni", "-q", "-R", "0", "-C", "0", "-g", "0.6", "-r", str(SR),
-                        "-T", "wav", "-O", "s16", "-F", str(out), SOUNDFONT, str(mid)],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import soundfile as sf
-
-    x, sr = sf.read(str(out), dtype="float32", always_2d=True)
-    if sr != SR:
-        raise SystemExit(f"{out}: FluidSynth wrote {sr} Hz, want {SR}")
-    x = x.mean(1)[:n]
-    return np.pad(x, (0, n - len(x))).astype(np.float32)
-
-
-def ground_truth(tune: dict, index: int, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
-    """(pitch class int8 [T], -1 = no note; onset bool [T]) from the score at the render's tempo."""
-    sec = 60.0 / tempo_bpm(index)
-    pc = np.full(n_frames, -1, np.int8)
-    onset = np.zeros(n_frames, bool)
-    centre = (np.arange(n_frames) + 0.5) * 0.04
-    for off, dur, midi in tune["notes"]:
-        t0, t1 = off * sec, (off + dur) * sec
-        pc[(centre >= t0) & (centre < t1)] = midi % 12
-        f = int(t0 / 0.04)
-        if f < n_frames:
-            onset[f] = True
-    return pc, onset
 
 
 # ---- metrics --------------------------------------------------------------------------------

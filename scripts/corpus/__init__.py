@@ -1,0 +1,1 @@
+"""The recipe that builds the training and benchmark corpora of tokenmill's built-in models."""

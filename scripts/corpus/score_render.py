@@ -1,0 +1,116 @@
+"""Monophonic score tunes rendered on General MIDI programs, with per-frame ground truth.
+
+Used wherever we need the same notes played by different instruments: the semantic-invariance
+bench, and training pairs that share a melody but differ in sound. Tunes come from music21's
+bundled Essen folk collection; MIDI is written by music21 and rendered by the FluidSynth CLI with
+the FluidR3 GM SoundFont (Debian packages `fluidsynth` and `fluid-soundfont-gm`), reverb and
+chorus off, so a render is a pure function of (notes, tempo, program, transpose, velocity).
+
+A tune is `{'id': str, 'notes': [(onset_ql, duration_ql, midi), ...]}` in quarter notes; its
+tempo comes from its index (`tempo_bpm`), so the same index always plays at the same speed.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+SOUNDFONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
+FRAME_S = 0.04  # one semantic frame (25 Hz)
+
+
+class RenderError(RuntimeError):
+    """A score could not be rendered; the message names the file and the fix."""
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def load_tunes(opus: str, n: int, min_notes: int, cache: Path) -> list[dict]:
+    """The first n monophonic tunes of a music21 corpus opus with >= min_notes notes (cached JSON)."""
+    path = Path(cache) / f"tunes-{opus.replace('/', '_')}-{n}-{min_notes}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    from music21 import chord, corpus
+
+    log(f"parsing music21 corpus {opus} (once; cached in {path})")
+    tunes = []
+    for score in corpus.parse(opus).scores:
+        flat = score.stripTies().flatten()
+        if any(isinstance(x, chord.Chord) for x in flat.notes):
+            continue
+        notes = [(float(x.offset), float(x.quarterLength), int(x.pitch.midi)) for x in flat.notes
+                 if x.quarterLength > 0]
+        if len(notes) >= min_notes:
+            tunes.append({"id": f"{opus}#{score.metadata.number}", "notes": notes})
+        if len(tunes) == n:
+            break
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(tunes))
+    return tunes
+
+
+def tempo_bpm(index: int) -> float:
+    """The tempo of tune `index`: 84..132 quarter notes per minute, a pure function of the index."""
+    return 84.0 + 8.0 * (index % 7)
+
+
+def check_tools(soundfont: str = SOUNDFONT) -> None:
+    if shutil.which("fluidsynth") is None or not Path(soundfont).exists():
+        raise RenderError(f"score renders need the FluidSynth CLI and {soundfont}; install them with "
+                          "`apt-get install fluidsynth fluid-soundfont-gm`")
+
+
+def render(tune: dict, index: int, program: int, transpose: int, seconds: float, out: Path,
+           sr: int = 16000, velocity: int = 96, soundfont: str = SOUNDFONT) -> np.ndarray:
+    """float32 mono [round(seconds·sr) cut to whole 40 ms frames]: the tune rendered on `program`.
+
+    The WAV is kept at `out` (a cache: an existing file is read, not re-rendered)."""
+    hop = int(round(FRAME_S * sr))
+    n = int(round(seconds * sr)) // hop * hop
+    out = Path(out)
+    if not out.exists():
+        check_tools(soundfont)
+        from music21 import instrument, note, stream, tempo
+
+        s = stream.Stream()
+        s.insert(0, tempo.MetronomeMark(number=tempo_bpm(index)))
+        inst = instrument.instrumentFromMidiProgram(program)
+        inst.midiProgram = program
+        s.insert(0, inst)
+        for off, dur, midi in tune["notes"]:
+            x = note.Note(midi + transpose, quarterLength=dur)
+            x.volume.velocity = velocity
+            s.insert(off, x)
+        mid = out.with_suffix(".mid")
+        s.write("midi", fp=str(mid))
+        subprocess.run(["fluidsynth", "-ni", "-q", "-R", "0", "-C", "0", "-g", "0.6", "-r", str(sr),
+                        "-T", "wav", "-O", "s16", "-F", str(out), soundfont, str(mid)],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import soundfile as sf
+
+    x, got_sr = sf.read(str(out), dtype="float32", always_2d=True)
+    if got_sr != sr:
+        raise RenderError(f"{out}: FluidSynth wrote {got_sr} Hz, want {sr}; delete the file to re-render")
+    x = x.mean(1)[:n]
+    return np.pad(x, (0, n - len(x))).astype(np.float32)
+
+
+def ground_truth(tune: dict, index: int, n_frames: int, transpose: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(pitch class int8 [T], -1 = no note; onset bool [T]) per 40 ms frame, from the score."""
+    sec = 60.0 / tempo_bpm(index)
+    pc = np.full(n_frames, -1, np.int8)
+    onset = np.zeros(n_frames, bool)
+    centre = (np.arange(n_frames) + 0.5) * FRAME_S
+    for off, dur, midi in tune["notes"]:
+        t0, t1 = off * sec, (off + dur) * sec
+        pc[(centre >= t0) & (centre < t1)] = (midi + transpose) % 12
+        f = int(t0 / FRAME_S)
+        if f < n_frames:
+            onset[f] = True
+    return pc, onset
