@@ -45,7 +45,7 @@ class Category:
     era: str
     composer: str | None
     ensembles: list | str | None
-    share: float              # of the render hours
+    share: float              # of the render hours (all shares sum to 1.015, as built)
     qpm_range: tuple[int, int]  # tempo drawn when the score has none
 
 
