@@ -329,3 +329,8 @@ def test_cli_output_folder_rules(tmp_path):
     assert old.is_dir() and not any(old.iterdir())
     a = build.parse_args(["--target", "large", "--out", "o", "--render_hours", "0"])
     assert (a.target, a.render_hours, a.soundfont) == ("large", 0.0, "fluid-soundfont-gm")
+    cfg = build.build_config(a)  # works without fluidsynth (its version is then None)
+    assert (cfg["target"], cfg["render_seed"], len(cfg["packages"])) == ("large", 1234, 16)
+    assert build.build_config(build.parse_args(["--target", "small", "--out", "o"]))["packages"] == [
+        "asc-music", "drascula-music", "fretsonfire-songs-muldjord", "marsshooter-data", "pushover-data",
+        "singularity-music", "wesnoth-1.16-music"]

@@ -7,7 +7,8 @@
   xl     large plus heavy game-data packages (about +11 h, 3.6 GB more downloads)
 
 Writes into --out (created; a previous build there is replaced): the audio, the manifest,
-summary.json and LICENSES/. Downloads and extractions are kept in --cache for the next build.
+summary.json, build.json (the target, SoundFont, render hours and seed, packages, tool versions)
+and LICENSES/. Downloads and extractions are kept in --cache for the next build.
 Needs apt-get with Debian bookworm package lists (no root for downloads), dpkg-deb, the FluidSynth
 CLI, and python packages soundfile, music21, mido, mutagen (`pip install -e '.[corpus]'`);
 scripts/corpus/build_corpus.sh installs what is missing.
@@ -20,15 +21,17 @@ import os
 import shutil
 import sys
 import time
+from pathlib import Path
 
 from scripts.corpus import debian, records
 from scripts.corpus.errors import CorpusError
-from scripts.corpus.large import build_large
+from scripts.corpus.large import RENDER_SEED, build_large
 from scripts.corpus.packages import DEFAULT_SOUNDFONT, SOUNDFONTS, packages_for
-from scripts.corpus.small import build_small
+from scripts.corpus.small import build_small, small_packages
+from tokenmill.tokenizers.artifacts import atomic_write_local
 
 TARGETS = ("small", "large", "xl")
-BUILD_MARKERS = ("summary.json", "captions.jsonl", "manifest.jsonl")
+BUILD_MARKERS = ("summary.json", "captions.jsonl", "manifest.jsonl", "build.json")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,10 +67,42 @@ def prepare_soundfont(cache: str, package: str) -> tuple[str, str]:
     return os.path.join(root, SOUNDFONTS[package].path), SOUNDFONTS[package].name
 
 
+def tool_versions() -> dict:
+    """Versions of what shapes the output bytes: libsndfile, FluidSynth, the Python packages."""
+    import subprocess
+    from importlib import metadata
+
+    import soundfile
+
+    out = {"libsndfile": soundfile.__libsndfile_version__}
+    try:
+        r = subprocess.run(["fluidsynth", "--version"], capture_output=True, text=True)
+        out["fluidsynth"] = r.stdout.splitlines()[0].strip() if r.stdout else None
+    except OSError:
+        out["fluidsynth"] = None
+    for name in ("soundfile", "numpy", "music21", "mido", "mutagen"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def build_config(args: argparse.Namespace) -> dict:
+    """What this build was asked for, saved beside it as build.json (workers and paths left out:
+    they do not change the output)."""
+    return dict(target=args.target, soundfont=args.soundfont,
+                render_hours=args.render_hours if args.target != "small" else 0.0,
+                render_seed=RENDER_SEED if args.target != "small" else None,
+                packages=small_packages() if args.target == "small" else packages_for(args.target),
+                tools=tool_versions())
+
+
 def build(args: argparse.Namespace) -> dict:
     sf2, sf_name = prepare_soundfont(args.cache, args.soundfont)
     t0 = time.time()
     clear_output(args.out)
+    atomic_write_local(Path(args.out) / "build.json", json.dumps(build_config(args), indent=1).encode())
     if args.target == "small":
         recs = build_small(args.cache, args.out, sf2, sf_name, args.soundfont)
     else:
