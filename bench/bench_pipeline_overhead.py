@@ -17,10 +17,11 @@ Input: `--input GLOB` (repeatable, `**` allowed; default the bundled tests/data/
 `--max_audio_s` / `--max_files`, files are taken in a deterministic order (sorted paths, ordered by
 the sha256 of each path, so the pick mixes sources) until the cap is reached; undecodable files
 are skipped. The picked files are symlinked into a temp directory, so paths with glob characters
-work. A realistic run (25 min of real music from the corpus `build_corpus.sh large` builds):
+work. A realistic run (25 min of real music from the `large` corpus, built by
+`python -m scripts.corpus.build --target large --out CORPUS`):
 
     python bench/bench_pipeline_overhead.py \\
-        --input '/work/corpus/large/large/audio/**/*' --input '/work/corpus/large/large/renders/**/*' \\
+        --input 'CORPUS/audio/**/*' --input 'CORPUS/renders/**/*' \\
         --max_audio_s 1500
 
 `--profile FILE.pstats` runs the job under cProfile (adds overhead; times become indicative only)

@@ -1,4 +1,4 @@
-"""Shared fixtures. Tests read only tests/data (never ../shared); generated inputs go to tmp dirs.
+"""Shared fixtures. Tests read only tests/data (nothing outside the repository); generated inputs go to tmp dirs.
 
 Add new fixtures in their own section below; keep each one documented and deterministic.
 """

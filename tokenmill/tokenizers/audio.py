@@ -4,7 +4,7 @@ Pure code: takes bytes, returns arrays. No Beam, no file system walking. The pip
 `prepare(data, uri, cfg)` and routes any `AudioError` to dead letters using its `reason`.
 
 Decoder routing ("auto"). The container is sniffed from magic bytes and routed by `AUTO_DECODER`,
-chosen per format by `bench/bench_frontend.py` (prepare() on ../shared/corpus/small, one core, CPU
+chosen per format by `bench/bench_frontend.py` (prepare() on the `small` corpus of scripts/corpus, one core, CPU
 time; x real time, soundfile / pedalboard): WAV 3216 / 3620, FLAC 693 / 730, OGG Vorbis 489 / 519,
 MP3 1115 / 683, Ogg Opus 164 / n.a. pedalboard's lead is 1.05-1.2x, not 2x, once the downmix avoids
 `pcm.mean(axis=1)` on interleaved samples (13 ms per 20 s of stereo). The decoder used is recorded

@@ -179,10 +179,10 @@ class SpectralConfig:
 
     Standardization is FIXED (constants below, not per-track CMVN) so a token means the same thing
     in every track and a segment's features do not depend on the rest of the segment. The offset
-    and scales were set once on the project's 4.7-minute music sample (shared/corpus/small, 15
-    tracks): log-mel per-dim std ~0.9 (band means within ±1: spectral tilt remains, harmless since
-    k-means ignores per-dim offsets), chroma and delta per-dim std ~1 before the block weights.
-    Scales act as weights in k-means' Euclidean distance. chroma_weight = 2 (≈ √(64/12)) gives the
+    and scales were set once on the project's 4.7-minute music sample (the `small`
+    corpus of scripts/corpus, 15 tracks): log-mel per-dim std ~0.9 (band means within ±1: spectral
+    tilt remains, harmless since k-means ignores per-dim offsets), chroma and delta per-dim std ~1
+    before the block weights. Scales act as weights in k-means' Euclidean distance. chroma_weight = 2 (≈ √(64/12)) gives the
     12 chroma dims about the same total variance as the 64 log-mel dims (~50 each on that sample),
     so harmony is not drowned by timbre; the 16 delta dims get ~16.
     """

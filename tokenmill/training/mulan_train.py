@@ -7,9 +7,9 @@ r"""Train (and evaluate) the built-in MuLan (tokenizers/mulan_builtin.py) on cap
     python -m tokenmill.training.mulan_train --manifest CORPUS/manifest.jsonl --out RUN_DIR \
         --eval tokenmill/weights/mulan-default.safetensors        # the model card's figures
 
-Data: a corpus manifest as `../shared/corpus/build_corpus.sh` writes it: JSON lines with `file`
-(relative to the manifest's folder) and `caption` (built from metadata only). Held out by the hash
-of the file name (`--heldout_percent`, default 15, the same rule as the codec trainer): the held-out
+Data: a corpus manifest as `python -m scripts.corpus.build --target large` writes it: JSON lines
+with `file` (relative to the manifest's folder) and `caption` (built from metadata only). Held
+out by the hash of the file name (`--heldout_percent`, default 15, the same rule as the codec trainer): the held-out
 tracks are never seen in training and are the retrieval test set. Each file is decoded once
 (tokenizers.audio: decode → mono → 16 kHz) and its raw log-mel (the model's own front end) is
 cached as float16 [64, T] under RUN_DIR/cache; captions go through the frozen MiniLM once.
