@@ -33,7 +33,7 @@ def add_args(p) -> None:
                           "then DIR/generate.json and DIR/failures.jsonl (rows = clips + dead letters)")
     gen.add_argument("--checkpoints", metavar="DIR",
                      help="a directory holding semantic/, coarse/ and fine/ stage checkpoints (each a trainer "
-                          "--out directory with latest.json, or a step-NNNNNNN folder)")
+                          "--output directory with latest.json, or a step-NNNNNNN folder)")
     for stage in ("semantic", "coarse", "fine"):
         gen.add_argument(f"--{stage}", metavar="PATH", help=f"the {stage} stage checkpoint (overrides DIR/{stage})")
     gen.add_argument("--seconds", type=float, help="output length, a multiple of 0.04 s (default 10; with --captions "

@@ -24,7 +24,7 @@ def add_args(p) -> None:
     p.add_argument("--stage", required=True, choices=tr.STAGES, help="which MusicLM stage to train")
     p.add_argument("--data", required=True,
                    help="dataset root or manifest.json URL (local, file://, http(s)://, gs://, s3://)")
-    p.add_argument("--output", "--out", dest="out", required=True,
+    p.add_argument("--output", "--out", dest="out", required=True, metavar="DIR",
                    help="checkpoint directory (step-NNNNNNN/ folders and latest.json; --out is the older spelling)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/latest.json to --steps")
     opt("preset", "model size", choices=sorted(PRESETS))
