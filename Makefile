@@ -53,7 +53,7 @@ demo: setup
 	$(BIN)/python -m http.server $(DEMO_PORT) --bind 127.0.0.1 --directory $(DEMO)/dataset \
 		> $(DEMO)/http.log 2>&1 & server=$$!; trap 'kill $$server' EXIT; \
 	for stage in semantic coarse fine; do \
-		$(BIN)/python -m tokenmill.training.train --stage $$stage --data http://127.0.0.1:$(DEMO_PORT)/ \
+		$(BIN)/python beam_runner.py train --stage $$stage --data http://127.0.0.1:$(DEMO_PORT)/ \
 			--output $(DEMO)/train/$$stage $(DEMO_TRAIN) || exit 1; \
 	done
 	$(BIN)/python beam_runner.py generate --text "a calm solo piano piece" --checkpoints $(DEMO)/train \

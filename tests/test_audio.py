@@ -5,6 +5,7 @@ import io
 import json
 import math
 import pickle
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,8 @@ from hypothesis import strategies as st
 from tokenmill.schemas import rates
 from tokenmill.schemas.rates import ACOUSTIC, SEMANTIC
 from tokenmill.schemas.records import content_hash
-from tokenmill.tokenizers import audio
+from tokenmill.errors import UsageError
+from tokenmill.tokenizers import audio, containers
 from tokenmill.tokenizers.audio import (
     AudioConfig, AudioError, EmptyAudio, NonFiniteAudio, SilentAudio, UndecodableAudio, UnsupportedAudio,
 )
@@ -120,8 +122,8 @@ def _lag(ref: np.ndarray, other: np.ndarray) -> int:
 
 def test_both_decoders_agree_on_real_files(real_files):
     """Lossless: bit exact, so the content hash does not depend on the decoder. Vorbis: two libvorbis
-    builds, ~2e-7 apart (so content hashes do differ by decoder: the routing table is part of the
-    key). MP3: pedalboard keeps the LAME encoder delay (1105 samples) and the end padding (263)
+    builds, ~2e-7 apart (so content hashes do differ by decoder: "auto" is therefore soundfile
+    for every format, installed packages or not). MP3: pedalboard keeps the LAME encoder delay (1105 samples) and the end padding (263)
     that libsndfile's gapless mpg123 strips; aligned, the two agree."""
     for path in real_files:
         data = path.read_bytes()
@@ -143,6 +145,27 @@ def test_both_decoders_agree_on_real_files(real_files):
             lag = _lag(a, b)
             assert lag == 1105 and len(b) - len(a) - lag == 263  # LAME 3.100 delay and padding
             assert np.corrcoef(a, b[lag:lag + len(a)])[0, 1] > 0.9999
+
+
+def test_auto_and_keys_do_not_depend_on_pedalboard_being_installed(real_files, monkeypatch):
+    """pedalboard is an optional extra: with it hidden (an import of it fails), "auto" decodes every
+    real file to the same bytes and keys as with it installed, and asking for it names the fix."""
+    def source_hashes():  # a record's key is make_key(this hash, segment)
+        decs = {p.name: audio.decode(p.read_bytes(), str(p)) for p in real_files}
+        assert {d.decoder for d in decs.values()} == {"soundfile"}
+        return {name: content_hash(d.pcm, d.sample_rate_hz) for name, d in decs.items()}
+
+    assert audio.pedalboard_available()  # the [test] extra installs it
+    with_pb = source_hashes()
+    monkeypatch.setitem(sys.modules, "pedalboard", None)  # `import pedalboard...` now raises ImportError
+    monkeypatch.setitem(sys.modules, "pedalboard.io", None)
+    assert not audio.pedalboard_available()
+    assert source_hashes() == with_pb
+    with pytest.raises(UsageError, match=r"tokenmill\[fast-decode\]"):
+        AudioConfig(decoder="pedalboard")
+    wav = next(p for p in real_files if p.suffix == ".wav")
+    with pytest.raises(UnsupportedAudio, match=r"tokenmill\[fast-decode\]"):
+        audio.decode(wav.read_bytes(), str(wav), "pedalboard")
 
 
 # ---- truncation -------------------------------------------------------------------------------
@@ -363,5 +386,5 @@ def test_mp3_with_a_damaged_frame_mid_stream_is_kept(real_audio_dir):
 
 def test_mp3_frame_chain_detects_a_cut_inside_a_frame(real_audio_dir):
     data = (real_audio_dir / "asc_frontiers.mp3").read_bytes()
-    assert not audio._mp3_ends_mid_frame(data)
-    assert audio._mp3_ends_mid_frame(data[: len(data) - 300])
+    assert not containers._mp3_ends_mid_frame(data)
+    assert containers._mp3_ends_mid_frame(data[: len(data) - 300])

@@ -111,17 +111,44 @@ def test_one_error_path_exit_2_with_the_message(tmp_path, capsys):
 
 
 def test_library_code_raises_no_system_exit():
-    """Only the command-line entry points end the process; library code raises TokenmillError."""
+    """Only the command line (tokenmill/cli/) ends the process; library code raises TokenmillError."""
     import re
 
     bad = []
     for path in sorted((ROOT / "tokenmill").rglob("*.py")):
-        if "training" in path.parts:
-            continue  # the trainers' own `python -m` entry points (to become subcommands)
+        if path.relative_to(ROOT).parts[:2] == ("tokenmill", "cli"):
+            continue
         for i, line in enumerate(path.read_text().splitlines(), 1):
-            if re.search(r"raise SystemExit\b", line):
+            if re.search(r"SystemExit|sys\.exit|os\._exit", line):
                 bad.append(f"{path.relative_to(ROOT)}:{i}")
     assert not bad, bad
+
+
+def test_every_command_is_one_table_row_and_one_module():
+    import importlib
+
+    from tokenmill.cli import COMMANDS, build_parser
+
+    for name, (module, help_line, takes_beam_args) in COMMANDS.items():
+        mod = importlib.import_module(module)
+        assert callable(mod.add_args) and callable(mod.run) and help_line and isinstance(takes_beam_args, bool)
+    parser = build_parser()  # every module's flags, together: no clash
+    args, rest = parser.parse_known_args(["train", "--stage", "fine", "--data", "d", "--output", "o"])
+    assert (args.command, args.stage, args.out, rest) == ("train", "fine", "o", [])
+
+
+def test_extra_arguments_are_refused_by_commands_without_beam_options(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        beam_runner.main(["verify", str(tmp_path), "--runner=DataflowRunner"])
+    assert e.value.code == 2 and "--runner=DataflowRunner" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="Beam options apply to --captions only"):
+        beam_runner.main(["generate", "--text", "x", "--output", "x.wav", "--direct_num_workers=2"])
+
+
+def test_python_m_tokenmill_cli_is_the_same_cli():
+    res = subprocess.run([sys.executable, "-m", "tokenmill.cli", "train-codec", "--help"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "--export" in res.stdout and "--heldout_percent" in res.stdout
 
 
 def test_installed_console_script_is_the_same_cli():

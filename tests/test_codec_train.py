@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tokenmill.tokenizers.codec import build_codec
-from tokenmill.training import codec_train
+from tokenmill.cli import main
 from tokenmill.training.codec_train import PRESETS, CropSource, TrainArgs, Trainer
 from tokenmill.training.discriminators import DiscConfig
 from tokenmill.training.losses import (
@@ -64,17 +64,16 @@ def test_resume_continues_with_identical_state(source, tmp_path):
 
 def test_cli_trains_resumes_and_exports(real_audio_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    common = ["--data", str(real_audio_dir / "*.flac"), "--out", str(out), "--threads", "1",
-              "--log-every-s", "0", "--ckpt-every", "2", "--no-cache"]
-    assert codec_train.main(common + ["--steps", "3", "--preset", "tiny", "--batch", "1",
-                                      "--crop-min-s", "0.2", "--crop-max-s", "0.2", "--vq-start", "1",
-                                      "--disc-start", "2"]) == 0
-    assert codec_train.main(common + ["--steps", "4", "--resume"]) == 0
+    common = ["train-codec", "--data", str(real_audio_dir / "*.flac"), "--output", str(out), "--threads", "1",
+              "--log_every_s", "0", "--ckpt_every", "2", "--no_cache"]
+    assert main(common + ["--steps", "3", "--preset", "tiny", "--batch", "1", "--crop_min_s", "0.2",
+                          "--crop_max_s", "0.2", "--vq_start", "1", "--disc_start", "2"]) == 0
+    assert main(common + ["--steps", "4", "--resume"]) == 0
     log = capsys.readouterr().out
     assert "step 3 " in log and "resumed from" in log and "step 4 " in log and "audio-s/s" in log
     assert Trainer.load(out / "ckpt-latest.safetensors").step == 4
     target = tmp_path / "codec.safetensors"
-    assert codec_train.main(["--export", str(out / "ckpt-latest.safetensors"), "--to", str(target)]) == 0
+    assert main(["train-codec", "--export", str(out / "ckpt-latest.safetensors"), "--output", str(target)]) == 0
     codec = build_codec("soundstream", path=target)
     assert codec.metadata["step"] == "4"
     wave = np.sin(np.linspace(0, 300, 4800)).astype(np.float32)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from test_stats import CODEC_SHA, MULAN_ID, SEMANTIC_ID, STREAMS, write_dataset
+from helpers import CODEC_SHA, MULAN_ID, SEMANTIC_ID, STREAMS, write_dataset
 from tokenmill.schemas.compat import CompatibilityError, check_compatible, codebook_ids
 from tokenmill.schemas.records import SCHEMA_VERSION
 from tokenmill.schemas.shards import read_dataset, read_manifest
@@ -76,7 +76,7 @@ def test_reader_refuses_before_reading_any_shard(ds):
 
 def test_an_expected_stream_the_dataset_lacks_is_refused(tmp_path):
     streams = {"semantic": STREAMS["semantic"]}
-    from test_stats import hand_records
+    from helpers import hand_records
 
     recs = [r.__class__(**{**r.__dict__, "acoustic": None, "mulan": None, "mulan_windows": None})
             for r in hand_records()]

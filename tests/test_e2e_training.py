@@ -13,11 +13,10 @@ import shutil
 import numpy as np
 import pytest
 import soundfile as sf
-from test_training_data import serve
+from conftest import serve
 
 import beam_runner
 from tokenmill.training import checkpoint as ckpt
-from tokenmill.training import train as tr
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -40,8 +39,8 @@ def test_tokenize_serve_train_three_stages_and_generate(tmp_path, real_audio_dir
 
     with serve(ds) as (url, requests):
         for stage in ("semantic", "coarse", "fine"):
-            assert tr.main(["--stage", stage, "--data", f"{url}/", "--out", str(tmp_path / "runs" / stage),
-                            *TRAIN]) == 0
+            assert beam_runner.main(["train", "--stage", stage, "--data", f"{url}/", "--output",
+                                     str(tmp_path / "runs" / stage), *TRAIN]) == 0
     assert "/manifest.json" in requests and any(r.endswith(".parquet") for r in requests)
     for stage in ("semantic", "coarse", "fine"):
         _, state = ckpt.read_state(tmp_path / "runs" / stage)

@@ -162,13 +162,11 @@ def test_loads_run_ahead_in_order_within_bounds(tmp_path, monkeypatch):
                 loading[0] -= 1
 
     monkeypatch.setattr(PendingRecord, "load", slow_load)
-    t0 = time.perf_counter()
     got = list(entries.materialize_in_order(pending, threads=8, ahead=4))
-    took = time.perf_counter() - t0
     assert [r.key for r in got] == [p.key for p in pending]
     by_key = {r.key: r for r in recs}
     assert all(np.array_equal(r.acoustic, by_key[r.key].acoustic) for r in got)
-    assert most[0] <= 4 and took < 16 * 0.02
+    assert 2 <= most[0] <= 4  # loads overlapped (each sleeps >= 20 ms), at most `ahead` at once
     one = 2 * sum(n for _, n in pending[0].ref.sizes)
     most[0] = 0
     list(entries.materialize_in_order(pending, threads=8, ahead=32, ahead_bytes=2 * one))

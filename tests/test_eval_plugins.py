@@ -123,15 +123,9 @@ def test_zero_shot_mulan_classifier_by_hand(small_mulan_weights):
 
 
 def test_clap_embedder_and_zero_shot_classifier(tmp_path):
-    import importlib.util
-    import sys
-    from pathlib import Path
+    from helpers import save_tiny_clap
 
-    spec = importlib.util.spec_from_file_location("_t_mulan", Path(__file__).with_name("test_mulan.py"))
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["_t_mulan"] = mod
-    spec.loader.exec_module(mod)
-    mod._save_tiny_clap(tmp_path)
+    save_tiny_clap(tmp_path)
     from tokenmill.tokenizers.mulan import build_mulan
 
     clap = build_mulan("clap", path=tmp_path)

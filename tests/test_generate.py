@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -18,8 +17,6 @@ import soundfile
 import torch
 
 from conftest import transition_transformer
-from tokenmill.training.checkpoint import save_checkpoint
-from tokenmill.training.crops import CropConfig
 from tokenmill.training.generate import (
     GenerateConfig,
     GenerateError,
@@ -30,70 +27,22 @@ from tokenmill.training.generate import (
     generate_tokens,
     window_plan,
 )
-from tokenmill.training.model import Transformer, preset
+from tokenmill.training.model import Transformer
 from tokenmill.training.stages import PAD, StageLayout
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
-MULAN_ID = "mulan-038c1bd9f9f5"  # the packaged MuLan RVQ (tokenmill/weights/mulan-default-rvq.*)
-MULAN_SHA = "d316e5c3c354a60da2bf3b2ba646bf7b157bd2d1b9b1d72d952facdb574cf16d"  # the packaged MuLan model
-CROP = CropConfig(semantic_s=0.4, coarse_s=0.2, fine_s=0.12)  # 10, 5 and 3 quanta
-STAGES = ("semantic", "coarse", "fine")
-
+from helpers import GEN_MULAN_ID as MULAN_ID
+from helpers import GEN_MULAN_SHA as MULAN_SHA
+from helpers import GEN_STAGES as STAGES
+from helpers import generate_dataset as dataset
+from helpers import make_stages, save_stages
 
 @pytest.fixture(scope="module")
 def codec():
     from tokenmill.tokenizers.codec import build_codec
 
     return build_codec("soundstream")
-
-
-def dataset(codec_desc=None, *, sem_vocab=16, ac_vocab=1024, n_q=12, n_coarse=4, hop=480, mulan=(12, 1024),
-            codebooks=None):
-    """The `dataset` entry of a trainer's state.json (a manifest excerpt)."""
-    desc = codec_desc or {"name": "soundstream", "weights_sha256": "none", "sample_rate_hz": 24000,
-                          "hop_samples": hop}
-    return {
-        "codebooks": codebooks or {"mulan": MULAN_ID, "semantic": "semantic-0123456789ab"},
-        "tokenizers": {"acoustic": desc, "semantic": {"codebook_id": "semantic-0123456789ab", "vocab_size": sem_vocab},
-                       "mulan": {"codebook_id": MULAN_ID, "n_stages": mulan[0], "k": mulan[1],
-                                 "model": {"name": "mulan", "weights_sha256": MULAN_SHA}}},
-        "streams": {
-            "semantic": {"sample_rate_hz": 16000, "hop_samples": 640, "vocab_size": sem_vocab, "dtype": "uint16"},
-            "acoustic": {"sample_rate_hz": 24000, "hop_samples": hop, "n_q": n_q, "vocab_size": ac_vocab,
-                         "coarse_levels": list(range(1, n_coarse + 1)),
-                         "fine_levels": list(range(n_coarse + 1, n_q + 1)), "dtype": "uint16"},
-            "mulan": {"n_stages": mulan[0], "vocab_size": mulan[1], "dtype": "uint16"}},
-        "job": {"acoustic": {"codec": "soundstream", "codec_config": []},
-                "mulan": {"model": "mulan", "path": None, "codebook": None}},
-    }
-
-
-def tiny_model(vocab: int, seed: int) -> Transformer:
-    torch.manual_seed(seed)
-    return Transformer(preset("tiny", vocab, n_layers=1, n_heads=2, d_model=32, d_ff=64)).eval()
-
-
-def stage_state(stage: str, ds: dict, model: Transformer) -> tuple[StageLayout, dict]:
-    layout = StageLayout.from_manifest(stage, ds, CROP)
-    return layout, {"stage": stage, "layout": layout.to_json(), "model": asdict(model.cfg),
-                    "train": {f"{s}_s": float(getattr(CROP, f"{s}_s")) for s in STAGES}, "dataset": ds}
-
-
-def make_stages(ds: dict, seed: int = 0, wrap=None) -> dict[str, StageModel]:
-    out = {}
-    for k, stage in enumerate(STAGES):
-        layout = StageLayout.from_manifest(stage, ds, CROP)
-        model = tiny_model(layout.vocab_size, seed + k)
-        _, state = stage_state(stage, ds, model)
-        out[stage] = StageModel(wrap(model) if wrap else model, layout, state, f"<{stage}>")
-    return out
-
-
-def save_stages(root, ds: dict, seed: int = 0):
-    for stage, sm in make_stages(ds, seed).items():
-        save_checkpoint(root / stage, 7 + STAGES.index(stage), sm.model, sm.state)
-    return root
 
 
 class FakeText:

@@ -3,25 +3,15 @@ byte-identical to generating that caption alone with the seed clip_seed(seed, yt
 a caption is a dead letter; counts reconcile; `evaluate` then pairs the clips by ytid."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
 import beam_runner
+from helpers import generate_dataset, save_stages
 from tokenmill.training.generate import GenerateConfig, clip_seed, generate_music, load_stages, stage_paths
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
-
-
-def _test_generate():
-    spec = importlib.util.spec_from_file_location("_t_generate", Path(__file__).with_name("test_generate.py"))
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["_t_generate"] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_clip_seed_depends_on_seed_and_key_only():
@@ -33,9 +23,8 @@ def test_clip_seed_depends_on_seed_and_key_only():
 def test_generate_captions_job(tmp_path):
     from tokenmill.tokenizers.codec import build_codec
 
-    tg = _test_generate()
     codec = build_codec("soundstream")
-    root = tg.save_stages(tmp_path / "ckpt", tg.dataset(codec.describe()))
+    root = save_stages(tmp_path / "ckpt", generate_dataset(codec.describe()))
     csv = tmp_path / "caps.csv"
     csv.write_text("ytid,start_s,end_s,caption,aspect_list\n"
                    "aa,30,30.5,a calm piano piece,\"['piano']\"\n"

@@ -1,6 +1,5 @@
 """The stage Transformer: parameter count of the paper preset, causality, relative positions,
 KV-cache decoding equal to a full forward pass, overfitting a tiny set, seeded sampling."""
-import time
 
 import pytest
 import torch
@@ -97,12 +96,12 @@ def test_kv_cache_decoding_equals_a_full_forward_pass():
 
 def test_tiny_model_overfits_a_tiny_fixed_set():
     # 4 random sequences of 33 tokens over 48 ids: loss starts near ln 48 = 3.87 and must fall
-    # below 0.05 within 150 Adam steps (measured: 22 steps, about 1 s on one CPU core).
+    # below 0.05 within 150 Adam steps (measured: 22 steps).
     torch.manual_seed(0)
     model = Transformer(preset("tiny", VOCAB)).train()
     data = tokens(4, (4, 33))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    t_start, losses = time.perf_counter(), []
+    losses = []
     for _ in range(150):
         loss = lm_loss(model(data[:, :-1]), data[:, 1:])
         opt.zero_grad()
@@ -112,7 +111,6 @@ def test_tiny_model_overfits_a_tiny_fixed_set():
         if loss.item() < 0.05:
             break
     assert losses[0] > 3.0 and losses[-1] < 0.05, f"loss {losses[0]:.3f} → {losses[-1]:.3f} in {len(losses)} steps"
-    assert time.perf_counter() - t_start < 10.0
 
 
 def test_seeded_sampling_is_deterministic_and_respects_top_k():

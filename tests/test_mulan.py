@@ -22,6 +22,8 @@ from tokenmill.tokenizers.mulan import (
 )
 from tokenmill.tokenizers.rvq import RVQCodebook, fit_rvq
 
+from helpers import save_tiny_clap as _save_tiny_clap
+
 SR = 48_000
 
 
@@ -128,31 +130,6 @@ def test_crop_tokens_equal_direct_mean_then_encode(rvq128):
 
 
 # ---- CLAP adapter ----------------------------------------------------------------------------
-
-def _save_tiny_clap(d, fused: bool = False, dim: int = 128):
-    """A tiny random CLAP (HTSAT depths [1, 1], 1-layer RoBERTa, projection_dim `dim`), with an
-    offline byte-level BPE tokenizer (45 tokens, no merges) in a ClapProcessor, saved together."""
-    import torch
-    import transformers
-
-    torch.manual_seed(0)
-    fusion = {"enable_fusion": True, "fusion_type": "aff_2d"} if fused else {}
-    cfg = transformers.ClapConfig(
-        audio_config={"depths": [1, 1], "num_attention_heads": [2, 2], "patch_embeds_hidden_size": 8,
-                      "hidden_size": 16, "projection_dim": dim, **fusion},
-        text_config={"vocab_size": 64, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
-                     "intermediate_size": 32, "max_position_embeddings": 40, "projection_dim": dim},
-        projection_dim=dim)
-    model = transformers.ClapModel(cfg).eval()
-    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 4}
-    for c in "abcdefghijklmnopqrstuvwxyz0123456789Ġ,.-":    # Ġ: byte-level BPE's space
-        vocab[c] = len(vocab)
-    tok = transformers.RobertaTokenizer(vocab=vocab, merges=[])
-    proc = transformers.ClapProcessor(feature_extractor=transformers.ClapFeatureExtractor(), tokenizer=tok)
-    model.save_pretrained(d)
-    proc.save_pretrained(d)
-    return model, proc
-
 
 @pytest.fixture(scope="module")
 def tiny_clap(tmp_path_factory):

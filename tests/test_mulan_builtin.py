@@ -156,15 +156,15 @@ def _tiny_manifest(tmp_path, real_audio_dir) -> Path:
 def test_trainer_resume_is_exact_and_export_loads(tmp_path, real_audio_dir):
     """4 steps in one go == 2 steps + --resume 2 more (the batch and dropout depend on (seed, step)
     only); the exported weights load through build_mulan and embed like the checkpoint."""
-    from tokenmill.training.mulan_train import main
+    from tokenmill.cli import main
 
     m = _tiny_manifest(tmp_path, real_audio_dir)
-    common = ["--manifest", str(m), "--batch", "4", "--heldout_percent", "40", "--eval_every", "1000"]
-    assert main(common + ["--out", str(tmp_path / "a"), "--steps", "4"]) == 0
+    common = ["train-mulan", "--manifest", str(m), "--batch", "4", "--heldout_percent", "40", "--eval_every", "1000"]
+    assert main(common + ["--output", str(tmp_path / "a"), "--steps", "4"]) == 0
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "cache").symlink_to(tmp_path / "a" / "cache")
-    assert main(common + ["--out", str(tmp_path / "b"), "--steps", "2"]) == 0
-    assert main(common + ["--out", str(tmp_path / "b"), "--steps", "4", "--resume"]) == 0
+    assert main(common + ["--output", str(tmp_path / "b"), "--steps", "2"]) == 0
+    assert main(common + ["--output", str(tmp_path / "b"), "--steps", "4", "--resume"]) == 0
     a = torch.load(tmp_path / "a" / "ckpt-latest.pt", weights_only=True)
     b = torch.load(tmp_path / "b" / "ckpt-latest.pt", weights_only=True)
     assert a["step"] == b["step"] == 4
@@ -174,7 +174,7 @@ def test_trainer_resume_is_exact_and_export_loads(tmp_path, real_audio_dir):
     assert not torch.equal(a["net"]["audio.proj.weight"], init["audio.proj.weight"])  # it did train
     assert float(a["net"]["mel_std"].min()) > 0.1  # standardization statistics were set from data
     out = tmp_path / "w.safetensors"
-    assert main(["--export", str(tmp_path / "a" / "ckpt-latest.pt"), "--to", str(out)]) == 0
+    assert main(["train-mulan", "--export", str(tmp_path / "a" / "ckpt-latest.pt"), "--output", str(out)]) == 0
     model = build_mulan("mulan", path=out)
     net = MulanNet(MulanNetConfig())
     net.load_state_dict(a["net"])

@@ -101,7 +101,7 @@ def test_tokenize_builtin_mulan_equals_direct_windows_and_tokens(
 def test_tokenize_clap_mulan_keeps_its_rate_and_dim(real_audio_dir, semantic_codebook, tmp_path):
     """A 64-d tiny CLAP at 48 kHz: ingest resamples to 48 kHz for it, short (< 10 s) segments get
     one zero-padded window, and verify checks D against the manifest."""
-    from test_mulan import _save_tiny_clap
+    from helpers import save_tiny_clap as _save_tiny_clap
 
     clap_dir = tmp_path / "clap"
     _save_tiny_clap(clap_dir, dim=64)

@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_train import config, dataset, make_rvq
+from helpers import make_rvq
+from helpers import train_config as config
+from helpers import train_dataset as dataset
 
 from tokenmill.training import checkpoint as ckpt
 from tokenmill.training import train as tr
@@ -227,8 +229,14 @@ def test_trainer_prefetch_2_gives_the_losses_and_weights_of_prefetch_0_across_a_
 
 
 def test_cli_prefetch_option():
-    base = ["--stage", "fine", "--data", "x", "--out", "o"]
-    assert tr.parse_args(base).prefetch == 2
-    assert tr.parse_args(base + ["--prefetch", "0"]).prefetch == 0
+    from tokenmill.cli import build_parser
+    from tokenmill.cli.train import train_config
+
+    def config(argv):
+        return train_config(build_parser("train").parse_args(["train", *argv]))
+
+    base = ["--stage", "fine", "--data", "x", "--output", "o"]
+    assert config(base).prefetch == 2
+    assert config(base + ["--prefetch", "0"]).prefetch == 0
     with pytest.raises(tr.TrainError, match="prefetch must be >= 0"):
-        tr.parse_args(base + ["--prefetch", "-1"])
+        config(base + ["--prefetch", "-1"])

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import beam_runner
-from test_stats import write_dataset
+from helpers import write_dataset
 from tokenmill.schemas import shards as fmt
 from tokenmill.schemas.captions import CaptionFileError, parse_captions
 from tokenmill.schemas.records import parquet_shard_name

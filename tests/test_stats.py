@@ -10,7 +10,6 @@ are those of a real dataset directory. Tokens (vocab 4 everywhere):
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import subprocess
@@ -21,101 +20,13 @@ import numpy as np
 import pytest
 
 import beam_runner
-from tokenmill.schemas import manifest as mf
-from tokenmill.schemas import shards as fmt
-from tokenmill.schemas.records import (
-    TrackRecord, make_key, parquet_shard_name, split_of, wds_shard_name,
-)
+from tokenmill.schemas.records import TrackRecord
 from tokenmill.schemas.stats import StatsError, compute_stats, dataset_stats, format_stats
 from tokenmill.schemas.verify import verify_dataset
 
+from helpers import STREAMS, U16, hand_records, write_dataset
+
 ROOT = Path(__file__).resolve().parents[1]
-VALID_FRACTION = 0.5
-SEMANTIC_ID, MULAN_ID, CODEC_SHA = "semantic-0123456789ab", "mulan-ba9876543210", "c0dec" + "0" * 59
-STREAMS = {
-    "semantic": {"sample_rate_hz": 16000, "hop_samples": 640, "frame_rate_hz": 25.0, "vocab_size": 4},
-    "acoustic": {"sample_rate_hz": 24000, "hop_samples": 480, "frame_rate_hz": 50.0, "n_q": 2,
-                 "codebook_size": 4, "vocab_size": 4, "coarse_levels": [1], "fine_levels": [2]},
-    "mulan": {"model": "mulan", "sample_rate_hz": 16000, "window_s": 10, "stride_s": 1, "dim": 4,
-              "n_stages": 3, "vocab_size": 4},
-}
-U16 = np.uint16
-
-
-def _source_hash(split: str, salt: str) -> str:
-    """A 16-hex source hash whose key lands in `split` (splits are a function of the key)."""
-    for i in range(1000):
-        h = hashlib.sha256(f"{salt}{i}".encode()).hexdigest()[:16]
-        if split_of(make_key(h, 0), VALID_FRACTION) == split:
-            return h
-    raise RuntimeError("no hash found")  # pragma: no cover
-
-
-def hand_records() -> list[TrackRecord]:
-    ha, hb = _source_hash("train", "a"), _source_hash("valid", "b")
-    win = np.full((1, 4), 0.5, np.float16)  # one unit-norm window (tracks under 10 s)
-
-    def rec(h, seg, uri, dur, split, sem, ac, mu, caption=None):
-        return TrackRecord(key=make_key(h, seg), uri=uri, segment=seg, start_s=0.0, duration_s=dur,
-                           source_sample_rate=48000, source_channels=2, split=split,
-                           semantic=np.array(sem, U16), acoustic=np.array(ac, U16),
-                           mulan_windows=win, mulan=np.array(mu, U16), caption=caption)
-
-    return [
-        rec(ha, 0, "/in/a.wav", 0.16, "train", [0, 0, 1, 3],
-            [[0, 0, 0, 0, 1, 1, 1, 1], [0, 1, 2, 3, 0, 1, 2, 3]], [0, 1, 2], caption="a piano"),
-        rec(ha, 1, "/in/a.wav", 0.08, "train", [0, 1], [[0, 0, 0, 0], [3, 3, 3, 3]], [0, 1, 3]),
-        rec(hb, 0, "/in/b.wav", 0.12, "valid", [3, 3, 3], [[1] * 6, [2] * 6], [0, 2, 3]),
-    ]
-
-
-def hand_dead_letters() -> list[fmt.DeadLetter]:
-    return [
-        fmt.DeadLetter("/in/c.flac", "decode", "UndecodableAudio", "undecodable", "c.flac: bad"),
-        fmt.DeadLetter("/in/d.mp3", "decode", "UndecodableAudio", "undecodable", "d.mp3: bad"),
-        fmt.DeadLetter("/in/a_copy.wav", "dedupe", "DuplicateSource", "duplicate", "same as a.wav"),
-    ]
-
-
-def write_dataset(root: Path, records=None, letters=None, streams=None, codebooks=None,
-                  tokenizers=None, schema_version: str | None = None) -> Path:
-    """A dataset directory written with the schema writers: 1 train + 1 valid shard per format."""
-    records = hand_records() if records is None else records
-    letters = hand_dead_letters() if letters is None else letters
-    streams = STREAMS if streams is None else streams
-    codebooks = {"semantic": SEMANTIC_ID, "mulan": MULAN_ID} if codebooks is None else codebooks
-    if tokenizers is None:
-        tokenizers = {"semantic": {"codebook_id": SEMANTIC_ID}, "mulan": {"codebook_id": MULAN_ID},
-                      "acoustic": {"name": "soundstream", "weights_sha256": CODEC_SHA}}
-    root.mkdir(parents=True, exist_ok=True)
-    shards = []
-    for form, name, enc in (("parquet", parquet_shard_name, fmt.encode_parquet),
-                            ("webdataset", wds_shard_name, fmt.encode_wds)):
-        for split in ("train", "valid"):
-            recs = [r for r in records if r.split == split]
-            data, path = enc(recs), name(split, 0, 1)
-            (root / path).parent.mkdir(exist_ok=True)
-            (root / path).write_bytes(data)
-            shards.append(mf.ShardInfo(path, form, split, len(recs), round(sum(r.duration_s for r in recs), 6),
-                                       len(data), hashlib.sha256(data).hexdigest(),
-                                       sum(r.caption is not None for r in recs)))
-    dead = fmt.encode_dead_letters(letters)
-    (root / "failures-00000-of-00001.jsonl").write_bytes(dead)
-    rec_uris, dead_uris = {r.uri for r in records}, {d.uri for d in letters}
-    counts = mf.Counts(
-        inputs=len(rec_uris | dead_uris), sources_in_records=len(rec_uris),
-        sources_dead_only=len(dead_uris - rec_uris), dead_letters=len(letters), records=len(records),
-        seconds=round(sum(r.duration_s for r in records), 6), inputs_digest=mf.uri_digest(rec_uris | dead_uris))
-    m = mf.build_manifest(
-        job={"num_shards": 1, "num_valid_shards": 1, "valid_fraction": VALID_FRACTION},
-        tokenizers=tokenizers, codebooks=codebooks, streams=streams, shards=shards,
-        dead_letter_files=[mf.DeadLetterFileInfo("failures-00000-of-00001.jsonl", len(letters), len(dead),
-                                                 hashlib.sha256(dead).hexdigest())],
-        counts=counts, tokenmill_version="test")
-    if schema_version is not None:
-        m["schema_version"] = schema_version
-    (root / "manifest.json").write_bytes(mf.dumps(m))
-    return root
 
 
 @pytest.fixture

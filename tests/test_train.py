@@ -22,11 +22,10 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from test_stats import CODEC_SHA, _source_hash, write_dataset
-from test_training_data import serve
+from conftest import serve
 
+from tokenmill.cli import main as cli_main
 from tokenmill.schemas.compat import CompatibilityError
-from tokenmill.schemas.records import TrackRecord, make_key
 from tokenmill.tokenizers.rvq import RVQCodebook
 from tokenmill.training import checkpoint as ckpt
 from tokenmill.training import train as tr
@@ -34,46 +33,11 @@ from tokenmill.training.stages import IGNORE, stage_batch
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 ROOT = Path(__file__).resolve().parents[1]
-V = 16
-STREAMS = {
-    "semantic": {"sample_rate_hz": 16000, "hop_samples": 640, "frame_rate_hz": 25.0, "vocab_size": V},
-    "acoustic": {"sample_rate_hz": 24000, "hop_samples": 480, "frame_rate_hz": 50.0, "n_q": 4,
-                 "codebook_size": V, "vocab_size": V, "coarse_levels": [1, 2], "fine_levels": [3, 4]},
-    "mulan": {"model": "mulan", "sample_rate_hz": 16000, "window_s": 10, "stride_s": 1, "dim": 4,
-              "n_stages": 3, "vocab_size": 4},
-}
-CROPS = {"semantic_s": 2.0, "coarse_s": 1.0, "fine_s": 0.4}
-
-
-def make_rvq(tmp: Path) -> Path:
-    rng = np.random.default_rng(7)
-    return RVQCodebook(rng.normal(size=(3, 4, 4)).astype(np.float32), card={}).save(tmp / "rvq")
-
-
-def records(n: int = 5, seconds: float = 4.0, short_s: float | None = 1.2) -> list[TrackRecord]:
-    """n structured records (one `short_s` long, shorter than the semantic crop: padded)."""
-    rng = np.random.default_rng(3)
-    out = []
-    for r in range(n):
-        dur = short_s if (short_s is not None and r == n - 1) else seconds
-        t_s, t_a = round(dur * 25), round(dur * 50)
-        a, b = (1, 3, 5, 7, 9, 11)[r % 6], int(rng.integers(V))
-        win = rng.normal(size=(1, 4))
-        out.append(TrackRecord(
-            key=make_key(_source_hash("train", f"t{r}"), 0), uri=f"/in/{r}.wav", segment=0, start_s=0.0,
-            duration_s=dur, source_sample_rate=48000, source_channels=1, split="train",
-            semantic=((b + a * np.arange(t_s)) % V).astype(np.uint16),
-            acoustic=((b + 5 * np.arange(4)[:, None] + a * np.arange(t_a)) % V).astype(np.uint16),
-            mulan_windows=(win / np.linalg.norm(win)).astype(np.float16), mulan=np.zeros(3, np.uint16)))
-    return out
-
-
-def dataset(root: Path, rvq_path: Path, semantic_id: str = "semantic-0123456789ab", **kw) -> Path:
-    rvq_id = rvq_path.name.removesuffix(".safetensors")
-    return write_dataset(root, records=records(**kw), letters=[], streams=STREAMS,
-                         codebooks={"semantic": semantic_id, "mulan": rvq_id},
-                         tokenizers={"semantic": {"codebook_id": semantic_id}, "mulan": {"codebook_id": rvq_id},
-                                     "acoustic": {"name": "soundstream", "weights_sha256": CODEC_SHA}})
+from helpers import TRAIN_V as V
+from helpers import make_rvq
+from helpers import train_config as config
+from helpers import train_dataset as dataset
+from helpers import train_records as records  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -81,13 +45,6 @@ def data(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("train")
     rvq = make_rvq(tmp)
     return {"root": dataset(tmp / "ds", rvq), "rvq": rvq, "tmp": tmp}
-
-
-def config(d, out, **kw) -> tr.TrainConfig:
-    base = dict(stage="semantic", data=str(d["root"]), out=str(out), steps=4, batch_size=4, lr=1e-3,
-                warmup_steps=2, seed=0, shuffle_buffer=4, save_every=1000, log_every=1000, device="cpu",
-                mulan_codebook=str(d["rvq"]), **CROPS)
-    return tr.TrainConfig(**{**base, **kw})
 
 
 def test_tiny_model_overfits_structured_tokens(data, tmp_path):
@@ -187,8 +144,8 @@ def test_codebook_guard_refuses_other_codebooks_on_resume(data, tmp_path, capsys
         tr.run(config(data, out, steps=2, resume=True, data=str(other)))
     assert "semantic-0123456789ab" in str(e.value) and "semantic-ffffffffffff" in str(e.value)
     with serve(other) as (url, requests), pytest.raises(SystemExit) as e:  # the CLI: settings from the checkpoint
-        tr.main(["--stage", "semantic", "--data", url, "--out", str(out), "--resume", "--steps", "2"])
-    assert "CompatibilityError" in str(e.value.code) and "semantic-ffffffffffff" in str(e.value.code)
+        cli_main(["train", "--stage", "semantic", "--data", url, "--output", str(out), "--resume", "--steps", "2"])
+    assert e.value.code == 2 and "semantic-ffffffffffff" in str(e.value)
     assert requests == ["/manifest.json"]  # refused before any shard was fetched
     # a fresh run with an RVQ that is not the dataset's MuLan codebook is refused too
     wrong = RVQCodebook(np.ones((3, 4, 4), np.float32), card={}).save(tmp_path / "rvq2")
@@ -213,9 +170,9 @@ def test_bf16_autocast_on_cpu_is_close_to_fp32(data, tmp_path):
 @pytest.mark.parametrize("stage", ["semantic", "coarse", "fine"])
 def test_cli_over_http_writes_a_checkpoint(data, tmp_path, capsys, stage):
     with serve(data["root"]) as (url, requests):
-        tr.main(["--stage", stage, "--data", url, "--out", str(tmp_path / "o"), "--steps", "2", "--batch_size", "2",
-                 "--log_every", "1", "--device", "cpu", "--mulan_codebook", str(data["rvq"]),
-                 "--semantic_s", "2", "--coarse_s", "1", "--fine_s", "0.4"])
+        cli_main(["train", "--stage", stage, "--data", url, "--output", str(tmp_path / "o"), "--steps", "2",
+                  "--batch_size", "2", "--log_every", "1", "--device", "cpu", "--mulan_codebook", str(data["rvq"]),
+                  "--semantic_s", "2", "--coarse_s", "1", "--fine_s", "0.4"])
     assert "/manifest.json" in requests and any(r.endswith(".parquet") for r in requests)
     printed = capsys.readouterr().out
     assert "step 2/2 loss" in printed and "tok/s" in printed and "done: step 2" in printed
@@ -230,17 +187,17 @@ def test_cli_over_http_writes_a_checkpoint(data, tmp_path, capsys, stage):
 
 def test_cli_help_and_bad_input(capsys):
     with pytest.raises(SystemExit) as e:
-        tr.main(["--help"])
+        cli_main(["train", "--help"])
     out = capsys.readouterr().out
     assert e.value.code == 0 and "--resume" in out and "world_size" in out and "(default 0.0003)" in out
     with pytest.raises(SystemExit, match="does not exist; drop --resume"):
-        tr.main(["--stage", "fine", "--data", "x", "--out", "/nonexistent/o", "--resume"])
+        cli_main(["train", "--stage", "fine", "--data", "x", "--output", "/nonexistent/o", "--resume"])
 
 
 def test_torchrun_two_ranks_on_cpu(data, tmp_path):
     cmd = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2", "--master_port",
-           str(_free_port()), "-m", "tokenmill.training.train", "--stage", "fine", "--data", str(data["root"]),
-           "--out", str(tmp_path / "o"), "--steps", "2", "--batch_size", "1", "--fine_s", "0.4", "--device", "cpu"]
+           str(_free_port()), str(ROOT / "beam_runner.py"), "train", "--stage", "fine", "--data",
+           str(data["root"]), "--output", str(tmp_path / "o"), "--steps", "2", "--batch_size", "1", "--fine_s", "0.4", "--device", "cpu"]
     out = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=ROOT, timeout=120,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-3000:]

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import serve  # noqa: F401 (test_train and test_e2e_training import it from here)
-from test_stats import SEMANTIC_ID, STREAMS, write_dataset
+from conftest import serve
+from helpers import SEMANTIC_ID, STREAMS, write_dataset
 from torch.utils.data import DataLoader
 
 from tokenmill.schemas import manifest as mf

@@ -160,8 +160,9 @@ def _add_audio_args(p: argparse.ArgumentParser) -> None:
                    help="files whose peak is below this level are dead letters ('silent') "
                         "(default %(default)s)")
     g.add_argument("--decoder", choices=("auto", "soundfile", "pedalboard"), default=d.decoder,
-                   help="'auto' picks per format the decoder measured fastest (bench/bench_frontend.py); "
-                        "the content hash of lossy formats depends on the decoder")
+                   help="'auto' (default) is soundfile for every format, installed packages or not; "
+                        "pedalboard needs the [fast-decode] extra, and the content hash of lossy formats "
+                        "depends on the decoder")
     g.add_argument("--resample_quality", choices=("VHQ", "HQ", "MQ", "LQ", "QQ"),
                    default=d.resample_quality, help="soxr quality (default %(default)s)")
 

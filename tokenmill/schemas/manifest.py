@@ -72,11 +72,6 @@ def digest_add(a: str, b: str) -> str:
     return f"{(int(a, 16) + int(b, 16)) % 2**256:064x}"
 
 
-def digest_sub(a: str, b: str) -> str:
-    """The digest of set A minus subset B, given digests a and b."""
-    return f"{(int(a, 16) - int(b, 16)) % 2**256:064x}"
-
-
 def build_manifest(
     *,
     job: dict[str, Any],

@@ -289,13 +289,6 @@ def load_text_tokenizer(model: str = "mulan", path: Any = None, codebook: Any = 
     return TextTokenizer(m, load_codebook_for(m, codebook))
 
 
-def embed_text_tokens(texts: list[str], *, model: str = "mulan", path: Any = None,
-                      codebook: Any = None, **config: Any) -> np.ndarray:
-    """One-shot: uint16 [B, n_stages] text tokens (loads the model each call; keep a
-    `load_text_tokenizer(...)` for repeated use)."""
-    return load_text_tokenizer(model, path, codebook, **config)(texts)
-
-
 # ---- registry ----------------------------------------------------------------------------------
 
 def register_mulan(name: str) -> Callable:

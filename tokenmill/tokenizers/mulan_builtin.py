@@ -218,7 +218,7 @@ def load_net(path: Path | str) -> tuple[MulanNet, dict[str, str]]:
     path = Path(path)
     if not path.is_file():
         hint = (" (the packaged default is missing: reinstall tokenmill or train one with "
-                "`python -m tokenmill.training.mulan_train`)") if path == DEFAULT_WEIGHTS else ""
+                "`tokenmill train-mulan`)") if path == DEFAULT_WEIGHTS else ""
         raise MulanError(f"mulan: no weights file at {path}{hint}")
     with safe_open(str(path), "pt") as f:
         meta = f.metadata() or {}

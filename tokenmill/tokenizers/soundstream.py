@@ -328,7 +328,7 @@ def load_soundstream(path: str | Path) -> tuple[SoundStream, dict[str, str]]:
     path = Path(path)
     if not path.is_file():
         raise CodecError(f"soundstream: no checkpoint at {path}; train one with "
-                         "`python -m tokenmill.training.codec_train` or pass path=")
+                         "`tokenmill train-codec` or pass path=")
     with safe_open(str(path), "pt") as f:
         meta = f.metadata() or {}
         prefix = "gen." if meta.get("format") == "tokenmill.codec_train.v1" else ""

@@ -96,7 +96,7 @@ def resolve(path: str | Path) -> Path:
         p = p / json.loads((p / LATEST).read_text())["path"]
     if not (p / STATE_FILE).is_file() or not (p / MODEL_FILE).is_file():
         raise CheckpointError(f"{path} is not a stage checkpoint (no {LATEST}, or no {STATE_FILE} + {MODEL_FILE} "
-                              "in it); pass the trainer's --out directory or one of its step-NNNNNNN folders")
+                              "in it); pass the trainer's --output directory or one of its step-NNNNNNN folders")
     return p
 
 

@@ -1,9 +1,9 @@
 """Train the built-in SoundStream codec (tokenizers/soundstream.py) on real audio.
 
-    python -m tokenmill.training.codec_train --data 'DIR/**/*.ogg' --data 'DIR/**/*.flac' \
-        --out RUN_DIR [--steps N] [--resume] [--threads T] [--device cpu|cuda]
-    python -m tokenmill.training.codec_train --export RUN_DIR/ckpt-latest.safetensors \
-        --to tokenmill/weights/soundstream-24k-default.safetensors
+    tokenmill train-codec --data 'DIR/**/*.ogg' --data 'DIR/**/*.flac' \
+        --output RUN_DIR [--steps N] [--resume] [--threads T] [--device cpu|cuda]
+    tokenmill train-codec --export RUN_DIR/ckpt-latest.safetensors \
+        --output tokenmill/weights/soundstream-24k-default.safetensors
 
 Data: every file matching the globs, minus a held-out set chosen by the hash of the file name
 (`is_heldout`, listed in RUN_DIR/heldout.txt for the quality benchmark). Each file is decoded
@@ -14,15 +14,14 @@ RUN_DIR/cache and memory-mapped afterwards. Step k draws its crop length (unifor
 exactly: a checkpoint holds generator, discriminator, both optimizers' state and the step.
 
 Losses (generator): multi-scale mel (L1 log-mel + L1 mel, FFT 512/1024/2048) + 1.0 * waveform L1
-+ 0.25 * commitment; from `--disc-start` on, + hinge adversarial loss and 2 * relative feature matching
-against a multi-scale complex-STFT discriminator (EnCodec). Before `--disc-start` (a warm-up) the
-discriminator is neither run nor trained. Before `--vq-start` the RVQ is bypassed (an
++ 0.25 * commitment; from `--disc_start` on, + hinge adversarial loss and 2 * relative feature matching
+against a multi-scale complex-STFT discriminator (EnCodec). Before `--disc_start` (a warm-up) the
+discriminator is neither run nor trained. Before `--vq_start` the RVQ is bypassed (an
 autoencoder warm-up): with small CPU batches, a decoder that meets random codebooks from step 0
 learnt to ignore its input; starting the RVQ (k-means init) on trained latents avoids that.
 """
 from __future__ import annotations
 
-import argparse
 import glob
 import hashlib
 import json
@@ -35,12 +34,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tokenmill.errors import TokenmillError
 from tokenmill.tokenizers import audio
 from tokenmill.tokenizers.soundstream import (
     SoundStream,
     SoundStreamConfig,
     save_soundstream,
 )
+from tokenmill.training import schedule
 from tokenmill.training.discriminators import DiscConfig, MultiScaleSTFTDiscriminator
 from tokenmill.training.losses import (
     feature_matching_loss,
@@ -50,6 +51,10 @@ from tokenmill.training.losses import (
 )
 
 CKPT_FORMAT = "tokenmill.codec_train.v1"
+
+
+class CodecTrainError(TokenmillError, ValueError):
+    """Training data, settings or a checkpoint the codec trainer refuses; the message names the fix."""
 SR = 24000
 PRESETS = {
     "default": SoundStreamConfig(),
@@ -92,7 +97,7 @@ class CropSource:
 
     def __init__(self, files: list[str], cache_dir: Path | None, seed: int):
         if not files:
-            raise SystemExit("codec_train: no training files matched --data")
+            raise CodecTrainError("no training files matched --data; check the globs (quote them, ** recurses)")
         self.files, self.cache_dir, self.seed = files, cache_dir, seed
         self._waves: dict[int, np.ndarray] = {}
 
@@ -116,7 +121,8 @@ class CropSource:
             out.append(crop)
             if len(out) == batch:
                 return np.stack(out)
-        raise SystemExit(f"codec_train: could not draw {batch} non-silent {n / SR:.2f} s crops")
+        raise CodecTrainError(f"could not draw {batch} non-silent {n / SR:.2f} s crops from the training "
+                          "files: give longer (or louder) audio, or lower --crop_min_s/--crop_max_s")
 
 
 @dataclass
@@ -209,7 +215,8 @@ class Trainer:
             meta = f.metadata()
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
         if meta.get("format") != CKPT_FORMAT:
-            raise SystemExit(f"codec_train: {path} is not a trainer checkpoint")
+            raise CodecTrainError(f"{path} is not a train-codec checkpoint (format {meta.get('format')!r}, expected "
+                                  f"{CKPT_FORMAT}); give RUN_DIR/ckpt-latest.safetensors or a ckpt-STEP file")
         t = cls(SoundStreamConfig.from_json(meta["gen_config"]), DiscConfig.from_json(meta["disc_config"]),
                 TrainArgs(**json.loads(meta["train_args"])), device)
         t.gen.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("gen.")})
@@ -225,84 +232,83 @@ class Trainer:
         return t
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tokenmill.training.codec_train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", action="append", default=[], help="glob of audio files (repeatable; ** recurses)")
-    p.add_argument("--output", "--out", dest="out", type=Path, help="run directory: checkpoints, cache, logs")
-    p.add_argument("--steps", type=int, default=100000, help="train until this step")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt-latest.safetensors")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="default")
-    p.add_argument("--channels", type=int, help="override the preset's base channels C")
-    p.add_argument("--latent-dim", type=int, help="override the preset's latent dim D")
-    p.add_argument("--disc-channels", type=int, default=DiscConfig().channels)
-    p.add_argument("--ckpt-every", type=int, default=200)
-    p.add_argument("--keep-every", type=int, default=2000, help="also keep ckpt-STEP every this many steps")
-    p.add_argument("--log_every_s", "--log-every-s", dest="log_every_s", type=float, default=10.0)
-    p.add_argument("--heldout-percent", type=int, default=3)
-    p.add_argument("--no-cache", action="store_true", help="decode into memory only (tests)")
-    for f, v in asdict(TrainArgs()).items():
-        p.add_argument("--" + f.replace("_", "-"), type=type(v), default=None,
-                       help=f"default {v}; given with --resume, overrides the checkpoint's value")
-    p.add_argument("--export", type=Path, help="export the generator of this checkpoint and exit")
-    p.add_argument("--to", type=Path, help="with --export: the output .safetensors")
-    p.add_argument("--float32", action="store_true", help="with --export: keep float32 weights")
-    a = p.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    if a.export:
-        t = Trainer.load(a.export)
-        save_soundstream(t.gen, a.to, torch.float32 if a.float32 else torch.float16,
-                         {"step": str(t.step), "train_args": json.dumps(asdict(t.args))})
-        print(f"exported step {t.step} to {a.to} ({a.to.stat().st_size / 1e6:.2f} MB)")
-        return 0
-    if not a.out or not a.data:
-        p.error("--data and --out are required for training")
-    a.out.mkdir(parents=True, exist_ok=True)
-    latest = a.out / "ckpt-latest.safetensors"
-    if a.resume and latest.exists():
-        t = Trainer.load(latest, a.device)
-        given = {f: getattr(a, f) for f in asdict(TrainArgs()) if getattr(a, f) is not None}
-        t.args = replace(t.args, **given)
-        for opt, key in ((t.opt_g, "lr"), (t.opt_d, "disc_lr")):
-            for group in opt.param_groups:
-                group["lr"] = getattr(t.args, key)
-        print(f"resumed from {latest} at step {t.step}; overrides {given}", flush=True)
+def export(checkpoint: Path, to: Path, float32: bool = False) -> str:
+    """Write the generator of a trainer checkpoint as the codec's .safetensors (float16 unless
+    `float32`); returns the line the command prints."""
+    t = Trainer.load(checkpoint)
+    save_soundstream(t.gen, to, torch.float32 if float32 else torch.float16,
+                     {"step": str(t.step), "train_args": json.dumps(asdict(t.args))})
+    return f"exported step {t.step} to {to} ({to.stat().st_size / 1e6:.2f} MB)"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What `train-codec` does beyond TrainArgs: where, how long, which model, how often to save."""
+    data: tuple[str, ...]  # globs of audio files (** recurses)
+    out: Path  # run directory: checkpoints, cache, file lists
+    steps: int = 100000
+    resume: bool = False
+    device: str = "cpu"
+    preset: str = "default"
+    channels: int | None = None  # overrides the preset's base channels C
+    latent_dim: int | None = None  # overrides the preset's latent dim D
+    disc_channels: int = DiscConfig().channels
+    ckpt_every: int = 200
+    keep_every: int = 2000  # also keep ckpt-STEP every this many steps (0: never)
+    log_every_s: float = 10.0
+    heldout_percent: int = 3
+    cache: bool = True  # False: decode into memory only (tests)
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            raise CodecTrainError("give --data GLOB (repeatable) of the training audio")
+        if self.preset not in PRESETS:
+            raise CodecTrainError(f"preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
+        if self.steps < 1 or self.ckpt_every < 1 or self.keep_every < 0:
+            raise CodecTrainError("steps and ckpt_every must be >= 1, keep_every >= 0")
+
+
+def train(opts: RunOptions, overrides: dict, command_line: str = "") -> Trainer:
+    """Train (or with opts.resume continue) to opts.steps. `overrides`: TrainArgs fields given on
+    the command line (with resume, they replace the checkpoint's values)."""
+    opts.out.mkdir(parents=True, exist_ok=True)
+    latest = opts.out / "ckpt-latest.safetensors"
+    if opts.resume and latest.exists():
+        t = Trainer.load(latest, opts.device)
+        t.args = replace(t.args, **overrides)  # a given --lr/--disc_lr applies from the next step
+        print(f"resumed from {latest} at step {t.step}; overrides {overrides}", flush=True)
     else:
-        cfg = PRESETS[a.preset]
-        if a.channels:
-            cfg = replace(cfg, channels=a.channels)
-        if a.latent_dim:
-            cfg = replace(cfg, latent_dim=a.latent_dim)
-        targs = TrainArgs(**{f: getattr(a, f) for f in asdict(TrainArgs()) if getattr(a, f) is not None})
-        t = Trainer(cfg, DiscConfig(channels=a.disc_channels), targs, a.device)
-    train, held = list_files(a.data, a.heldout_percent)
-    (a.out / "train_files.txt").write_text("".join(f + "\n" for f in train))
-    (a.out / "heldout.txt").write_text("".join(f + "\n" for f in held))
-    src = CropSource(train, None if a.no_cache else a.out / "cache", t.args.seed)
+        cfg = PRESETS[opts.preset]
+        if opts.channels:
+            cfg = replace(cfg, channels=opts.channels)
+        if opts.latent_dim:
+            cfg = replace(cfg, latent_dim=opts.latent_dim)
+        t = Trainer(cfg, DiscConfig(channels=opts.disc_channels), TrainArgs(**overrides), opts.device)
+    files, held = list_files(list(opts.data), opts.heldout_percent)
+    (opts.out / "train_files.txt").write_text("".join(f + "\n" for f in files))
+    (opts.out / "heldout.txt").write_text("".join(f + "\n" for f in held))
+    src = CropSource(files, opts.out / "cache" if opts.cache else None, t.args.seed)
     n_g = sum(p.numel() for p in t.gen.parameters())
-    print("argv: " + " ".join(sys.argv if argv is None else argv), flush=True)
-    print(f"config {t.cfg.to_json()} | generator {n_g / 1e6:.2f} M params | {len(train)} train files, "
+    if command_line:
+        print("argv: " + command_line, flush=True)
+    print(f"config {t.cfg.to_json()} | generator {n_g / 1e6:.2f} M params | {len(files)} train files, "
           f"{len(held)} held out | threads {torch.get_num_threads()}", flush=True)
     last_log, audio_s, t0 = time.time(), 0.0, time.time()
-    while t.step < a.steps:
+    while t.step < opts.steps:
+        for opt, key in ((t.opt_g, "lr"), (t.opt_d, "disc_lr")):  # constant, no warm-up (schedule.py)
+            for group in opt.param_groups:
+                group["lr"] = schedule.lr_at(t.step, getattr(t.args, key))
         batch = src.batch(t.step, t.args.batch, t.args.crop_min_s, t.args.crop_max_s)
         losses = t.train_step(batch)
         audio_s += batch.size / SR
         now = time.time()
-        if now - last_log >= a.log_every_s or t.step == a.steps:
+        if now - last_log >= opts.log_every_s or t.step == opts.steps:
             parts = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in losses.items())
-            print(f"step {t.step} {parts} | {audio_s / (now - last_log):.2f} audio-s/s | "
+            print(f"step {t.step} {parts} | {audio_s / max(now - last_log, 1e-9):.2f} audio-s/s | "
                   f"{(now - t0) / 60:.1f} min", flush=True)
             last_log, audio_s = now, 0.0
-        if t.step % a.ckpt_every == 0 or t.step == a.steps:
+        if t.step % opts.ckpt_every == 0 or t.step == opts.steps:
             t.save(latest)
-        if a.keep_every and t.step % a.keep_every == 0:
-            t.save(a.out / f"ckpt-{t.step:07d}.safetensors")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+        if opts.keep_every and t.step % opts.keep_every == 0:
+            t.save(opts.out / f"ckpt-{t.step:07d}.safetensors")
+    return t

@@ -183,7 +183,7 @@ def check_stages(stages: dict[str, StageModel]) -> StreamLayout:
         if got != {stage}:
             raise GenerateError(f"the checkpoint given as the {stage} stage ({sm.path}) is a "
                                 f"{'/'.join(sorted(map(str, got)))} stage checkpoint; pass the {stage} "
-                                f"trainer's --out directory as --{stage}")
+                                f"trainer's --output directory as --{stage}")
         if not isinstance(sm.state.get("dataset"), dict):
             raise GenerateError(f"{sm.path}: state.json has no dataset entry (tokenizers, codebooks, streams); "
                                 "it was not written by tokenmill's stage trainer")
@@ -425,7 +425,7 @@ def decode_waves(codec, codes: np.ndarray) -> list[np.ndarray]:
 def wav_paths(out: str | Path, batch: int) -> list[Path]:
     out = Path(out)
     if out.suffix.lower() != ".wav":
-        raise GenerateError(f"--out {out} must name a .wav file (batch items become NAME-0.wav, NAME-1.wav, ...)")
+        raise GenerateError(f"--output {out} must name a .wav file (batch items become NAME-0.wav, NAME-1.wav, ...)")
     if batch == 1:
         return [out]
     return [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(batch)]

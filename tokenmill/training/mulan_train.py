@@ -1,10 +1,10 @@
 r"""Train (and evaluate) the built-in MuLan (tokenizers/mulan_builtin.py) on captioned real music.
 
-    python -m tokenmill.training.mulan_train --manifest CORPUS/manifest.jsonl --out RUN_DIR \
+    tokenmill train-mulan --manifest CORPUS/manifest.jsonl --output RUN_DIR \
         [--steps N] [--batch B] [--threads T] [--resume]
-    python -m tokenmill.training.mulan_train --export RUN_DIR/ckpt-latest.pt \
-        --to tokenmill/weights/mulan-default.safetensors
-    python -m tokenmill.training.mulan_train --manifest CORPUS/manifest.jsonl --out RUN_DIR \
+    tokenmill train-mulan --export RUN_DIR/ckpt-latest.pt \
+        --output tokenmill/weights/mulan-default.safetensors
+    tokenmill train-mulan --manifest CORPUS/manifest.jsonl --output RUN_DIR \
         --eval tokenmill/weights/mulan-default.safetensors        # the model card's figures
 
 Data: a corpus manifest as `python -m scripts.corpus.build --target large` writes it: JSON lines
@@ -28,7 +28,6 @@ held-out tracks by cosine similarity; R@1, R@10 and median rank beside the rando
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -41,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tokenmill.errors import TokenmillError
 from tokenmill.tokenizers import audio
 from tokenmill.tokenizers.mulan_builtin import (
     MulanNet,
@@ -49,9 +49,14 @@ from tokenmill.tokenizers.mulan_builtin import (
     load_net,
     save_mulan,
 )
+from tokenmill.training import schedule
 from tokenmill.training.codec_train import is_heldout
 
 CKPT_FORMAT = "tokenmill.mulan_train.v1"
+
+
+class MulanTrainError(TokenmillError, ValueError):
+    """A corpus manifest or setting the MuLan trainer refuses; the message names the fix."""
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,7 @@ def read_pairs(manifest: Path) -> list[Pair]:
             continue
         row = json.loads(line)
         if not row.get("file") or not row.get("caption"):
-            raise SystemExit(f"mulan_train: {manifest}:{n} needs 'file' and 'caption'")
+            raise MulanTrainError(f"{manifest}:{n} needs 'file' and 'caption' (one JSON object per line)")
         out.append(Pair(str(root / row["file"]), str(row["caption"]), str(row.get("kind", ""))))
     return sorted(out, key=lambda p: p.file)
 
@@ -174,9 +179,8 @@ class Data:
 
 
 def lr_at(step: int, a: TrainArgs) -> float:
-    if step < a.warmup:
-        return a.lr * (step + 1) / a.warmup
-    return a.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - a.warmup) / max(1, a.steps - a.warmup))))
+    """Linear warm-up, then cosine decay to 0 at a.steps (schedule.py)."""
+    return schedule.lr_at(step, a.lr, warmup_steps=a.warmup, total_steps=a.steps, kind="cosine")
 
 
 def contrastive_loss(net: MulanNet, x: torch.Tensor, sent: torch.Tensor, cap_ids: np.ndarray) -> torch.Tensor:
@@ -247,60 +251,42 @@ def save_ckpt(path: Path, net: MulanNet, opt, step: int, a: TrainArgs, text_sha:
     os.replace(tmp, path)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--manifest", type=Path, help="corpus manifest.jsonl (file + caption per line)")
-    ap.add_argument("--output", "--out", dest="out", type=Path,
-                    help="run directory: cache/, ckpt-latest.pt, train.jsonl, eval.json")
-    ap.add_argument("--steps", type=int, default=TrainArgs.steps,
-                    help="optimizer steps; sets the cosine schedule, keep it fixed across --resume (default %(default)s)")
-    ap.add_argument("--batch", type=int, default=TrainArgs.batch,
-                    help="distinct training tracks per step, one random 10 s crop each (default %(default)s)")
-    ap.add_argument("--lr", type=float, default=TrainArgs.lr, help="peak AdamW learning rate (default %(default)s)")
-    ap.add_argument("--seed", type=int, default=0, help="crops, masks and init come from (seed, step) (default %(default)s)")
-    ap.add_argument("--heldout_percent", type=int, default=TrainArgs.heldout_percent,
-                    help="share of tracks held out by file-name hash, never trained on (default %(default)s)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (default %(default)s)")
-    ap.add_argument("--resume", action="store_true", help="continue from RUN_DIR/ckpt-latest.pt")
-    ap.add_argument("--eval_every", type=int, default=250,
-                    help="steps between held-out retrieval checks (5 s stride) and checkpoints (default %(default)s)")
-    ap.add_argument("--eval_stride_s", type=int, default=1, help="window stride of the final evaluation")
-    ap.add_argument("--eval", type=Path, metavar="WEIGHTS", help="only evaluate this weights file")
-    ap.add_argument("--export", type=Path, metavar="CKPT", help="write CKPT's model to --to as safetensors")
-    ap.add_argument("--to", type=Path)
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+def export(checkpoint: Path, to: Path) -> str:
+    """Write a trainer checkpoint's model as the built-in MuLan's .safetensors; returns the line
+    the command prints."""
+    ck = torch.load(checkpoint, weights_only=True)
+    cfg_d = dict(ck["cfg"])
+    cfg_d["channels"] = tuple(cfg_d["channels"])
+    net = MulanNet(MulanNetConfig(**cfg_d))
+    net.load_state_dict(ck["net"])
+    return f"wrote {save_mulan(net, to, ck['text_encoder_sha256'])} (step {ck['step']})"
 
-    if args.export:
-        if not args.to:
-            ap.error("--export needs --to")
-        ck = torch.load(args.export, weights_only=True)
-        cfg_d = dict(ck["cfg"])
-        cfg_d["channels"] = tuple(cfg_d["channels"])
-        net = MulanNet(MulanNetConfig(**cfg_d))
-        net.load_state_dict(ck["net"])
-        print(f"wrote {save_mulan(net, args.to, ck['text_encoder_sha256'])} (step {ck['step']})")
-        return 0
-    if not args.manifest or not args.out:
-        ap.error("--manifest and --out are required (except with --export)")
-    args.out.mkdir(parents=True, exist_ok=True)
-    cache = args.out / "cache"
+
+def evaluate(weights: Path, manifest: Path, out: Path, a: TrainArgs, stride_s: int = 1) -> dict:
+    """Held-out text->audio retrieval of a weights file (the model card's figures); writes
+    out/eval.json and returns it."""
+    out.mkdir(parents=True, exist_ok=True)
+    cache = out / "cache"
     cache.mkdir(exist_ok=True)
-    a = TrainArgs(seed=args.seed, batch=args.batch, steps=args.steps, lr=args.lr, heldout_percent=args.heldout_percent)
+    net, _ = load_net(weights)
+    data = Data(read_pairs(manifest), net, cache, a.heldout_percent)
+    res = retrieval(net, data, data.text_embeddings(cache), stride_s)
+    res.update(weights=str(weights), eval_stride_s=stride_s, heldout_percent=a.heldout_percent)
+    (out / "eval.json").write_text(json.dumps(res, indent=1) + "\n")
+    return res
 
-    if args.eval:
-        net, _ = load_net(args.eval)
-        data = Data(read_pairs(args.manifest), net, cache, a.heldout_percent)
-        res = retrieval(net, data, data.text_embeddings(cache), args.eval_stride_s)
-        res.update(weights=str(args.eval), eval_stride_s=args.eval_stride_s, heldout_percent=a.heldout_percent)
-        (args.out / "eval.json").write_text(json.dumps(res, indent=1) + "\n")
-        print(json.dumps(res, indent=1))
-        return 0
 
-    ckpt = args.out / "ckpt-latest.pt"
+def train(manifest: Path, out: Path, a: TrainArgs, *, resume: bool = False, eval_every: int = 250) -> int:
+    """Train (or with `resume` continue from out/ckpt-latest.pt) to a.steps; returns the step."""
+    if eval_every < 1:
+        raise MulanTrainError(f"eval_every must be >= 1 step, got {eval_every}")
+    out.mkdir(parents=True, exist_ok=True)
+    cache = out / "cache"
+    cache.mkdir(exist_ok=True)
+    ckpt = out / "ckpt-latest.pt"
     torch.manual_seed(a.seed)
     net = MulanNet(MulanNetConfig())
-    data = Data(read_pairs(args.manifest), net, cache, a.heldout_percent)
+    data = Data(read_pairs(manifest), net, cache, a.heldout_percent)
     text = data.text_embeddings(cache)
     text_sha = SentenceEncoder().sha256
     print(f"tracks: {len(data.train_idx)} train, {len(data.held_idx)} held out; {len(data.captions)} captions")
@@ -309,14 +295,14 @@ def main(argv: list[str] | None = None) -> int:
     net.mel_std.copy_(torch.from_numpy(std)[:, None])
     opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=a.lr, weight_decay=a.weight_decay)
     step = 0
-    if args.resume and ckpt.exists():
+    if resume and ckpt.exists():
         ck = torch.load(ckpt, weights_only=True)
         net.load_state_dict(ck["net"])
         opt.load_state_dict(ck["opt"])
         step = ck["step"]
         print(f"resumed at step {step}")
     net.train()
-    log = (args.out / "train.jsonl").open("a")
+    log = (out / "train.jsonl").open("a")  # noqa: SIM115 (closed at the end)
     t0, frames = time.time(), net.cfg.window_frames
     while step < a.steps:
         for g in opt.param_groups:
@@ -336,14 +322,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"step {step} loss={rec['loss']:.4f} T=1/{rec['scale']:.1f} lr={lr_at(step, a):.2e} | "
                   f"{20 * a.batch * 10 / max(el, 1e-9):.0f} audio-s/s | {el:.0f} s", flush=True)
             t0 = time.time()
-        if step % args.eval_every == 0 or step == a.steps:
+        if step % eval_every == 0 or step == a.steps:
             rec["heldout"] = retrieval(net, data, text, 5)
             print(f"  held-out (5 s stride): {json.dumps(rec['heldout'])}", flush=True)
             save_ckpt(ckpt, net, opt, step, a, text_sha)
         log.write(json.dumps(rec) + "\n")
         log.flush()
-    return 0
+    log.close()
+    return step
 
-
-if __name__ == "__main__":
-    sys.exit(main())

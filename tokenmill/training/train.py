@@ -1,7 +1,7 @@
 r"""Train one MusicLM stage (semantic, coarse or fine) on tokenized shards.
 
-    python -m tokenmill.training.train --stage semantic --data DATASET_OR_URL --out RUN_DIR [--steps N]
-    torchrun --nproc_per_node 2 -m tokenmill.training.train --stage coarse --data URL --out RUN_DIR
+    tokenmill train --stage semantic --data DATASET_OR_URL --output RUN_DIR [--steps N]
+    torchrun --nproc_per_node 2 -m tokenmill.cli train --stage coarse --data URL --output RUN_DIR
 
 Data: `--data` is a dataset root, its manifest.json URL (local, file://, http(s)://, gs://, s3://).
 Each rank reads its share of the shards (ShardReader, resample=True so no rank runs dry), crops
@@ -27,27 +27,25 @@ padded token more on a rank with fewer real ones). --amp auto: bf16 autocast on 
 Progress (rank 0, every --log_every steps): step, global mean token loss, lr, tok/s (sequence
 positions per second over all ranks, data loading included) and elapsed seconds.
 
-Checkpoints (checkpoint.py: safetensors + state.json, OUT/latest.json) every --save_every steps
+Checkpoints (checkpoint.py: safetensors + state.json, OUTPUT/latest.json) every --save_every steps
 and at the end, written by rank 0 with every rank's reader and RNG state. state.json records the
 stage, layout, model config, this config, the dataset's codebooks/tokenizers/streams/schema and
-the recent losses. Resume is explicit: --resume continues from OUT/latest.json (model, optimizer,
+the recent losses. Resume is explicit: --resume continues from OUTPUT/latest.json (model, optimizer,
 RNG, reader position, step) to --steps, with the checkpoint's settings for every flag not given
 again; without --resume an OUT that holds a checkpoint is refused (no silent overwrite, no silent
 resume). A resumed run refuses a dataset tokenized with other codebooks (schemas/compat.py, before
 any shard is read), another stage or layout, another world size, and changed settings that shape
 the data stream or the model.
 
-Python: ``run(TrainConfig(...))`` is the CLI without argparse; ``Trainer(cfg)`` exposes one step
+Python: ``run(TrainConfig(...))`` is the `train` command without argparse; ``Trainer(cfg)`` exposes one step
 (``backward(batch)`` leaves the global-batch gradient in ``.grad``; ``step(batch)`` also updates).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,8 +56,9 @@ import torch
 import torch.distributed as dist
 
 from tokenmill.errors import TokenmillError
-from tokenmill.schemas.compat import ID_FIELDS, CompatibilityError, codebook_ids
+from tokenmill.schemas.compat import ID_FIELDS, codebook_ids
 from tokenmill.training import checkpoint as ckpt
+from tokenmill.training import schedule
 from tokenmill.training.batches import StageBatches
 from tokenmill.training.crops import (
     STAGE_STREAMS,
@@ -143,13 +142,9 @@ class TrainConfig:
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
-    """Learning rate of optimizer step `step` (0-based)."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if cfg.schedule == "constant":
-        return cfg.lr
-    frac = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+    """Learning rate of optimizer step `step` (0-based): schedule.py, cosine to 10 % of --lr."""
+    return schedule.lr_at(step, cfg.lr, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps, kind=cfg.schedule,
+                          floor=0.1)
 
 
 def dist_env() -> tuple[int, int, int]:
@@ -350,7 +345,7 @@ def check_resume(cfg: TrainConfig, prior: dict, world_size: int) -> None:
         diffs.insert(0, f"stage: checkpoint {prior.get('stage')!r}, now {cfg.stage!r}")
     if diffs:
         raise TrainError("cannot resume: the checkpoint was trained with other settings (" + "; ".join(diffs)
-                         + "); pass the checkpoint's values, or start a new run in another --out")
+                         + "); pass the checkpoint's values, or start a new run in another --output")
     if int(prior.get("world_size", 1)) != world_size:
         raise TrainError(f"cannot resume: the checkpoint was written by {prior.get('world_size')} rank(s), this run "
                          f"has {world_size}; the data position is per rank, so launch with the same --nproc_per_node")
@@ -365,7 +360,7 @@ def prepare_out(cfg: TrainConfig) -> Path | None:
         return Path(cfg.out)
     if latest.is_file():
         raise TrainError(f"{cfg.out} already holds a checkpoint ({latest}); pass --resume to continue it, or "
-                         "choose another --out")
+                         "choose another --output")
     return None
 
 
@@ -416,84 +411,12 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
             "counts": trainer.batches.counts, "trainer": trainer}
 
 
-# ---- CLI -------------------------------------------------------------------------------------
-
-def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    """The CLI's TrainConfig. With --resume, settings not given on the command line are the
-    checkpoint's (so `--resume --steps N` continues a run as it was started)."""
-    d = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
-    d.update(mulan_stages=",".join(d["mulan_stages"]), splits=",".join(d["splits"]), model="{}")
-    p = argparse.ArgumentParser(prog="python -m tokenmill.training.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                argument_default=argparse.SUPPRESS)
-
-    def opt(name: str, help: str, **kw) -> None:
-        p.add_argument(f"--{name}", help=f"{help} (default {d[name]})", **kw)
-
-    p.add_argument("--stage", required=True, choices=STAGES, help="which MusicLM stage to train")
-    p.add_argument("--data", required=True,
-                   help="dataset root or manifest.json URL (local, file://, http(s)://, gs://, s3://)")
-    p.add_argument("--output", "--out", dest="out", required=True,
-                   help="checkpoint directory (step-NNNNNNN/ folders and latest.json; --out is the older spelling)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/latest.json to --steps")
-    opt("preset", "model size", choices=sorted(PRESETS))
-    opt("model", "JSON TransformerConfig overrides, e.g. '{\"n_layers\": 4}'")
-    opt("steps", "total optimizer steps", type=int)
-    opt("batch_size", "sequences per rank per step", type=int)
-    for name, kind, what in (
-            ("lr", float, "peak learning rate"), ("weight_decay", float, "AdamW weight decay of matrices"),
-            ("warmup_steps", int, "linear warm-up steps"), ("grad_clip", float, "max gradient norm, 0 off"),
-            ("seed", int, "data order, crops and initial weights"), ("semantic_s", float, "semantic crop seconds"),
-            ("coarse_s", float, "coarse crop seconds"), ("fine_s", float, "fine crop seconds"),
-            ("shuffle_buffer", int, "records held for shuffling"), ("save_every", int, "steps between checkpoints"),
-            ("log_every", int, "steps between progress lines"),
-            ("prefetch", int, "batches a background thread forms ahead of the step, 0 off")):
-        opt(name, what, type=kind)
-    opt("schedule", "lr after warm-up: constant, or cosine to 10%% at --steps", choices=("constant", "cosine"))
-    opt("short_tracks", "tracks shorter than the crop: pad (masked in the loss) or skip", choices=("pad", "skip"))
-    opt("mulan_stages", "stages conditioned on MuLan tokens M, comma-separated, or 'none'")
-    opt("mulan_codebook", "MuLan RVQ file the dataset was tokenized with (None: the packaged one)")
-    opt("splits", "comma-separated splits to read")
-    opt("amp", "bf16 autocast: auto = on CUDA only", choices=("auto", "bf16", "off"))
-    opt("device", "where to train", choices=("auto", "cpu", "cuda"))
-    a = vars(p.parse_args(argv))
-    a.setdefault("resume", False)
-    if "model" in a:
-        try:
-            a["model"] = json.loads(a["model"])
-        except json.JSONDecodeError as e:
-            p.error(f"--model must be a JSON object of TransformerConfig fields: {e}")
-        if not isinstance(a["model"], dict):
-            p.error("--model must be a JSON object, e.g. '{\"n_layers\": 4}'")
-    if "mulan_stages" in a:
-        ms = a["mulan_stages"].strip()
-        a["mulan_stages"] = () if ms in ("", "none") else tuple(s.strip() for s in ms.split(","))
-    if "splits" in a:
-        a["splits"] = tuple(s.strip() for s in a["splits"].split(",") if s.strip())
+def resumed_config(given: dict[str, Any]) -> TrainConfig:
+    """TrainConfig of the settings `given` (TrainConfig fields). With resume=True and a checkpoint
+    in `out`, the settings not given are the checkpoint's."""
     base: dict[str, Any] = {}
-    if a["resume"] and (Path(a["out"]) / ckpt.LATEST).is_file():
-        _, prior = ckpt.read_state(a["out"])
+    if given.get("resume") and (Path(given["out"]) / ckpt.LATEST).is_file():
+        _, prior = ckpt.read_state(given["out"])
         names = {f.name for f in dataclasses.fields(TrainConfig)} - {"data", "out", "resume", "stage"}
         base = {k: v for k, v in prior.get("train", {}).items() if k in names}
-    return TrainConfig(**{**base, **a})
-
-
-def main(argv: list[str] | None = None) -> int:
-    from tokenmill.schemas.manifest import ManifestError
-    from tokenmill.tokenizers.kmeans import CodebookError
-    from tokenmill.training.crops import CropError
-    from tokenmill.training.data import ReaderError
-
-    try:
-        run(parse_args(argv))
-    except (TrainError, CompatibilityError, ckpt.CheckpointError, ReaderError, ManifestError, CropError,
-            CodebookError, FileNotFoundError) as e:
-        raise SystemExit(f"train: {type(e).__name__}: {e}") from None
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return TrainConfig(**{**base, **given})
