@@ -113,23 +113,27 @@ def _conv(x, w, b=None, strides=None, pads=None, dilations=None, group=1, kernel
     return conv(x, w, b, stride=strides or 1, padding=padding, dilation=dilations or 1, groups=group)
 
 
+CHUNK_PRODUCTS = 1 << 17  # products formed at once by _conv_one_channel (512 KiB of float32: stays in cache)
+
+
 def _conv_one_channel(x, w, b, stride: int, dilation: int):
     """A convolution of one input channel along the last axis (kernels of height 1: a filter bank on
-    a waveform, like a CQT's), as one matrix product of the unfolded frames [N·L, K] with the taps.
+    a waveform, like a CQT's, or a decimating low-pass), with sums in an order fixed by the kernel:
+    the unfolded frames [N, 1, L, K] times the taps [O, 1, K], summed along the contiguous K axis
+    (each output reduced whole by one thread), a few frames at a time so the products stay in
+    cache. Chunking does not change a bit: every output is the same K-term reduction.
 
-    torch's own convolution picks its algorithm for this shape by thread count (measured: 1e-8
-    differences between 1 and 2 threads on a single window); the product of fixed-shape matrices
-    gives the same bits for 1 and 2 threads under the portable kernels. A product's rows may still
-    round differently when N changes, so callers that need a window's bits independent of its batch
-    run one window per call (semantic_pitch.py does). Against float64 it is as close as the
-    convolution (measured: posteriorgrams within 3e-5 of float64, onnxruntime within 4e-5)."""
+    torch's own convolution (and a matrix product) picks its kernel for these shapes by thread
+    count and batch size, and the sums then come out in another order (measured: 1e-8 differences
+    between 1 and 2 threads on one window). This form has no such choice. Against float64 it is as
+    close as the convolution (bench/bench_pitch_torch.py)."""
     k = (w.shape[-1] - 1) * dilation + 1
-    frames = x.unfold(-1, k, stride)[..., ::dilation]  # [N, 1, (1,) L, K]
-    n, length = x.shape[0], frames.shape[-2]
-    out = frames.reshape(n * length, w.shape[-1]) @ w.reshape(w.shape[0], -1).T  # [N·L, O]
-    if b is not None:
-        out = out + b
-    return out.reshape(n, *([1] * (x.dim() - 3)), length, w.shape[0]).movedim(-1, 1)  # [N, O, (1,) L]
+    frames = x.unfold(-1, k, stride)[..., ::dilation]  # [N, 1, (1,) L, K], a view
+    taps = w.reshape(w.shape[0], *([1] * (x.dim() - 2)), w.shape[-1])  # [O, (1,) 1, K]
+    step = max(1, CHUNK_PRODUCTS // (w.shape[0] * w.shape[-1] * x.shape[0]))
+    out = torch.cat([(frames[..., i:i + step, :].contiguous() * taps).sum(-1)
+                     for i in range(0, frames.shape[-2], step)], dim=-1)  # [N, O, (1,) L]
+    return out if b is None else out + b.reshape(-1, *([1] * (x.dim() - 2)))
 
 
 def _reduce(fn: Callable) -> Callable:
