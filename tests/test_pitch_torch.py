@@ -166,3 +166,18 @@ def test_unknown_ops_and_truncated_files_are_refused(blob):
         OnnxModule(bad)
     with pytest.raises(OnnxFormatError):
         read_model(blob[:1000])
+
+
+@pytest.mark.parametrize("out_ch,stride", [(1, 2), (36, 1), (36, 64), (3, 5)])
+def test_one_channel_filter_bank_is_a_convolution_whose_bits_do_not_depend_on_chunking(monkeypatch, out_ch, stride):
+    from tokenmill.tokenizers import onnx_torch
+
+    gen = torch.Generator().manual_seed(out_ch + stride)
+    x = torch.randn(2, 1, 1, 3000, generator=gen)
+    w = torch.randn(out_ch, 1, 1, 256, generator=gen)
+    b = torch.randn(out_ch, generator=gen)
+    got = onnx_torch._conv_one_channel(x, w, b, stride, 1)
+    ref = torch.nn.functional.conv2d(x.double(), w.double(), b.double(), stride=(1, stride))
+    np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=0, atol=2e-5)
+    monkeypatch.setattr(onnx_torch, "CHUNK_PRODUCTS", 1 << 12)
+    assert torch.equal(onnx_torch._conv_one_channel(x, w, b, stride, 1), got)
