@@ -13,6 +13,7 @@ Printed:
   speed      audio seconds per wall second (best of --repeats) for torch (one window per call,
              the extractor's default) and onnxruntime with 1 and 8 windows per call (8 was the
              onnxruntime default before torch became the default runtime)
+  float64    max |x - exact| of each runtime, exact = the same graph run by torch in float64
   front end  share of the torch module's time spent before the first 2-d convolution (the CQT:
              one-channel filter banks and the octave low-pass), i.e. what an FFT-based CQT could
              at most save
@@ -85,6 +86,23 @@ def main() -> None:
         print(f"| same note >= {th} decisions | {((note_t >= th) == (note_r >= th)).mean():.8f} |")
     print(f"| same top pitch class per 25 Hz frame | {(ft[:, :12].argmax(1) == fr[:, :12].argmax(1)).mean():.6f} |")
     print(f"| model frames compared | {len(note_r)} |")
+
+    # both against the same graph run in float64 by torch: how far is each from the exact result?
+    ex64 = PitchExtractor()
+    mod64 = next(c.cell_contents for c in ex64._run.__closure__ if isinstance(c.cell_contents, torch.nn.Module))
+    mod64.double()
+
+    def run64(batch):
+        with torch.inference_mode():
+            n, o = mod64(torch.from_numpy(batch).double())
+        return n.numpy(), o.numpy()
+
+    ex64._run = run64
+    exact = [ex64.posteriorgrams(w) for w in waves]
+    note_x, onset_x = (np.concatenate([p[i] for p in exact]) for i in (0, 1))
+    print("\n| max abs diff to float64 | note | onset |\n|---|---|---|")
+    print(f"| torch | {np.abs(note_t - note_x).max():.2e} | {np.abs(onset_t - onset_x).max():.2e} |")
+    print(f"| onnxruntime | {np.abs(note_r - note_x).max():.2e} | {np.abs(onset_r - onset_x).max():.2e} |")
 
     base = speed["onnxruntime, 8 windows/call"]
     print("\n| runtime | x real time / thread | vs onnxruntime (8/call) |\n|---|---|---|")
