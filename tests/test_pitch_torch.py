@@ -102,7 +102,7 @@ def test_extractor_features_match_the_onnxruntime_runtime(real_audio_dir):
 def test_bits_do_not_depend_on_threads(module, windows):
     before = torch.get_num_threads()
     try:
-        for batch in (windows[:1], windows):
+        for batch in (windows[:1], windows[2:5]):
             torch.set_num_threads(1)
             one = _run(module, batch)
             torch.set_num_threads(2)
@@ -120,20 +120,20 @@ def test_a_window_gives_the_same_bits_alone_or_inside_a_longer_segment(module):
     from tokenmill.tokenizers.semantic_pitch import EDGE_FRAMES, KEEP_FRAMES, MODEL_HOP, MODEL_RATE_HZ
 
     ex = PitchExtractor()
-    wave = (0.2 * np.random.default_rng(5).standard_normal(640 * 150)).astype(np.float32)
-    note, onset = ex.posteriorgrams(wave)  # 517 model frames: 4 windows of 141
+    wave = (0.2 * np.random.default_rng(5).standard_normal(640 * 75)).astype(np.float32)
+    note, onset = ex.posteriorgrams(wave)  # 259 model frames: 2 windows of 141
     x = soxr.resample(wave, SR, MODEL_RATE_HZ, quality="HQ")
     padded = np.concatenate([np.zeros(EDGE_FRAMES * MODEL_HOP, np.float32), x,
                              np.zeros(WINDOW_SAMPLES, np.float32)])
     names = list(module.output_names)
-    for w in range(4):
+    for w in range(2):
         win = np.ascontiguousarray(padded[w * KEEP_FRAMES * MODEL_HOP:][:WINDOW_SAMPLES][None, :, None])
         out = _run(module, win)
         rows = slice(w * KEEP_FRAMES, min((w + 1) * KEEP_FRAMES, len(note)))
         keep = slice(EDGE_FRAMES, EDGE_FRAMES + rows.stop - rows.start)
         assert out[names.index(OUTPUTS["note"])][0, keep].tobytes() == note[rows].tobytes()
         assert out[names.index(OUTPUTS["onset"])][0, keep].tobytes() == onset[rows].tobytes()
-    short = ex.extract(wave[: 640 * 75])  # 3 s: frames 0..39 come from window 0 alone (1.8 s of audio)
+    short = ex.extract(wave[: 640 * 60])  # 2.4 s: frames 0..39 come from window 0 alone (1.8 s of audio)
     long = ex.extract(wave)
     assert short[:40].tobytes() == long[:40].tobytes()
 
