@@ -22,8 +22,8 @@ $(STAMP): pyproject.toml
 	# of resolving a multi-GB CUDA build for the unpinned requirement.
 	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0 2>&1 | $(QUIET_PIP)
 	$(BIN)/pip install -q --disable-pip-version-check -e . 2>&1 | $(QUIET_PIP)
-	# The basic-pitch semantic extractor needs only the ONNX model inside this wheel (onnxruntime
-	# comes with -e .); its declared requirements would pull tensorflow, hence --no-deps.
+	# The basic-pitch semantic extractor needs only the ONNX model inside this wheel (torch runs
+	# it); its declared requirements would pull tensorflow, hence --no-deps.
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps basic-pitch==0.4.0 2>&1 | $(QUIET_PIP)
 	touch $(STAMP)
 

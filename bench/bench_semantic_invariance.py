@@ -28,16 +28,18 @@ frames with a sounding note:
   I/H inst  I(token; program) / H(program)
   onset F1  token changes (token[t] != token[t-1]) taken as onsets, against the score's onsets,
             ±1 frame tolerance (rhythm carried by the sequence)
-  x RT      extraction speed: audio seconds per wall second, one thread (torch and onnxruntime)
+  x RT      extraction speed: audio seconds per wall second, one thread, portable kernels
 Plug-in mutual information is biased up by about (k-1)(classes-1) / (2 N ln 2) bits; N is printed.
 
 Extractors: spectral (built-in), chroma (the spectral extractor's 12 chroma columns alone, a
-chroma k-means baseline), basic-pitch (semantic_pitch.py), and SSL checkpoints given by --ssl.
+chroma k-means baseline), basic-pitch (semantic_pitch.py, run by torch; once more under onnxruntime
+when it is installed, for comparison), and SSL checkpoints given by --ssl.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import itertools
 import json
 import os
@@ -51,6 +53,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import torch  # noqa: E402
 
+from tokenmill.tokenizers import compute  # noqa: E402
 from tokenmill.tokenizers.kmeans import fit_kmeans  # noqa: E402
 from tokenmill.tokenizers.semantic import build_extractor  # noqa: E402
 from scripts.corpus.score_render import ground_truth, load_tunes, render  # noqa: E402
@@ -157,7 +160,8 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/tokenmill-bench-semantic", help="render cache (default %(default)s)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
-    torch.set_num_threads(1)
+    # the default compute layout of tokenize: one torch thread, portable (AVX2) kernels
+    compute.apply(compute.ComputeLayout(threads=1, kernels="portable"))
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     tunes = load_tunes(args.opus, args.tunes, 24, work)
@@ -179,6 +183,8 @@ def main() -> None:
         f"({time.perf_counter() - t0:.0f} s incl. rendering); seen {len(seen)}, unseen {len(unseen)}")
     extractors = [("spectral", "spectral", {}, None), ("chroma", "spectral", {}, "chroma"),
                   ("basic-pitch", "basic-pitch", {}, None)]
+    if importlib.util.find_spec("onnxruntime"):  # the same model under onnxruntime: features and speed
+        extractors.append(("basic-pitch (onnxruntime)", "basic-pitch", {"runtime": "onnxruntime"}, None))
     for spec in args.ssl:
         name, _, path = spec.partition("=")
         extractors.append((name, name, {"path": path}, None))

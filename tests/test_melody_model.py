@@ -73,7 +73,6 @@ def _render(midis, program):
 
 
 def test_baseline_follows_the_tune_not_the_sound():
-    pytest.importorskip("onnxruntime")
     model = melody.build_melody("basic-pitch")
     tune = [60, 62, 64, 65, 67, 65, 64, 62, 60, 67, 64, 60]
     sine, saw = model.embed_windows(_render(tune, "sine")), model.embed_windows(_render(tune, "saw"))

@@ -44,7 +44,8 @@ def test_registered_and_described_with_the_weights_hash(ex):
     assert (d["name"], d["dim"], d["frame_rate_hz"], d["standardize"]) == ("basic-pitch", 14, 25, False)
     assert d["config"] == {"pc_weight": 2.0, "onset_weight": 1.5, "register_weight": 1.0,
                            "register_floor": 0.3, "pc_norm_floor": 0.3, "resample_quality": "HQ",
-                           "batch_windows": 8}
+                           "batch_windows": 1, "runtime": "torch"}
+    assert d["model"].endswith("run by torch")
     assert d["layout"] == {"note_pc": [0, 12], "onset": [12, 13], "register": [13, 14]}
     with pytest.raises(ValueError, match="unknown basic-pitch config keys"):
         build_extractor("basic-pitch", pc_wieght=1.0)
@@ -152,8 +153,7 @@ def test_fit_and_tokenize_end_to_end(tmp_path, real_audio_dir):
 
 
 def test_features_do_not_depend_on_torch_threads():
-    """onnxruntime runs on one thread whatever the job's --torch_threads (its floats change with
-    its thread count), so the same wave gives the same bytes under any compute layout."""
+    """The torch runtime gives the same bytes for 1 and 2 intra-op threads (portable kernels)."""
     import torch
 
     wave = (0.2 * np.random.default_rng(7).standard_normal(640 * 200)).astype(np.float32)

@@ -177,7 +177,7 @@ def _add_semantic_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--semantic_extractor", choices=SEMANTIC_EXTRACTORS, default="spectral",
                    help="feature extractor at 25 Hz: 'spectral' is the built-in weight-free log-mel+chroma "
                         "baseline; 'basic-pitch' pools the pretrained basic-pitch model's note and onset "
-                        "posteriorgrams (ONNX file from the basic-pitch wheel, run by onnxruntime) into a "
+                        "posteriorgrams (ONNX file from the basic-pitch wheel, run by torch) into a "
                         "pitch-class profile + onset + register per frame; 'w2v-bert' (w2v-BERT 2.0, Wav2Vec2BertModel) and 'hubert' (HubertModel) "
                         "load --semantic_path and take hidden layer --semantic_layer, averaged over pairs "
                         "of 50 Hz frames; their codebook standardizes each dimension with the fit "

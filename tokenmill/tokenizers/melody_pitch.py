@@ -1,8 +1,8 @@
 """Melody baseline that needs no training: pitch-class profiles from basic-pitch's note posteriors.
 
 `build_melody("basic-pitch")`. The same pretrained model (and the same ONNX file from the
-basic-pitch wheel, run under onnxruntime on one thread) as the `basic-pitch` semantic extractor,
-whose posteriorgram code it reuses. A 4 s window is cut into 16 bins of 0.25 s; each bin gets the
+basic-pitch wheel, run by torch under the compute layout, or by onnxruntime with `runtime`) as the
+`basic-pitch` semantic extractor, whose posteriorgram code it reuses. A 4 s window is cut into 16 bins of 0.25 s; each bin gets the
 12 pitch classes' note posteriors (the largest over octaves, averaged over the bin's model frames),
 divided by max(largest class, `norm_floor`) so a sounding note counts 1 whatever plays it, then
 centred (its mean over the 12 classes removed, so silence and flat noise give ~0). 16 × 12 = 192
@@ -33,12 +33,15 @@ BINS_PER_WINDOW = rates.MELODY_WINDOW_S * BINS_PER_S  # 16 bins × 12 classes = 
 class PitchMelodyConfig:
     norm_floor: float = 0.3  # divide a bin's profile by max(its largest class, this)
     resample_quality: str = "HQ"  # soxr, 16 kHz -> 22 050 Hz
+    runtime: str = "torch"  # "torch" | "onnxruntime": what runs the ONNX graph (semantic_pitch.py)
 
     def __post_init__(self) -> None:
         if not 0 <= self.norm_floor < 1:
             raise MelodyError(f"norm_floor must be in [0, 1), got {self.norm_floor}")
         if self.resample_quality not in ("VHQ", "HQ", "MQ", "LQ", "QQ"):
             raise MelodyError(f"resample_quality must be one of VHQ HQ MQ LQ QQ, got {self.resample_quality!r}")
+        if self.runtime not in sp.RUNTIMES:
+            raise MelodyError(f"runtime must be one of {sp.RUNTIMES}, got {self.runtime!r}")
 
 
 def quarter_of_model_frame(n_model_frames: int) -> np.ndarray:
@@ -74,14 +77,15 @@ class PitchMelody(MelodyModel):
 
     def __init__(self, config: PitchMelodyConfig | None = None) -> None:
         self.config = config or PitchMelodyConfig()
-        self._pitch = sp.PitchExtractor(sp.PitchConfig(resample_quality=self.config.resample_quality))
+        self._pitch = sp.PitchExtractor(sp.PitchConfig(resample_quality=self.config.resample_quality,
+                                                         runtime=self.config.runtime))
         self.weights_sha256 = self._pitch.weights_sha256
 
     def config_dict(self) -> dict[str, Any]:
         return asdict(self.config)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "model": "basic-pitch 0.4.0 icassp_2022/nmp.onnx (Apache-2.0)",
+        return {**super().describe(), "model": self._pitch.describe()["model"],
                 "layout": "16 bins of 0.25 s x 12 pitch classes (C..B), centred, L2-normalized"}
 
     def embed_windows_batch(self, waves: list[np.ndarray]) -> list[np.ndarray]:

@@ -1,10 +1,20 @@
-"""Pitch-posteriorgram semantic extractor: basic-pitch's pretrained note/onset model under onnxruntime.
+"""Pitch-posteriorgram semantic extractor: basic-pitch's pretrained note/onset model, run by torch.
 
 `build_extractor("basic-pitch")`. The model is Spotify's basic-pitch (ICASSP 2022 "NMP" model,
 Apache-2.0); its ONNX file ships inside the `basic-pitch` wheel, which is installed without its
 dependencies (`pip install --no-deps basic-pitch==0.4.0`: its own requirements pull tensorflow,
 which this extractor never uses). Only the .onnx file is read, located without importing the
 package; its sha256 is the extractor's `weights_sha256`.
+
+Runtime (`runtime`). "torch" (default): the ONNX graph is read from the wheel's file and executed
+op by op with torch (onnx_torch.py), so the model runs under the job's compute layout like every
+torch model: `--kernels portable` holds its kernels to AVX2 and its features are bit-identical for
+any `--torch_threads` and whatever windows run beside it (tests/test_pitch_torch.py). It agrees
+with onnxruntime within float32 rounding: on the test clips the posteriorgrams differ by at most
+1e-4, each runtime lying within 8e-5 of a float64 run, and every top-key and threshold decision
+is the same (bench/bench_pitch_torch.py). "onnxruntime": the same file under onnxruntime on one thread (its kernels follow
+the CPU's ISA, outside the compute layout); needs `pip install onnxruntime`, kept for comparison.
+The runtime is part of the config, so the manifest and codebook cards record which one ran.
 
 Model. Input: mono audio at 22 050 Hz in windows of 43 844 samples; output per window 172 frames
 at 22050/256 Hz (~86.1 Hz) of three posteriorgrams: `note` [172, 88] and `onset` [172, 88] (one bin
@@ -30,7 +40,7 @@ Features per 25 Hz frame t (float32 [T, 14]), from the model frames it owns:
 So a token says which pitch classes sound, whether a note starts, and roughly in which octave;
 no timbre feature enters. Polyphony gives several large pitch classes.
 
-Pure model code: numpy/onnxruntime in, arrays out. No Beam.
+Pure model code: numpy/torch in, arrays out. No Beam.
 """
 from __future__ import annotations
 
@@ -55,11 +65,13 @@ FIRST_MIDI = 21  # note bin 0 is A0
 N_KEYS = 88
 MODEL_FILE = ("saved_models", "icassp_2022", "nmp.onnx")  # inside the basic_pitch package
 OUTPUTS = {"note": "StatefulPartitionedCall:1", "onset": "StatefulPartitionedCall:2"}
-INSTALL_HINT = "pip install --no-deps basic-pitch==0.4.0 onnxruntime"
+INSTALL_HINT = "pip install --no-deps basic-pitch==0.4.0"
+RUNTIMES = ("torch", "onnxruntime")
 
 
 class PitchModelError(TokenmillError, RuntimeError):
-    """The basic-pitch model file or onnxruntime is missing or unusable; the message says the fix."""
+    """The basic-pitch model file (or, for runtime onnxruntime, onnxruntime) is missing or unusable;
+    the message says the fix."""
 
 
 @dataclass(frozen=True)
@@ -82,7 +94,12 @@ class PitchConfig:
     register_floor: float = 0.3  # note posterior below this does not count towards the register
     pc_norm_floor: float = 0.3  # divide the profile by max(its largest class, this); 0 = off
     resample_quality: str = "HQ"  # soxr quality for 16 kHz -> 22 050 Hz
-    batch_windows: int = 8  # model windows (~1.6 s of audio each) per onnxruntime call
+    # Model windows (~1.6 s of audio each) per model call. 1: each window runs alone, so its bits
+    # depend on nothing else (in a batch, torch's products are blocked by the batch's shape:
+    # measured 1e-8 differences); > 1 is still reproducible per segment (the batches follow from
+    # the segment's length) but a window's bits then depend on its batch.
+    batch_windows: int = 1
+    runtime: str = "torch"  # "torch" (the compute layout holds it) | "onnxruntime" (module doc)
 
     def __post_init__(self) -> None:
         for f in ("pc_weight", "onset_weight", "register_weight"):
@@ -94,6 +111,8 @@ class PitchConfig:
             raise ValueError(f"register_floor must be in (0, 1), got {self.register_floor}")
         if self.resample_quality not in ("VHQ", "HQ", "MQ", "LQ", "QQ"):
             raise ValueError(f"resample_quality must be one of VHQ HQ MQ LQ QQ, got {self.resample_quality!r}")
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {RUNTIMES}, got {self.runtime!r}")
         if self.batch_windows < 1:
             raise ValueError(f"batch_windows must be >= 1, got {self.batch_windows}")
 
@@ -157,30 +176,62 @@ class PitchExtractor(SemanticExtractor):
     dim = 14
 
     def __init__(self, config: PitchConfig | None = None) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError as e:
-            raise PitchModelError(f"semantic extractor 'basic-pitch' needs onnxruntime: {INSTALL_HINT}") from e
         self.config = config or PitchConfig()
         path = model_path()
         blob = path.read_bytes()
         self.weights_sha256 = hashlib.sha256(blob).hexdigest()
+        if self.config.runtime == "torch":
+            self._run = self._torch_runner(blob, path)
+        else:
+            self._run = self._onnxruntime_runner(blob)
+
+    @staticmethod
+    def _torch_runner(blob: bytes, path: Path):
+        import torch
+
+        from tokenmill.tokenizers.onnx_proto import OnnxFormatError, read_model
+        from tokenmill.tokenizers.onnx_torch import OnnxModule
+
+        try:
+            module = OnnxModule(read_model(blob), outputs=(OUTPUTS["note"], OUTPUTS["onset"])).eval()
+        except OnnxFormatError as e:
+            raise PitchModelError(f"{path}: {e}; reinstall basic-pitch with: {INSTALL_HINT}") from e
+
+        def run(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            with torch.inference_mode():
+                note, onset = module(torch.from_numpy(batch))
+            return note.numpy(), onset.numpy()
+
+        return run
+
+    @staticmethod
+    def _onnxruntime_runner(blob: bytes):
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise PitchModelError("basic-pitch with runtime 'onnxruntime' needs onnxruntime: pip install "
+                                  "onnxruntime (or use the default runtime 'torch')") from e
         opts = ort.SessionOptions()
         # One intra-op thread, always: onnxruntime's floats change with its thread count (measured:
         # 1 vs 2 threads differ by ~1e-7), and tokens must not depend on --torch_threads. Beam
         # parallelizes over segments instead. (Its kernels follow the CPU's ISA: see README.)
         opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1
-        self._session = ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
-        self._input = self._session.get_inputs()[0].name
-        self._outputs = [OUTPUTS["note"], OUTPUTS["onset"]]
+        session = ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+
+        def run(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            note, onset = session.run([OUTPUTS["note"], OUTPUTS["onset"]], {name: batch})
+            return note, onset
+
+        return run
 
     def layout(self) -> dict[str, list[int]]:
         return {"note_pc": [0, 12], "onset": [12, 13], "register": [13, 14]}
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "layout": self.layout(), "standardize": False,
-                "model": "basic-pitch 0.4.0 icassp_2022/nmp.onnx (Apache-2.0)"}
+                "model": f"basic-pitch 0.4.0 icassp_2022/nmp.onnx (Apache-2.0), run by {self.config.runtime}"}
 
     def posteriorgrams(self, wave: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """float32 [n] at 16 kHz → (note, onset) float32 [J, 88] model frames, J = model_frames_needed."""
@@ -200,7 +251,7 @@ class PitchExtractor(SemanticExtractor):
         for w0 in range(0, n_windows, b):
             ws = range(w0, min(w0 + b, n_windows))
             batch = np.stack([padded[w * stride: w * stride + WINDOW_SAMPLES] for w in ws])[:, :, None]
-            n_out, o_out = self._session.run(self._outputs, {self._input: batch})
+            n_out, o_out = self._run(batch)
             keep = slice(EDGE_FRAMES, EDGE_FRAMES + KEEP_FRAMES)
             note[w0 * KEEP_FRAMES: (w0 + len(ws)) * KEEP_FRAMES] = n_out[:, keep].reshape(-1, N_KEYS)
             onset[w0 * KEEP_FRAMES: (w0 + len(ws)) * KEEP_FRAMES] = o_out[:, keep].reshape(-1, N_KEYS)
