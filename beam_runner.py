@@ -275,9 +275,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, beam_args: l
         return 0 if rep.ok else 1
 
     if args.command == "rebuild":
-        if beam_args:
-            raise SystemExit(f"rebuild: unknown arguments {beam_args}")
-        return _rebuild(args)
+        return _rebuild(args, beam_args)
 
     if args.command == "stats":
         if beam_args:
@@ -497,12 +495,12 @@ def _model_errors():
         raise UsageError(str(e)) from e
 
 
-def _rebuild(args) -> int:
+def _rebuild(args, beam_args) -> int:
     from tokenmill.pipelines.rebuild import print_rebuild_summary, rebuild_config, run_rebuild
 
     cfg = rebuild_config(args)
     try:
-        res = run_rebuild(cfg)
+        res = run_rebuild(cfg, beam_args)
     except FileNotFoundError as e:  # our errors go to main's one handler
         raise UsageError(str(e)) from e
     print_rebuild_summary(res)
