@@ -214,8 +214,8 @@ def _open_work(cfg: RebuildConfig, parent_bytes: bytes) -> str:
     from tokenmill.pipelines.journal import _first_diff
 
     work = join(cfg.output, WORK_DIR)
-    want = {"config": cfg.to_json(), "parent_manifest_sha256": hashlib.sha256(parent_bytes).hexdigest(),
-            "tokenmill_version": __version__}
+    want = json.loads(json.dumps({"config": cfg.to_json(), "tokenmill_version": __version__,
+                                  "parent_manifest_sha256": hashlib.sha256(parent_bytes).hexdigest()}))
     path = join(work, JOB_NAME)
     if not _exists(path):
         atomic_write(path, json.dumps(want, sort_keys=True, indent=1).encode())
