@@ -78,13 +78,15 @@ def add_rebuild_args(p: argparse.ArgumentParser) -> None:
                    help="the new version's directory (must not exist, or be empty). It gets "
                         "streams/<stream>/part-IIIII.parquet column shards, codebooks/, drift.json, "
                         "rebuild_config.json and manifest.json; the parent's shard files are listed by "
-                        "relative path and sha256, never copied, so keep the parent where it is")
+                        "relative path and sha256, never copied, so keep the parent where it is. Any "
+                        "Beam FileSystems URL, on the parent's filesystem. A killed rebuild resumes when "
+                        "the same command runs again on it (NEW_DIR/_work)")
     p.add_argument("--codebook", required=True, metavar="PATH",
                    help="the parent codebook artifact (.safetensors, its .json card, or a directory "
                         "holding exactly one); its id must be the one the dataset's manifest records")
     p.add_argument("--input", dest="inputs", action="extend", nargs="+", default=[], metavar="GLOB",
-                   help="semantic only: audio for the refit sample (repeatable; default: the "
-                        "dataset's own sources)")
+                   help="semantic only: audio for the refit sample, matched through Beam FileSystems "
+                        "(repeatable; default: the dataset's own sources)")
     p.add_argument("--n_iter", type=int, help="Lloyd iterations of the refit (default: semantic 25, "
                    "mulan 10 per stage); a warm start usually converges sooner")
     p.add_argument("--no_align", action="store_true",
