@@ -410,7 +410,7 @@ def run_rebuild(cfg: RebuildConfig, beam_args: list[str] | tuple = ()) -> dict:
         with make_pipeline(list(beam_args)) as p:
             build_pass2(p, child=child, codebooks_dir=join(out, "codebooks"), out=out, work=work, todo=todo, **common)
     if resumed:
-        print(f"rebuild: resumed an interrupted run of {cfg.output}: {', '.join(resumed)} finished before, not redone")
+        LOG.info("[rebuild] resumed %s: %s finished before", cfg.output, ", ".join(resumed))
     col_entries, dataset_drift = _dataset_drift(work, n_shards)
     drift = drift_report(parent, child, probe)
     drift["dataset"] = dataset_drift
@@ -452,6 +452,8 @@ def run_rebuild(cfg: RebuildConfig, beam_args: list[str] | tuple = ()) -> dict:
 def print_rebuild_summary(res: dict) -> None:
     m = res["manifest"]
     lin = m["lineage"]
+    if res.get("resumed"):
+        print(f"rebuild: resumed an interrupted run: {', '.join(res['resumed'])} finished before, not redone")
     print(res["text"])
     print(f"rebuild {lin['stream']}: {lin['parent_codebook']} -> {lin['codebook']}; wrote "
           f"{len(next(o for o in m['overrides'] if o['stream'] == lin['stream'])['shards'])} column shards ({res['bytes']['column_shards']} bytes of "
