@@ -320,8 +320,21 @@ def test_rebuild_reads_and_writes_only_through_filesystems(parent, parent_cb, wa
     assert json.loads((out / "drift.json").read_text())["sample"]["n_files"] == 2
 
 
-def test_killed_rebuild_resumes_to_identical_bytes(parent, parent_cb, tmp_path, capsys):
-    """Killed after pass 1 and one column shard: the same command finishes without redoing them
+KILL_ARGS = ("--probe_frames", "300")
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory, parent, parent_cb) -> Path:
+    out = tmp_path_factory.mktemp("whole") / "v2"
+    rebuild(parent, "semantic", parent_cb[1], out, *KILL_ARGS)
+    return out
+
+
+@pytest.mark.parametrize("pause_after,resumed", [
+    (2, "pass 1 of 2 sources"),                        # 2 of the 3 sources journaled, pass 1 unfinished
+    (5, "pass 1, 1 of 6 column shards")])             # 3 sources + pass1.npz + one column shard
+def test_killed_rebuild_resumes_to_identical_bytes(parent, parent_cb, whole, tmp_path, capsys, pause_after, resumed):
+    """Killed in pass 1 or in pass 2: the same command finishes without redoing what was journaled
     and writes the uninterrupted run's bytes; other settings are refused, naming the setting."""
     import signal
     import subprocess
@@ -331,12 +344,9 @@ def test_killed_rebuild_resumes_to_identical_bytes(parent, parent_cb, tmp_path, 
     from tokenmill.pipelines import journal as jr
 
     root = Path(__file__).resolve().parents[1]
-    args = ["rebuild", "--dataset", str(parent), "--stream", "semantic", "--codebook", str(parent_cb[1]),
-            "--probe_frames", "300"]
-    whole = tmp_path / "whole"
-    assert beam_runner.main([*args, "--output", str(whole)]) == 0
+    args = ["rebuild", "--dataset", str(parent), "--stream", "semantic", "--codebook", str(parent_cb[1]), *KILL_ARGS]
     out, marker = tmp_path / "killed", tmp_path / "paused"
-    env = {**os.environ, jr.PAUSE_ENV: f"2:{marker}",
+    env = {**os.environ, jr.PAUSE_ENV: f"{pause_after}:{marker}",
            "PYTHONPATH": os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH")) if p)}
     with open(tmp_path / "log", "wb") as log:
         proc = subprocess.Popen([sys.executable, "beam_runner.py", *args, "--output", str(out)], cwd=root,
@@ -351,12 +361,15 @@ def test_killed_rebuild_resumes_to_identical_bytes(parent, parent_cb, tmp_path, 
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert not (out / "manifest.json").exists()
-    assert (out / "_work" / "pass1.npz").is_file() and len(list((out / "_work").glob("col-*.json"))) == 1
+    work = sorted(p.name for p in (out / "_work").iterdir() if ".tmp-" not in p.name)
+    assert len([n for n in work if n.startswith("p1-")]) == min(pause_after, 3)
+    assert ("pass1.npz" in work) == (pause_after > 3)
+    assert len([n for n in work if n.startswith("col-")]) == max(0, pause_after - 4)
     with pytest.raises(SystemExit, match="seed was 0, now 4"):
         beam_runner.main([*args, "--output", str(out), "--seed", "4"])
     capsys.readouterr()
     assert beam_runner.main([*args, "--output", str(out)]) == 0
-    assert "pass 1, 1 of 6 column shards finished before, not redone" in capsys.readouterr().out
+    assert f"{resumed} finished before, not redone" in capsys.readouterr().out
     a, b = (dict((str(p.relative_to(d)), p.read_bytes()) for p in sorted(d.rglob("*")) if p.is_file())
             for d in (whole, out))
     assert sorted(a) == sorted(b) and not (out / "_work").exists()

@@ -394,8 +394,11 @@ def run_rebuild(cfg: RebuildConfig, beam_args: list[str] | tuple = ()) -> dict:
     if _exists(pass1):
         resumed.append("pass 1")
     else:
+        done = [m for m in _listing(work) if m.rsplit("/", 1)[-1].startswith("p1-")]
+        if done:
+            resumed.append(f"pass 1 of {len(done)} sources")
         with make_pipeline(list(beam_args)) as p:
-            build_pass1(p, cfg=cfg, probe_seed=PROBE_SEED, out_path=pass1, input_uris=uris, **common)
+            build_pass1(p, cfg=cfg, probe_seed=PROBE_SEED, out_path=pass1, work=work, input_uris=uris, **common)
     sample, (_, _, probe), extra["skipped"] = read_pass1(pass1)
     extra["n_files"] = len(uris or ())
     t_pass1 = time.perf_counter()

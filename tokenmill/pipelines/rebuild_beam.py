@@ -208,9 +208,11 @@ class SemanticFeatures(beam.DoFn):
         self.progress.report()
 
     def process(self, item):
+        yield from self.features(*item)
+
+    def features(self, uri, wanted):
         from tokenmill.tokenizers import audio
 
-        uri, wanted = item
         try:
             segs = {s.key: s for s in audio.prepare(read_bytes(uri), uri, self.acfg)}
         except Exception as e:  # noqa: BLE001 — the message names the file
@@ -254,6 +256,67 @@ class InputFeatures(beam.DoFn):
             yield candidates(s.key, f, self.n, self.seed)
 
 
+class SelectedFeatures(SemanticFeatures):
+    """pass 1, rows from the dataset: (uri, [(key, n_frames, payload)]) → ("sample" | "probe",
+    (priorities, key, rows, features)) for the source's rows in the global selections (chosen
+    from the keys and frame counts alone, before any decode). A source with no selected row is
+    not decoded; one that is writes its rows to _work/p1-<uri hash>.npz, which a resumed run
+    reads instead of decoding it again."""
+
+    def __init__(self, scfg, acfg, work: str, seeds: dict):
+        super().__init__(scfg, acfg)
+        self.work, self.seeds = work, seeds
+        self._cache = (None, {})
+
+    def _rows(self, sels: dict) -> dict:
+        if self._cache[0] is not sels:   # the side inputs, indexed once per worker
+            index = {}
+            for name, (keys, rows, _) in sels.items():
+                for k, r in zip(keys, rows):
+                    index.setdefault(name, {}).setdefault(k, []).append(int(r))
+            self._cache = (sels, index)
+        return self._cache[1]
+
+    def process(self, item, probe, sample=None):
+        from tokenmill.pipelines.journal import uri_hash
+
+        uri, wanted = item
+        sels = {"probe": probe} if sample is None else {"probe": probe, "sample": sample}
+        index = self._rows(sels)
+        need = [(name, key, n) for key, n, _ in sorted(wanted, key=lambda w: w[0]) for name in sorted(index)
+                if key in index[name]]
+        if not need:
+            return
+        path = join(self.work, f"p1-{uri_hash(uri)}.npz")
+        if FileSystems.exists(path):
+            with np.load(io.BytesIO(read_bytes(path)), allow_pickle=False) as z:
+                parts = [(str(nm), str(k), z[f"rows{i}"], z[f"x{i}"]) for i, (nm, k) in
+                         enumerate(zip(z["names"], z["keys"]))]
+        else:
+            feats = {key: f for key, f, _ in self.features(uri, wanted)}
+            parts = []
+            for name, key, _ in need:
+                rows = np.asarray(sorted(index[name][key]), np.int64)
+                parts.append((name, key, rows, np.ascontiguousarray(feats[key][rows], dtype=np.float32)))
+            buf = io.BytesIO()
+            np.savez(buf, names=np.asarray([q[0] for q in parts], dtype=str),
+                     keys=np.asarray([q[1] for q in parts], dtype=str),
+                     **{f"rows{i}": q[2] for i, q in enumerate(parts)}, **{f"x{i}": q[3] for i, q in enumerate(parts)})
+            atomic_write(path, buf.getvalue())
+            _after_entry()
+        n_frames = {key: n for key, n, _ in wanted}
+        for name, key, rows, x in parts:
+            prio = frames_priority(key, n_frames[key], self.seeds[name])[rows]
+            yield beam.pvalue.TaggedOutput(name, (prio, key, rows, x))
+
+
+def selection(key: str, n_frames: int, n: int, seed: int):
+    """candidates() without features: which rows of a segment can be in a global bottom-n."""
+    prio = frames_priority(key, n_frames, seed)
+    take = np.sort(np.argsort(prio, kind="stable")[:n])
+    return prio[take], key, take.astype(np.int64), np.empty((len(take), 0), np.float32)
+
+
 def by_uri(item):
     key, places, (uri, old) = item
     return uri, (key, int(old.shape[0]), (places, old))
@@ -281,25 +344,38 @@ class WritePass1(beam.DoFn):
         yield self.path
 
 
-def build_pass1(p, *, root: str, manifest: dict, stream: str, cfg, probe_seed: int, out_path: str,
+def build_pass1(p, *, root: str, manifest: dict, stream: str, cfg, probe_seed: int, out_path: str, work: str,
                 scfg=None, acfg=None, input_uris: list[str] | None = None):
     """Pass 1 (module docstring) into `p`; writes `out_path`."""
     records = p | "Parent" >> ReadParent(root, manifest, stream)
+    sample_rows = None
     if stream == "semantic":
-        feats = (records | "ByUri" >> beam.Map(by_uri) | "GroupUri" >> beam.GroupByKey()
-                 | "Features" >> beam.ParDo(SemanticFeatures(scfg, acfg)))
-        rows = feats | "Rows" >> beam.Map(lambda e: (e[0], e[1]))
+        # which frames are sampled depends on (key, frame count) only: select first, then decode
+        # only the sources that hold selected frames, and only their selected rows travel
+        sizes = records | "Sizes" >> beam.Map(lambda e: (e[0], int(e[2][1].shape[0])))
+        seeds = {"probe": probe_seed} if input_uris else {"probe": probe_seed, "sample": cfg.seed}
+        n = {"probe": cfg.probe_frames, "sample": cfg.sample_frames}
+        sels = {name: (sizes | f"Select{name}" >> beam.Map(lambda e, k, sd: selection(e[0], e[1], k, sd), n[name], sd)
+                       | f"Selected{name}" >> beam.CombineGlobally(BottomKRows(n[name])))
+                for name, sd in seeds.items()}
+        picked = (records | "ByUri" >> beam.Map(by_uri) | "GroupUri" >> beam.GroupByKey()
+                  | "Features" >> beam.ParDo(SelectedFeatures(scfg, acfg, work, seeds),
+                                             *[beam.pvalue.AsSingleton(sels[nm]) for nm in sorted(seeds, key=lambda x: x != "probe")])
+                  .with_outputs(*seeds))
+        probe_rows = picked["probe"]
+        if not input_uris:
+            sample_rows = picked["sample"]
     else:
         rows = records | "Rows" >> beam.Map(lambda e: (e[0], np.asarray(e[2][0], dtype=np.float32)))
-    probe = (rows | "ProbeRows" >> beam.Map(lambda e: candidates(e[0], e[1], cfg.probe_frames, probe_seed))
-             | "Probe" >> beam.CombineGlobally(BottomKRows(cfg.probe_frames)))
+        probe_rows = rows | "ProbeRows" >> beam.Map(lambda e: candidates(e[0], e[1], cfg.probe_frames, probe_seed))
+        sample_rows = rows | "SampleRows" >> beam.Map(lambda e: candidates(e[0], e[1], cfg.sample_frames, cfg.seed))
+    probe = probe_rows | "Probe" >> beam.CombineGlobally(BottomKRows(cfg.probe_frames))
     if input_uris:
         split = (p | "Inputs" >> beam.Create(sorted(input_uris)) | "SpreadInputs" >> beam.Reshuffle()
                  | "InputFeatures" >> beam.ParDo(InputFeatures(scfg, acfg, cfg.sample_frames, cfg.seed))
                  .with_outputs(SKIPPED, main="rows"))
         sample_rows, skipped = split.rows, split[SKIPPED]
     else:
-        sample_rows = rows | "SampleRows" >> beam.Map(lambda e: candidates(e[0], e[1], cfg.sample_frames, cfg.seed))
         skipped = p | "NoSkipped" >> beam.Create([])
     sample = sample_rows | "Sample" >> beam.CombineGlobally(BottomKRows(cfg.sample_frames))
     return (p | "Once" >> beam.Create([None])
