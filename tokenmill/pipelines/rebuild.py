@@ -10,9 +10,10 @@ The passes are Beam jobs on any runner (pipelines/rebuild_beam.py), and every pa
 
 - **semantic**: the k-means needs features, so each source in the dataset is decoded again with the
   dataset's own front end and only the semantic extractor runs (no codec, no MuLan); the segment
-  keys must come out as the dataset's (same content), else the rebuild stops. Pass 1 keeps the
-  refit sample and the probe set (global bottom-k combiners), pass 2 decodes and extracts again
-  and assigns with the new codebook: no worker ever holds more than one source's features.
+  keys must come out as the dataset's (same content), else the rebuild stops. Pass 1 selects the
+  refit sample and the probe set from the keys and frame counts (global bottom-k combiners), then
+  decodes only the sources that hold selected frames; pass 2 decodes and extracts every source
+  again and assigns with the new codebook: no worker holds more than one source's features.
 - **mulan**: the RVQ quantizes the stored `mulan_windows`; `mulan` is recomputed with
   `segment_tokens(windows, new_rvq)` on the workers. The audio tower is never built.
 - The refit sample: every frame (window) gets fit.py's hash priority from (seed, key, index), and
@@ -20,11 +21,12 @@ The passes are Beam jobs on any runner (pipelines/rebuild_beam.py), and every pa
   their order (hence the float64 sums of the Lloyd steps) do not depend on the runner. The drift
   probe is the same with a fixed probe seed over the dataset's own frames (windows),
   `probe_frames` of them. `bottom_k` below is the one-process reference of that rule.
-- Resume: OUT/_work holds job.json (what the version depends on), pass1.npz (the sample and the
-  probe) and col-IIIII.json per written column shard (its entry and drift counts). Re-running
-  the same command on a killed rebuild skips pass 1 when pass1.npz exists and, in pass 2, every
-  column shard already written; the output is byte-identical to an uninterrupted run. _work is
-  removed after manifest.json is written.
+- Resume: OUT/_work holds job.json (what the version depends on), p1-<uri hash>.npz per source
+  decoded in pass 1 (its selected rows), pass1.npz (the sample and the probe) and col-IIIII.json
+  per written column shard (its entry and drift counts). Re-running the same command on a killed
+  rebuild decodes no journaled source in pass 1, skips pass 1 when pass1.npz exists and, in pass
+  2, every column shard already written; the output is byte-identical to an uninterrupted run.
+  _work is removed after manifest.json is written.
 - The version format (references, column shards, lineage) is schemas/versions.py.
 """
 from __future__ import annotations

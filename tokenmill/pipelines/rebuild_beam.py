@@ -2,10 +2,14 @@
 
     parent shards ─► ReadShardRecords ─► GroupByKey(key) ─► one record per key, with every
         (shard index, position) it sits at (a record is in one shard per format)
-    pass 1  semantic: GroupByKey(uri) ─► decode + extract ─► per segment its n lowest-priority
-            frames ─► BottomKRows (global combiner) for the refit sample and for the drift probe
-            (--input: the sample comes from the matched audio instead); mulan: the same over the
-            stored mulan_windows. The two results are written to OUT/_work/pass1.npz.
+    pass 1  semantic: which frames are in the refit sample and in the drift probe depends on
+            (key, frame count) only, so BottomKRows (a global combiner) first selects them from
+            the records without any audio; then GroupByKey(uri) ─► only the sources holding
+            selected frames are decoded + extracted, and only those rows travel (each such
+            source's rows are journaled in _work/p1-<uri hash>.npz) ─► BottomKRows collects
+            them in (key, row) order. --input: the sample comes from the matched audio instead
+            (every file decoded, each segment's n lowest-priority frames combined). mulan: the
+            same combiners over the stored mulan_windows. Both results go to _work/pass1.npz.
     (the launcher refits the codebook, warm-started and aligned: tokenizers/refit.py)
     pass 2  the same read; semantic decodes + extracts again and assigns with the new codebook,
             mulan re-encodes the stored windows; every new token field goes to each place its key
