@@ -273,12 +273,15 @@ class SelectedFeatures(SemanticFeatures):
         self._cache = (None, {})
 
     def _rows(self, sels: dict) -> dict:
-        if self._cache[0] is not sels:   # the side inputs, indexed once per worker
+        """{name: {key: [row, ...]}} of the side inputs, indexed once per worker (the runner hands
+        the same side-input objects to every element; the cache holds them, so no id is reused)."""
+        held = self._cache[0]
+        if held is None or any(held.get(n) is not v for n, v in sels.items()):
             index = {}
             for name, (keys, rows, _) in sels.items():
                 for k, r in zip(keys, rows):
                     index.setdefault(name, {}).setdefault(k, []).append(int(r))
-            self._cache = (sels, index)
+            self._cache = (dict(sels), index)
         return self._cache[1]
 
     def process(self, item, probe, sample=None):
