@@ -252,7 +252,7 @@ def test_bottom_k_combiner_equals_the_reference_in_any_merge_order():
     """BottomKRows over per-segment candidates, added and merged in any grouping, returns exactly
     rebuild.bottom_k of all rows (same rows, same (key, row) order); a key seen twice counts once."""
     from tokenmill.pipelines.rebuild import bottom_k
-    from tokenmill.pipelines.rebuild_beam import BottomKRows, candidates
+    from tokenmill.pipelines.rebuild_sample import BottomKRows, candidates
 
     rng = np.random.default_rng(0)
     per_key = {f"{i:04x}-{j:04d}": rng.standard_normal((int(rng.integers(1, 40)), 3)).astype(np.float32)
