@@ -1,7 +1,7 @@
 """`rebuild --stream semantic` as Beam passes vs the one-process rebuild it replaced, and vs a full
 `tokenize`: wall time and peak memory at 1x, 2x and 4x the dataset, one run.
 
-    python bench/bench_rebuild.py                        # 60, 120, 240 files of ~15 s
+    python bench/bench_rebuild.py                        # 100, 200, 400 files of 10-15 s
     python bench/bench_rebuild.py --base_files 20        # quick
     python bench/bench_rebuild.py --baseline_rev none    # the Beam rebuild only
 
@@ -77,7 +77,7 @@ def build_corpus(out_dir: Path, n: int) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--base_files", type=int, default=60, help="files at 1x (default %(default)s)")
+    ap.add_argument("--base_files", type=int, default=100, help="files at 1x (default %(default)s)")
     ap.add_argument("--sizes", default="1,2,4", help="multiples of --base_files (default %(default)s)")
     ap.add_argument("--k", type=int, default=64, help="semantic codebook size (default %(default)s)")
     ap.add_argument("--sample_frames", type=int, default=4000, help="rebuild --sample_frames (default %(default)s)")
