@@ -11,7 +11,8 @@ worker makes a portable job wait forever).
 Inputs are short excerpts of the bundled clips, so every stage and both sinks run in seconds:
 decode (with a dead letter and a byte duplicate), acoustic (built-in SoundStream), MuLan
 (packaged weights if present, else a small random built-in model), semantic, dedupe, captions,
-Parquet + WebDataset shards, failures file and manifest; and both fit-codebook streams.
+Parquet + WebDataset shards, failures file and manifest; both fit-codebook streams; and a
+rebuild of each stream of that dataset (both Beam passes).
 """
 from __future__ import annotations
 
@@ -129,6 +130,12 @@ def runs(tmp_path_factory, real_audio_dir, worker_pool, small_mulan_weights):
     run_local([*tok, "--output", str(tmp / "tok_local")])
     run_portable([*tok, "--output", str(tmp / "tok_portable")], port)
     out["tokenize"] = (tmp / "tok_local", tmp / "tok_portable")
+    for name, stream, cb in (("rebuild", "semantic", out["fit"][0]), ("rebuild_mulan", "mulan", out["fit_mulan"][0])):
+        reb = ["rebuild", "--dataset", str(tmp / "tok_local"), "--stream", stream, "--codebook", str(cb),
+               "--n_iter", "3", "--sample_frames", "150", "--probe_frames", "60"]
+        run_local([*reb, "--output", str(tmp / f"{name}_local")])
+        run_portable([*reb, "--output", str(tmp / f"{name}_portable")], port)
+        out[name] = (tmp / f"{name}_local", tmp / f"{name}_portable")
     return out
 
 
@@ -137,6 +144,21 @@ def test_portable_run_is_byte_identical_to_the_embedded_run(runs, job):
     local, portable = runs[job]
     assert files_of(local), f"{job} wrote nothing"
     assert_same_bytes(local, portable)
+
+
+@pytest.mark.parametrize("job", ["rebuild", "rebuild_mulan"])
+def test_portable_rebuild_is_byte_identical_to_the_embedded_rebuild(runs, job):
+    """Both passes and every file of the version; rebuild_config.json names its own --output."""
+    import json
+
+    local, portable = runs[job]
+    a, b = files_of(local), files_of(portable)
+    assert sorted(a) == sorted(b) and any(p.startswith("streams/") for p in a)
+    ca, cb = (json.loads(x.pop("rebuild_config.json")) for x in (a, b))
+    assert ca.pop("output") != cb.pop("output") and ca == cb
+    for rel in a:
+        assert a[rel] == b[rel], f"{rel} differs between the embedded and the portable runner"
+    assert not (local / "_work").exists() and not (portable / "_work").exists()
 
 
 def test_tokenize_covered_every_stage_and_both_sinks(runs):

@@ -244,3 +244,135 @@ def test_mulan_rebuild_reencodes_stored_windows_without_the_audio_tower(mulan_pa
     drift = json.loads((out / "drift.json").read_text())
     assert drift["kind"] == "rvq" and drift["n_stages"] == 4 and drift["n_probe"] == 28   # 11 + 11 + 6
     assert verify_dataset(str(out)).ok
+
+
+# ---------------------------------------------------------------- the Beam passes
+
+def test_bottom_k_combiner_equals_the_reference_in_any_merge_order():
+    """BottomKRows over per-segment candidates, added and merged in any grouping, returns exactly
+    rebuild.bottom_k of all rows (same rows, same (key, row) order); a key seen twice counts once."""
+    from tokenmill.pipelines.rebuild import bottom_k
+    from tokenmill.pipelines.rebuild_sample import BottomKRows, candidates
+
+    rng = np.random.default_rng(0)
+    per_key = {f"{i:04x}-{j:04d}": rng.standard_normal((int(rng.integers(1, 40)), 3)).astype(np.float32)
+               for i in range(12) for j in range(2)}
+    for k in (1, 7, 50, 10_000):
+        want = bottom_k(per_key, k, 5)
+        elems = [candidates(key, f, k, 5) for key, f in per_key.items()]
+        elems.append(candidates("0003-0001", per_key["0003-0001"], k, 5))       # a repeat
+        for trial in range(3):
+            fn = BottomKRows(k)
+            order = rng.permutation(len(elems))
+            parts = np.array_split(order, 1 + trial * 2)
+            accs = []
+            for part in parts:
+                acc = fn.create_accumulator()
+                for i in part:
+                    acc = fn.add_input(acc, elems[i])
+                accs.append(acc)
+            keys, rows, x = fn.extract_output(fn.merge_accumulators(accs[::-1]))
+            np.testing.assert_array_equal(x, want)
+            assert list(zip(keys, rows)) == sorted(zip(keys, rows))
+
+
+def test_the_refit_sample_and_probe_are_the_reference_ones(warm, parent, parent_cb, feats):
+    """The child codebook is refit_kmeans on rebuild.bottom_k of the directly extracted features
+    (the one-process rule), and the drift report's probe numbers are drift_report's on the
+    reference probe: the Beam passes keep the rows and their order."""
+    from tokenmill.pipelines.rebuild import PROBE_SEED, bottom_k
+    from tokenmill.tokenizers.refit import drift_report, refit_kmeans
+
+    parent, _ = parent_cb
+    m = json.loads((warm / "manifest.json").read_text())
+    child = Codebook.load(warm / "codebooks" / f"{m['codebooks']['semantic']}.safetensors")
+    ref = refit_kmeans(parent, bottom_k(feats, 200_000, 0), seed=0, n_iter=25, align=True, warm_start=True,
+                       sources=child.card["sources"])
+    np.testing.assert_array_equal(child.centroids, ref.centroids)
+    assert child.id == ref.id
+    want = drift_report(parent, child, bottom_k(feats, 100_000, PROBE_SEED))
+    got = json.loads((warm / "drift.json").read_text())
+    assert {k: got[k] for k in want} == json.loads(json.dumps(want))
+
+
+def test_rebuild_reads_and_writes_only_through_filesystems(parent, parent_cb, warm, tmp_path, real_audio_dir):
+    """Dataset, output and --input as URLs of a scheme no local file API can open (tests/dir_fs.py):
+    the same bytes as the local run."""
+    import dir_fs  # noqa: F401 — registers tmdir://
+
+    ds = tmp_path / "ds"
+    shutil.copytree(parent, ds)
+    args = ["--probe_frames", "100000", "--plots"]
+    rebuild(ds, "semantic", parent_cb[1], tmp_path / "local", *args)
+    assert beam_runner.main(["rebuild", "--dataset", f"tmdir://{ds}", "--stream", "semantic", "--codebook",
+                             str(parent_cb[1]), "--output", f"tmdir://{tmp_path}/url", *args]) == 0
+    a, b = (dict((str(p.relative_to(d)), p.read_bytes()) for p in sorted(d.rglob("*")) if p.is_file())
+            for d in (tmp_path / "local", tmp_path / "url"))
+    assert sorted(a) == sorted(b)
+    for rel in a:
+        if rel != "rebuild_config.json":   # names --dataset and --output
+            assert a[rel] == b[rel], rel
+    assert verify_dataset(str(tmp_path / "url")).ok
+    out = tmp_path / "url_inputs"
+    assert beam_runner.main(["rebuild", "--dataset", f"tmdir://{ds}", "--stream", "semantic", "--codebook",
+                             str(parent_cb[1]), "--output", f"tmdir://{out}",
+                             "--input", f"tmdir://{real_audio_dir}/*.wav"]) == 0
+    assert json.loads((out / "drift.json").read_text())["sample"]["n_files"] == 2
+
+
+KILL_ARGS = ("--probe_frames", "300")
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory, parent, parent_cb) -> Path:
+    out = tmp_path_factory.mktemp("whole") / "v2"
+    rebuild(parent, "semantic", parent_cb[1], out, *KILL_ARGS)
+    return out
+
+
+@pytest.mark.parametrize("pause_after,resumed", [
+    (2, "pass 1 of 2 sources"),                        # 2 of the 3 sources journaled, pass 1 unfinished
+    (5, "pass 1, 1 of 6 column shards")])             # 3 sources + pass1.npz + one column shard
+def test_killed_rebuild_resumes_to_identical_bytes(parent, parent_cb, whole, tmp_path, capsys, pause_after, resumed):
+    """Killed in pass 1 or in pass 2: the same command finishes without redoing what was journaled
+    and writes the uninterrupted run's bytes; other settings are refused, naming the setting."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tokenmill.pipelines import journal as jr
+
+    root = Path(__file__).resolve().parents[1]
+    args = ["rebuild", "--dataset", str(parent), "--stream", "semantic", "--codebook", str(parent_cb[1]), *KILL_ARGS]
+    out, marker = tmp_path / "killed", tmp_path / "paused"
+    env = {**os.environ, jr.PAUSE_ENV: f"{pause_after}:{marker}",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH")) if p)}
+    with open(tmp_path / "log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "beam_runner.py", *args, "--output", str(out)], cwd=root,
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while not marker.exists():
+            assert proc.poll() is None, (tmp_path / "log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the rebuild never reached the pause point"
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not (out / "manifest.json").exists()
+    work = sorted(p.name for p in (out / "_work").iterdir() if ".tmp-" not in p.name)
+    assert len([n for n in work if n.startswith("p1-")]) == min(pause_after, 3)
+    assert ("pass1.npz" in work) == (pause_after > 3)
+    assert len([n for n in work if n.startswith("col-")]) == max(0, pause_after - 4)
+    with pytest.raises(SystemExit, match="seed was 0, now 4"):
+        beam_runner.main([*args, "--output", str(out), "--seed", "4"])
+    capsys.readouterr()
+    assert beam_runner.main([*args, "--output", str(out)]) == 0
+    assert f"{resumed} finished before, not redone" in capsys.readouterr().out
+    a, b = (dict((str(p.relative_to(d)), p.read_bytes()) for p in sorted(d.rglob("*")) if p.is_file())
+            for d in (whole, out))
+    assert sorted(a) == sorted(b) and not (out / "_work").exists()
+    for rel in a:
+        if rel != "rebuild_config.json":   # names --output
+            assert a[rel] == b[rel], rel

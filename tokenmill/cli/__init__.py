@@ -43,7 +43,7 @@ COMMANDS: dict[str, tuple[str, str, bool]] = {
     "embed-text": ("tokenmill.cli.embed_text", "print the MuLan text tokens (M_T) of captions", False),
     "verify": ("tokenmill.cli.verify", "check a dataset directory against its manifest", False),
     "rebuild": ("tokenmill.cli.rebuild", "refit one stream's codebook (ids kept) and write a dataset version "
-                                         "that rewrites only that stream", False),
+                                         "that rewrites only that stream (a Beam job)", True),
     "stats": ("tokenmill.cli.stats", "print what a dataset holds and how well each codebook is used", False),
     "train": ("tokenmill.cli.train", "train one MusicLM stage (semantic, coarse or fine) on tokenized shards; "
                                      "runs under torchrun too", False),

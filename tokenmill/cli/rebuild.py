@@ -13,12 +13,13 @@ def add_args(p) -> None:
         "column shard per parent shard holding key + the rewritten field, and a manifest that lists the parent's "
         "shard files by relative path and sha256 (never copied) with lineage. shards.read_dataset merges the "
         "records; verify checks both. --stream mulan re-encodes the stored mulan_windows (no audio model runs); "
-        "--stream semantic decodes the sources again and runs only the semantic extractor.")
+        "--stream semantic decodes the sources again and runs only the semantic extractor. Both are Beam jobs: "
+        "any FileSystems URL, any runner, resumable from OUTPUT/_work.")
     add_rebuild_args(p)
 
 
 def run(args, beam_args: list[str]) -> int:
     from tokenmill.pipelines.rebuild import print_rebuild_summary, rebuild_config, run_rebuild
 
-    print_rebuild_summary(run_rebuild(rebuild_config(args)))
+    print_rebuild_summary(run_rebuild(rebuild_config(args), beam_args))
     return 0

@@ -1,36 +1,54 @@
 """`rebuild`: refit one stream's codebook and write a dataset version that rewrites only that stream.
 
-    parent manifest + --codebook (id must match) ─► new sample ─► refit (warm start, ids aligned)
-        ─► new tokens for every record ─► column shards streams/<stream>/part-IIIII.parquet
-        ─► drift.json (+ codebook_usage.png) ─► manifest.json (parent shards by reference)
+    parent manifest + --codebook (id must match) ─► pass 1 (Beam): refit sample + drift probe
+        ─► refit in the launcher (warm start, ids aligned) ─► pass 2 (Beam): new tokens for every
+        record ─► column shards streams/<stream>/part-IIIII.parquet ─► drift.json
+        (+ codebook_usage.png) ─► manifest.json (parent shards by reference)
+
+The passes are Beam jobs on any runner (pipelines/rebuild_beam.py), and every path (--dataset,
+--output, --input) may be any Beam FileSystems URL (local, gs://, ...):
 
 - **semantic**: the k-means needs features, so each source in the dataset is decoded again with the
-  dataset's own front-end options and only the semantic extractor runs (no codec, no MuLan); the
-  segment keys must come out as the dataset's (same content), else the rebuild stops. This is
-  plain Python over the sources with the ingest decode path (`audio.prepare`), not a Beam job.
+  dataset's own front end and only the semantic extractor runs (no codec, no MuLan); the segment
+  keys must come out as the dataset's (same content), else the rebuild stops. Pass 1 selects the
+  refit sample and the probe set from the keys and frame counts (global bottom-k combiners), then
+  decodes only the sources that hold selected frames; pass 2 decodes and extracts every source
+  again and assigns with the new codebook: no worker holds more than one source's features.
 - **mulan**: the RVQ quantizes the stored `mulan_windows`; `mulan` is recomputed with
-  `segment_tokens(windows, new_rvq)`. The audio tower is never built.
+  `segment_tokens(windows, new_rvq)` on the workers. The audio tower is never built.
 - The refit sample: every frame (window) gets fit.py's hash priority from (seed, key, index), and
-  the `sample_frames` smallest are kept (deterministic, order-free). The drift probe is the same
-  with a fixed probe seed over the dataset's own frames (windows), `probe_frames` of them.
+  the `sample_frames` smallest (priority, key, index) are kept, in (key, index) order: the rows and
+  their order (hence the float64 sums of the Lloyd steps) do not depend on the runner. The drift
+  probe is the same with a fixed probe seed over the dataset's own frames (windows),
+  `probe_frames` of them. `bottom_k` below is the one-process reference of that rule.
+- Resume: OUT/_work holds job.json (what the version depends on), p1-<uri hash>.npz per source
+  decoded in pass 1 (its selected rows), pass1.npz (the sample and the probe) and col-IIIII.json
+  per written column shard (its entry and drift counts). Re-running the same command on a killed
+  rebuild decodes no journaled source in pass 1, skips pass 1 when pass1.npz exists and, in pass
+  2, every column shard already written; the output is byte-identical to an uninterrupted run.
+  _work is removed after manifest.json is written.
 - The version format (references, column shards, lineage) is schemas/versions.py.
 """
 from __future__ import annotations
 
 import argparse
 import copy
-import glob
 import hashlib
+import json
 import logging
 import os
+import posixpath
+import tempfile
 import time
 
 import numpy as np
+from apache_beam.io.filesystems import FileSystems
 
-from tokenmill.errors import TokenmillError, UsageError
+from tokenmill.errors import UsageError
 from tokenmill import __version__
-from tokenmill.pipelines.ingest import Progress, frames_priority
+from tokenmill.pipelines.ingest import frames_priority
 from tokenmill.pipelines.options import RebuildConfig, SemanticConfig
+from tokenmill.pipelines.rebuild_beam import RebuildError, join, read_bytes  # noqa: F401 (RebuildError: API)
 from tokenmill.pipelines.sinks import atomic_write
 from tokenmill.schemas import shards as fmt
 from tokenmill.schemas import versions
@@ -46,10 +64,7 @@ LOG = logging.getLogger("tokenmill")
 PROBE_SEED = 7_919_000_001   # fixed: the probe set does not move with --seed
 REBUILD_STREAMS = ("semantic", "mulan")
 CONFIG_NAME, DRIFT_NAME, PLOT_NAME = "rebuild_config.json", "drift.json", "codebook_usage.png"
-
-
-class RebuildError(TokenmillError, ValueError):
-    """A rebuild cannot start or cannot finish consistently; the message names the file and the fix."""
+WORK_DIR, JOB_NAME, PASS1_NAME = "_work", "job.json", "pass1.npz"
 
 
 # ---------------------------------------------------------------- options
@@ -65,13 +80,15 @@ def add_rebuild_args(p: argparse.ArgumentParser) -> None:
                    help="the new version's directory (must not exist, or be empty). It gets "
                         "streams/<stream>/part-IIIII.parquet column shards, codebooks/, drift.json, "
                         "rebuild_config.json and manifest.json; the parent's shard files are listed by "
-                        "relative path and sha256, never copied, so keep the parent where it is")
+                        "relative path and sha256, never copied, so keep the parent where it is. Any "
+                        "Beam FileSystems URL, on the parent's filesystem. A killed rebuild resumes when "
+                        "the same command runs again on it (NEW_DIR/_work)")
     p.add_argument("--codebook", required=True, metavar="PATH",
                    help="the parent codebook artifact (.safetensors, its .json card, or a directory "
                         "holding exactly one); its id must be the one the dataset's manifest records")
     p.add_argument("--input", dest="inputs", action="extend", nargs="+", default=[], metavar="GLOB",
-                   help="semantic only: audio for the refit sample (repeatable; default: the "
-                        "dataset's own sources)")
+                   help="semantic only: audio for the refit sample, matched through Beam FileSystems "
+                        "(repeatable; default: the dataset's own sources)")
     p.add_argument("--n_iter", type=int, help="Lloyd iterations of the refit (default: semantic 25, "
                    "mulan 10 per stage); a warm start usually converges sooner")
     p.add_argument("--no_align", action="store_true",
@@ -119,11 +136,22 @@ def bottom_k(per_key: dict[str, np.ndarray], k: int, seed) -> np.ndarray:
     return np.stack([per_key[keys[kid[i]]][row[i]] for i in take]).astype(np.float32)
 
 
+
 # ---------------------------------------------------------------- parent
+
+def _read_parent(cfg: RebuildConfig) -> tuple[dict, bytes]:
+    path = join(cfg.dataset, MANIFEST_NAME)
+    try:
+        data = read_bytes(path)
+    except (FileNotFoundError, IOError):
+        raise FileNotFoundError(f"{path} not found; is {cfg.dataset} a tokenmill dataset (tokenize --output), "
+                                "and did its job finish?") from None
+    return fmt.parse_manifest(data, path), data
+
 
 def _load_parent_codebook(cfg: RebuildConfig, manifest: dict):
     want = manifest["codebooks"].get(cfg.stream)
-    mpath = os.path.join(cfg.dataset, MANIFEST_NAME)
+    mpath = join(cfg.dataset, MANIFEST_NAME)
     if want is None:
         raise RebuildError(f"{mpath} records no {cfg.stream} codebook (streams: {sorted(manifest['codebooks'])}); "
                            f"this dataset has no {cfg.stream} stream to rebuild")
@@ -144,48 +172,82 @@ def _load_parent_codebook(cfg: RebuildConfig, manifest: dict):
     return cb
 
 
+def _is_url(path: str) -> bool:
+    return "://" in path
+
+
+def _relpath(target: str, start: str) -> str:
+    """target relative to start, '/'-separated; both local, or both URLs of one scheme and bucket."""
+    if not _is_url(target) and not _is_url(start):
+        return os.path.relpath(os.path.abspath(target), os.path.abspath(start)).replace(os.sep, "/")
+    (ts, tp), (ss, sp) = (x.split("://", 1) for x in (target, start))
+    t_bucket, s_bucket = tp.split("/", 1)[0], sp.split("/", 1)[0]
+    if (ts, t_bucket) != (ss, s_bucket):
+        raise RebuildError(f"--output {start} and --dataset {target} must lie on one filesystem (and bucket): "
+                           "a version references its parent's shards by relative path")
+    return posixpath.relpath("/" + tp.rstrip("/"), "/" + sp.rstrip("/"))
+
+
+def _exists(path: str) -> bool:
+    return FileSystems.exists(path)
+
+
+def _listing(path: str) -> list[str]:
+    if not _exists(path):
+        return []
+    return sorted(m.path for m in FileSystems.match([join(path, "*")])[0].metadata_list)
+
+
 def _check_output(cfg: RebuildConfig) -> None:
-    out, src = os.path.abspath(cfg.output), os.path.abspath(cfg.dataset)
-    if out == src or out.startswith(src + os.sep):
+    out, src = cfg.output.rstrip("/"), cfg.dataset.rstrip("/")
+    if not _is_url(out) and not _is_url(src):
+        out, src = os.path.abspath(out), os.path.abspath(src)
+    if out == src or out.startswith(src + "/") or out.startswith(src + os.sep):
         raise RebuildError(f"--output {cfg.output} lies inside --dataset {cfg.dataset}; a version sits "
                            "beside its parent (e.g. DATASET.v2)")
-    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
-        done = os.path.exists(os.path.join(out, MANIFEST_NAME))
+    if _exists(join(cfg.output, MANIFEST_NAME)):
+        raise RebuildError(f"--output {cfg.output} holds a finished version (manifest.json); choose a new "
+                           "directory (a rebuild never overwrites)")
+    if _listing(cfg.output) and not _exists(join(join(cfg.output, WORK_DIR), JOB_NAME)):
         raise RebuildError(f"--output {cfg.output} exists and is not an empty directory; choose a new "
-                           "directory (a rebuild never overwrites)" + ("" if done else
-                           "; it has no manifest.json, so it is an interrupted rebuild: delete it and re-run"))
+                           "directory (a rebuild never overwrites)")
 
 
-def _base_shards(root: str, manifest: dict) -> list[tuple[dict, list]]:
-    """[(shard entry, records)] of every listed shard (every format), overrides applied."""
-    return [(s, list(fmt._iter_shards(root, [s], manifest))) for s in manifest["shards"]]  # noqa: SLF001
+def _open_work(cfg: RebuildConfig, parent_bytes: bytes) -> str:
+    """OUT/_work, created with job.json, or the one a killed run of the same command left."""
+    from tokenmill.pipelines.journal import _first_diff
+
+    work = join(cfg.output, WORK_DIR)
+    want = json.loads(json.dumps({"config": cfg.to_json(), "tokenmill_version": __version__,
+                                  "parent_manifest_sha256": hashlib.sha256(parent_bytes).hexdigest()}))
+    path = join(work, JOB_NAME)
+    if not _exists(path):
+        atomic_write(path, json.dumps(want, sort_keys=True, indent=1).encode())
+        return work
+    have = json.loads(read_bytes(path))
+    if have != want:
+        raise RebuildError(f"{path}: an interrupted rebuild of {cfg.output} used other settings "
+                           f"({_first_diff(have, want, '')}); re-run it with those settings to resume it, or "
+                           f"delete {cfg.output} to start over")
+    return work
 
 
-def _unique_records(base: list[tuple[dict, list]]) -> dict:
-    out = {}
-    for _, recs in base:
-        for r in recs:
-            out.setdefault(r.key, r)
-    return dict(sorted(out.items()))
-
-
-# ---------------------------------------------------------------- semantic features
+# ---------------------------------------------------------------- models
 
 def _semantic_setup(manifest: dict, parent: Codebook):
-    from tokenmill.pipelines.handlers import check_codebook_matches
+    """(SemanticConfig, AudioConfig, extractor description) of the dataset's semantic stream,
+    checked here (the launcher) before any worker starts."""
+    from tokenmill.pipelines.handlers import check_codebook_matches, semantic_extractor
     from tokenmill.tokenizers import audio
-    from tokenmill.pipelines.handlers import semantic_extractor
 
     job = manifest["job"]
     scfg = dict(job["semantic"])
     scfg["extractor_config"] = tuple(tuple(x) for x in scfg.get("extractor_config") or ())
-    # the dataset's compute layout (older manifests: the default), applied here: the features are
-    # extracted in this process
+    # the dataset's compute layout (older manifests: the default), applied on every worker
     scfg["compute"] = ComputeLayout(**(scfg.get("compute") or {}))
     scfg = SemanticConfig(**scfg)
     compute.apply(scfg.compute)
-    extractor = semantic_extractor(scfg)
-    desc, was = extractor.describe(), manifest["tokenizers"]["semantic"]["extractor"]
+    desc, was = semantic_extractor(scfg).describe(), manifest["tokenizers"]["semantic"]["extractor"]
     for k in ("name", "dim", "weights_sha256"):
         if desc.get(k) != was.get(k):
             raise RebuildError(f"the semantic extractor rebuilt from the manifest's job.semantic gives {k} "
@@ -193,142 +255,82 @@ def _semantic_setup(manifest: dict, parent: Codebook):
                                f"the model at {scfg.path!r} available as it was")
     check_codebook_matches(desc, parent)
     acfg = audio.AudioConfig(**{**job["audio"], "target_rates_hz": (16_000,)})
-    return extractor, acfg
+    return scfg, acfg, desc
 
 
-def _read_bytes(uri: str) -> bytes:
-    from apache_beam.io.filesystems import FileSystems
-
-    with FileSystems.open(uri) as f:
-        return f.read()
-
-
-def _dataset_features(records: dict, extractor, acfg) -> dict[str, np.ndarray]:
-    """key -> float32 [T_s, D] for every record, decoded from its uri (must reproduce its key)."""
-    from tokenmill.tokenizers import audio
-
-    by_uri: dict[str, set] = {}
-    for r in records.values():
-        by_uri.setdefault(r.uri, set()).add(r.key)
-    feats = {}
-    progress = Progress("rebuild: decode + extract", unit="segments")
-    for uri in sorted(by_uri):
-        try:
-            segs = {s.key: s for s in audio.prepare(_read_bytes(uri), uri, acfg)}
-        except Exception as e:  # noqa: BLE001 — the message names the file
-            raise RebuildError(f"{uri}: cannot be decoded again for the semantic rebuild ({type(e).__name__}: "
-                               f"{e}); the semantic stream is recomputed from the sources, so restore the file "
-                               "(or rebuild from a dataset whose sources are present)") from e
-        for key in sorted(by_uri[uri]):
-            if key not in segs:
-                raise RebuildError(f"{uri}: decodes to other content now (segment key {key} not produced; got "
-                                   f"{sorted(segs)[:3]}); the file changed since tokenize: re-tokenize it")
-            f = extractor.extract(segs[key].waves[16_000])
-            if f.shape[0] != records[key].semantic.shape[0]:
-                raise RebuildError(f"{uri}: {f.shape[0]} semantic frames for {key}, but the dataset holds "
-                                   f"{records[key].semantic.shape[0]}; the extractor differs from tokenize's")
-            feats[key] = np.asarray(f, dtype=np.float32)
-            progress.tick(audio_s=segs[key].duration_s)
-    progress.report()
-    return feats
+def _mulan_source(manifest: dict, parent: RVQCodebook) -> dict:
+    model = manifest["tokenizers"]["mulan"]["model"]
+    was = (parent.card.get("sources") or {}).get("mulan")
+    if isinstance(was, dict) and (was.get("name"), was.get("weights_sha256")) != (
+            model.get("name"), model.get("weights_sha256")):
+        raise RebuildError(f"the parent RVQ {parent.id} was fitted on MuLan model {was.get('name')!r} "
+                           f"({str(was.get('weights_sha256'))[:12]}…) but the dataset's windows come from "
+                           f"{model.get('name')!r} ({str(model.get('weights_sha256'))[:12]}…); pass the RVQ "
+                           "the dataset was tokenized with")
+    return was if was is not None else model
 
 
-def _input_features(patterns: tuple[str, ...], extractor, acfg) -> tuple[dict, dict]:
-    """key -> features of the --input audio (the refit sample), and what was skipped."""
-    from tokenmill.tokenizers import audio
+def _input_uris(patterns: tuple[str, ...]) -> list[str]:
+    found = {m.path for r in FileSystems.match(list(patterns)) for m in r.metadata_list}
+    if not found:
+        raise RebuildError(f"--input {list(patterns)} matched no files; check the path (quote the glob)")
+    return sorted(found)
 
-    paths = sorted({p for pat in patterns for p in glob.glob(pat)})
-    if not paths:
-        raise RebuildError(f"--input {list(patterns)} matched no files; check the glob (quote it)")
-    feats, skipped = {}, {}
-    progress = Progress("rebuild: sample inputs", unit="segments")
-    for path in paths:
-        try:
-            segs = audio.prepare(_read_bytes(path), path, acfg)
-        except audio.AudioError as e:
-            LOG.warning("[rebuild] sample input %s skipped: %s", path, e)
-            skipped[path] = e.reason
-            progress.tick(dead=True)
-            continue
-        for s in segs:
-            feats[s.key] = np.asarray(extractor.extract(s.waves[16_000]), dtype=np.float32)
-            progress.tick(audio_s=s.duration_s)
-    progress.report()
-    return feats, {"n_files": len(paths), "skipped": skipped}
+
+def _save_codebook(child, directory: str) -> None:
+    """child's <id>.safetensors + <id>.json under `directory` (any FileSystems URL)."""
+    from pathlib import Path
+
+    tmp = Path(tempfile.mkdtemp(prefix="tokenmill-rebuild-"))
+    child.save(tmp)
+    for f in sorted(tmp.iterdir()):
+        atomic_write(join(directory, f.name), f.read_bytes())
+
+
+def _refit(cfg: RebuildConfig, manifest: dict, parent, sample, extra: dict):
+    """The new codebook from pass 1's sample (keys, rows, x), and the drift report's sample info."""
+    keys, _, x = sample
+    if not len(keys):
+        raise RebuildError("no frames to sample: the dataset holds no records" if not cfg.inputs else
+                           f"no frames to sample: every --input file was skipped ({len(extra['skipped'])})")
+    sampling = {"seed": cfg.seed, "sample_frames": cfg.sample_frames}
+    if cfg.stream == "semantic":
+        info = ({"source": "inputs", "patterns": list(cfg.inputs), "n_files": extra["n_files"],
+                 "skipped": extra["skipped"]} if cfg.inputs else {"source": "dataset"})
+        sources = {"rebuild_of": manifest["codebooks"]["semantic"], **info, "sampling": sampling}
+        was = (parent.card.get("sources") or {}).get("extractor")
+        sources["extractor"] = was if was is not None else extra["extractor"]
+        child = refit_kmeans(parent, x, seed=cfg.seed, n_iter=cfg.n_iter, align=cfg.align,
+                             warm_start=cfg.warm_start, sources=sources)
+    else:
+        info = {"source": "dataset mulan_windows"}
+        sources = {"rebuild_of": parent.id, **info, "mulan": _mulan_source(manifest, parent), "sampling": sampling}
+        child = refit_rvq(parent, x, seed=cfg.seed, n_iter=cfg.n_iter, align=cfg.align,
+                          warm_start=cfg.warm_start, sources=sources)
+    return child, {**info, "n_sample": int(len(keys))}
+
+
+def _dataset_drift(work: str, n_shards: int) -> tuple[list[dict], dict]:
+    """(column shard entries in shard order, dataset drift) from pass 2's col-IIIII.json files;
+    the counts are integers, so their sum does not depend on the order."""
+    entries, tot = [], None
+    for i in range(n_shards):
+        rec = json.loads(read_bytes(join(work, f"col-{i:05d}.json")))
+        entries.append(rec["shard"])
+        c = {k: (np.asarray(v, np.int64) if isinstance(v, list) else v) for k, v in rec["counts"].items()}
+        tot = c if tot is None else {k: tot[k] + c[k] for k in tot}
+    total = int(tot["n_tokens"])
+    return entries, {"n_records": int(tot["n_records"]), "n_tokens": total, "tokens_changed": int(tot["tokens_changed"]),
+                     "changed_share": tot["tokens_changed"] / total if total else 0.0,
+                     "records_changed": int(tot["records_changed"]),
+                     "usage_before": tot["usage_before"].tolist(), "usage_after": tot["usage_after"].tolist()}
 
 
 # ---------------------------------------------------------------- the rebuild
 
-def _refit(cfg: RebuildConfig, manifest: dict, parent, records: dict) -> tuple:
-    """(new codebook, new field per key, probe vectors, sample info)."""
-    if cfg.stream == "semantic":
-        extractor, acfg = _semantic_setup(manifest, parent)
-        t0 = time.perf_counter()
-        feats = _dataset_features(records, extractor, acfg)
-        if cfg.inputs:
-            sample_src, found = _input_features(cfg.inputs, extractor, acfg)
-            info = {"source": "inputs", "patterns": list(cfg.inputs), **found}
-        else:
-            sample_src, info = feats, {"source": "dataset"}
-        x = bottom_k(sample_src, cfg.sample_frames, cfg.seed)
-        t_feat = time.perf_counter() - t0
-        sources = {"rebuild_of": manifest["codebooks"]["semantic"], **info,
-                   "sampling": {"seed": cfg.seed, "sample_frames": cfg.sample_frames}}
-        was = (parent.card.get("sources") or {}).get("extractor")
-        sources["extractor"] = was if was is not None else extractor.describe()
-        child = refit_kmeans(parent, x, seed=cfg.seed, n_iter=cfg.n_iter, align=cfg.align,
-                             warm_start=cfg.warm_start, sources=sources)
-        new = {k: child.assign(f) for k, f in feats.items()}
-        probe = bottom_k(feats, cfg.probe_frames, PROBE_SEED)
-    else:
-        windows = {k: r.mulan_windows.astype(np.float32) for k, r in records.items()}
-        t0 = time.perf_counter()
-        x = bottom_k(windows, cfg.sample_frames, cfg.seed)
-        t_feat = time.perf_counter() - t0
-        model = manifest["tokenizers"]["mulan"]["model"]
-        was = (parent.card.get("sources") or {}).get("mulan")
-        if isinstance(was, dict) and (was.get("name"), was.get("weights_sha256")) != (
-                model.get("name"), model.get("weights_sha256")):
-            raise RebuildError(f"the parent RVQ {parent.id} was fitted on MuLan model {was.get('name')!r} "
-                               f"({str(was.get('weights_sha256'))[:12]}…) but the dataset's windows come from "
-                               f"{model.get('name')!r} ({str(model.get('weights_sha256'))[:12]}…); pass the RVQ "
-                               "the dataset was tokenized with")
-        info = {"source": "dataset mulan_windows"}
-        sources = {"rebuild_of": parent.id, **info, "mulan": was if was is not None else model,
-                   "sampling": {"seed": cfg.seed, "sample_frames": cfg.sample_frames}}
-        child = refit_rvq(parent, x, seed=cfg.seed, n_iter=cfg.n_iter, align=cfg.align,
-                          warm_start=cfg.warm_start, sources=sources)
-        from tokenmill.tokenizers.mulan import segment_tokens
-
-        new = {k: segment_tokens(r.mulan_windows, child) for k, r in records.items()}
-        probe = bottom_k(windows, cfg.probe_frames, PROBE_SEED)
-    info.update(n_sample=int(len(x)), features_s=round(t_feat, 3))
-    return child, new, probe, info
-
-
-def _dataset_drift(stream: str, records: dict, new: dict, k: int) -> dict:
-    """Direct comparison over every record of the dataset: share of tokens changed, usage."""
-    old_t = [getattr(records[key], stream) for key in records]
-    new_t = [new[key] for key in records]
-    changed = sum(int((a != b).sum()) for a, b in zip(old_t, new_t))
-    total = sum(a.size for a in old_t)
-    if stream == "mulan":
-        before = np.stack([np.bincount(np.stack(old_t)[:, s].astype(np.int64), minlength=k)
-                           for s in range(old_t[0].shape[0])])
-        after = np.stack([np.bincount(np.stack(new_t)[:, s].astype(np.int64), minlength=k)
-                          for s in range(new_t[0].shape[0])])
-    else:
-        before = np.bincount(np.concatenate(old_t).astype(np.int64), minlength=k)
-        after = np.bincount(np.concatenate(new_t).astype(np.int64), minlength=k)
-    return {"n_records": len(records), "n_tokens": total, "tokens_changed": changed,
-            "changed_share": changed / total if total else 0.0,
-            "records_changed": sum(bool((a != b).any()) for a, b in zip(old_t, new_t)),
-            "usage_before": before.tolist(), "usage_after": after.tolist()}
-
-
 def _version_manifest(cfg: RebuildConfig, parent_m: dict, parent_bytes: bytes, child, overrides: dict,
                       drift_summary: dict) -> dict:
-    rel = os.path.relpath(os.path.abspath(cfg.dataset), os.path.abspath(cfg.output)).replace(os.sep, "/")
+    rel = _relpath(cfg.dataset, cfg.output)
     m = copy.deepcopy(parent_m)
     m.pop("history", None)          # the parent's manifest (lineage.parent) keeps it
     for s in m["shards"] + m["dead_letter_files"]:
@@ -358,23 +360,65 @@ def _version_manifest(cfg: RebuildConfig, parent_m: dict, parent_bytes: bytes, c
     return m
 
 
-def run_rebuild(cfg: RebuildConfig) -> dict:
-    """Write the version (module docstring). Returns {"manifest", "drift", "text", "timing", "paths"}."""
+
+
+def _own_options() -> list[str]:
+    p = argparse.ArgumentParser(add_help=False)
+    add_rebuild_args(p)
+    return [o for a in p._actions for o in a.option_strings]  # noqa: SLF001
+
+
+def run_rebuild(cfg: RebuildConfig, beam_args: list[str] | tuple = ()) -> dict:
+    """Write the version (module docstring): pass 1, refit, pass 2 as Beam jobs on the runner
+    `beam_args` choose (default: the embedded one). Returns {"manifest", "drift", "text",
+    "timing", "paths", "bytes", "resumed"}."""
+    from tokenmill.pipelines.journal import remove_work
+    from tokenmill.pipelines.rebuild_beam import build_pass1, build_pass2, read_pass1
+    from tokenmill.pipelines.runner import check_beam_args, make_pipeline
+
+    check_beam_args(list(beam_args), _own_options())
     t0 = time.perf_counter()
-    parent_m = fmt.read_manifest(cfg.dataset)
-    with open(os.path.join(cfg.dataset, MANIFEST_NAME), "rb") as f:
-        parent_bytes = f.read()
+    parent_m, parent_bytes = _read_parent(cfg)
     _check_output(cfg)
     parent = _load_parent_codebook(cfg, parent_m)
-    base = _base_shards(cfg.dataset, parent_m)
-    records = _unique_records(base)
-    child, new, probe, sample_info = _refit(cfg, parent_m, parent, records)
-    t_refit = time.perf_counter()
+    scfg = acfg = None
+    extra: dict = {}
+    if cfg.stream == "semantic":
+        scfg, acfg, extra["extractor"] = _semantic_setup(parent_m, parent)
+    else:
+        _mulan_source(parent_m, parent)
+    uris = _input_uris(cfg.inputs) if cfg.inputs else None
     out = cfg.output.rstrip("/")
-    os.makedirs(out, exist_ok=True)
-    child.save(os.path.join(out, "codebooks"))
+    work = _open_work(cfg, parent_bytes)
+    resumed = []
+    pass1 = join(work, PASS1_NAME)
+    common = {"root": cfg.dataset.rstrip("/"), "manifest": parent_m, "stream": cfg.stream, "scfg": scfg, "acfg": acfg}
+    if _exists(pass1):
+        resumed.append("pass 1")
+    else:
+        done = [m for m in _listing(work) if m.rsplit("/", 1)[-1].startswith("p1-")]
+        if done:
+            resumed.append(f"pass 1 of {len(done)} sources")
+        with make_pipeline(list(beam_args)) as p:
+            build_pass1(p, cfg=cfg, probe_seed=PROBE_SEED, out_path=pass1, work=work, input_uris=uris, **common)
+    sample, (_, _, probe), extra["skipped"] = read_pass1(pass1)
+    extra["n_files"] = len(uris or ())
+    t_pass1 = time.perf_counter()
+    child, sample_info = _refit(cfg, parent_m, parent, sample, extra)
+    _save_codebook(child, join(out, "codebooks"))
+    t_refit = time.perf_counter()
+    n_shards = len(parent_m["shards"])
+    todo = frozenset(i for i in range(n_shards) if not _exists(join(work, f"col-{i:05d}.json")))
+    if len(todo) < n_shards:
+        resumed.append(f"{n_shards - len(todo)} of {n_shards} column shards")
+    if todo:
+        with make_pipeline(list(beam_args)) as p:
+            build_pass2(p, child=child, codebooks_dir=join(out, "codebooks"), out=out, work=work, todo=todo, **common)
+    if resumed:
+        LOG.info("[rebuild] resumed %s: %s finished before", cfg.output, ", ".join(resumed))
+    col_entries, dataset_drift = _dataset_drift(work, n_shards)
     drift = drift_report(parent, child, probe)
-    drift["dataset"] = _dataset_drift(cfg.stream, records, new, parent.k)
+    drift["dataset"] = dataset_drift
     drift["sample"] = sample_info
     drift["probe"] = {"seed": PROBE_SEED, "probe_frames": cfg.probe_frames,
                       "unit": "frames" if cfg.stream == "semantic" else "windows"}
@@ -388,33 +432,33 @@ def run_rebuild(cfg: RebuildConfig) -> dict:
         from tokenmill.inspect_plots import plot_codebook_usage_before_after
 
         paths["plot"] = f"{out}/{PLOT_NAME}"
+        local = os.path.join(tempfile.mkdtemp(prefix="tokenmill-rebuild-"), PLOT_NAME)
         plot_codebook_usage_before_after(np.asarray(drift["dataset"]["usage_before"]),
-                                         np.asarray(drift["dataset"]["usage_after"]), paths["plot"])
+                                         np.asarray(drift["dataset"]["usage_after"]), local)
+        with open(local, "rb") as f:
+            atomic_write(paths["plot"], f.read())
+    col_shards = [{**e, "base": s["path"]} for e, s in zip(col_entries, parent_m["shards"])]
     fields = versions.OVERRIDE_FIELDS[cfg.stream]
-    col_shards = []
-    for i, (s, recs) in enumerate(base):
-        data = versions.encode_column_shard([r.key for r in recs], {fields[0]: [new[r.key] for r in recs]})
-        name = versions.column_shard_name(cfg.stream, i)
-        atomic_write(f"{out}/{name}", data)
-        col_shards.append({"path": name, "base": s["path"], "records": len(recs), "bytes": len(data),
-                           "sha256": hashlib.sha256(data).hexdigest()})
     overrides = {"stream": cfg.stream, "fields": list(fields), "format": "parquet", "shards": col_shards}
     summary = {"probe_changed_share": drift.get("changed_share", drift.get("changed_share_all")),
                "dataset_changed_share": drift["dataset"]["changed_share"],
                "records_changed": drift["dataset"]["records_changed"], "n_probe": drift["n_probe"]}
     manifest = _version_manifest(cfg, parent_m, parent_bytes, child, overrides, summary)
     atomic_write(f"{out}/{MANIFEST_NAME}", dumps(manifest))       # last: the version is complete
+    remove_work(work)
     t_end = time.perf_counter()
     new_bytes = sum(s["bytes"] for s in col_shards)
     total = new_bytes + sum(s["bytes"] for s in parent_m["shards"])
-    return {"manifest": manifest, "drift": drift, "text": text, "paths": paths,
-            "timing": {"refit_s": t_refit - t0, "total_s": t_end - t0},
+    return {"manifest": manifest, "drift": drift, "text": text, "paths": paths, "resumed": resumed,
+            "timing": {"pass1_s": t_pass1 - t0, "refit_s": t_refit - t_pass1, "total_s": t_end - t0},
             "bytes": {"column_shards": new_bytes, "dataset_total": total}}
 
 
 def print_rebuild_summary(res: dict) -> None:
     m = res["manifest"]
     lin = m["lineage"]
+    if res.get("resumed"):
+        print(f"rebuild: resumed an interrupted run: {', '.join(res['resumed'])} finished before, not redone")
     print(res["text"])
     print(f"rebuild {lin['stream']}: {lin['parent_codebook']} -> {lin['codebook']}; wrote "
           f"{len(next(o for o in m['overrides'] if o['stream'] == lin['stream'])['shards'])} column shards ({res['bytes']['column_shards']} bytes of "
