@@ -234,3 +234,18 @@ def test_trainer_loss_matches_the_slow_triplet_loss_and_resume_is_exact(tmp_path
     ex.export = tmp_path / "w.safetensors"
     mt.run(ex, log=logs.append)
     assert melody.build_melody("builtin", path=str(ex.export)).cfg.d_model == 16
+
+
+# ---- the pairs recipe's pure parts (no FluidSynth) -----------------------------------------------
+
+def test_pairs_recipe_notes_hum_and_split():
+    mp = pytest.importorskip("scripts.corpus.melody_pairs")
+    tune = {"id": "x#1", "notes": [(0.0, 2.0, 60), (2.0, 1.0, 64), (3.0, 4.0, 67), (7.0, 1.0, 72)]}
+    # 0.5 s per quarter: the segment from 2 s holds the G clipped to its start (1.5–3.5 s) and the C (3.5 s)
+    assert mp.segment_notes(tune, 0.5, 2, 2) == [[0.0, 1.5, 69], [1.5, 0.5, 74]]
+    assert mp.segment_notes(tune, 0.5, 0, 0)[:2] == [[0.0, 1.0, 60], [1.0, 0.5, 64]]
+    hum = mp.sine_hum([(0.0, 1.0, 69)], SR, mp.rng_for("a"), 0)
+    f = np.argmax(np.abs(np.fft.rfft(hum * np.hanning(SR)))) * 1.0  # 1 Hz bins
+    assert abs(1200 * np.log2(f / 440.0)) < 45  # detune ≤ 30 cents plus vibrato and bin width
+    assert mp.is_heldout("x#1", 25) == mp.is_heldout("x#1", 25)
+    assert sum(mp.is_heldout(f"t#{i}", 25) for i in range(400)) in range(70, 131)
