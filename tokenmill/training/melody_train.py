@@ -54,7 +54,7 @@ class MelodyTrainError(TokenmillError, ValueError):
 @dataclass(frozen=True)
 class MelodyTrainConfig:
     seed: int = 0
-    steps: int = 1500
+    steps: int = 2200
     groups: int = 8  # score segments per step; both transpositions of each → 2·groups classes
     views: int = 4  # views per class → batch = 2·groups·views windows
     lr: float = 5e-4
@@ -235,12 +235,19 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--pairs", type=Path, help="folder written by scripts/corpus/melody_pairs.py (index.jsonl)")
     ap.add_argument("--output", type=Path, required=True, help="run folder: checkpoint, log-mel cache, history")
     ap.add_argument("--export", type=Path, help="write the run's model as a weights file here and stop")
+    what = {"seed": "batches and dropout come from (seed, step)", "steps": "total optimizer steps (cosine ends here)",
+            "groups": "score segments per step (both keys of each)", "views": "views per melody class",
+            "warmup": "linear lr warm-up steps", "ckpt_every": "steps between checkpoints",
+            "eval_every": "steps between held-out retrieval checks (0: never)",
+            "max_shift": "random time shift of a view, in 20 ms frames", "lr": "peak AdamW learning rate",
+            "weight_decay": "AdamW weight decay", "margin": "triplet margin on squared distances"}
     for name in ("seed", "steps", "groups", "views", "warmup", "ckpt_every", "eval_every", "max_shift"):
-        ap.add_argument(f"--{name}", type=int, default=getattr(d, name), help=f"(default %(default)s)")
+        ap.add_argument(f"--{name}", type=int, default=getattr(d, name), help=what[name] + " (default %(default)s)")
     for name in ("lr", "weight_decay", "margin"):
-        ap.add_argument(f"--{name}", type=float, default=getattr(d, name), help=f"(default %(default)s)")
+        ap.add_argument(f"--{name}", type=float, default=getattr(d, name), help=what[name] + " (default %(default)s)")
     for name in ("d_model", "layers", "heads", "n_mels"):
-        ap.add_argument(f"--{name}", type=int, default=getattr(m, name), help=f"model size (default %(default)s)")
+        ap.add_argument(f"--{name}", type=int, default=getattr(m, name),
+                        help="model size for a new run; a resumed run keeps its own (default %(default)s)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default %(default)s)")
 
 
