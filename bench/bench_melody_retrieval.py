@@ -1,6 +1,6 @@
 r"""Held-out melody retrieval: find a hummed tune among 100 segments played on other instruments.
 
-    PYTHONPATH=. python bench/bench_melody_retrieval.py --pairs /work/cache/melody-model/pairs \
+    PYTHONPATH=. python bench/bench_melody_retrieval.py --pairs PAIRS \
         [--models builtin basic-pitch] [--weights W.safetensors] [--draws 10] [--json out.json]
 
 Data: the held-out split of `scripts/corpus/melody_pairs.py` (tunes no melody model trained on;
