@@ -40,6 +40,7 @@ TABLE: dict[str, dict[str, Any]] = {
     },
     "melody": {
         "basic-pitch": "tokenmill.tokenizers.melody_pitch:build_pitch_melody",
+        "builtin": "tokenmill.tokenizers.melody_builtin:build_builtin_melody",
     },
     "embedder": {
         "mulan": "tokenmill.eval.embedders.mulan_tower:build",

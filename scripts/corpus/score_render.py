@@ -8,6 +8,10 @@ chorus off, so a render is a pure function of (notes, tempo, program, transpose,
 
 A tune is `{'id': str, 'notes': [(onset_ql, duration_ql, midi), ...]}` in quarter notes; its
 tempo comes from its index (`tempo_bpm`), so the same index always plays at the same speed.
+
+`render_slots` plays many variants of one tune (programs, ensembles, velocities, transpositions)
+one after the other in a single MIDI file written with mido and renders it with ONE FluidSynth run,
+then cuts the slots apart: far cheaper than one music21 + FluidSynth call per variant.
 """
 from __future__ import annotations
 
@@ -99,6 +103,75 @@ def render(tune: dict, index: int, program: int, transpose: int, seconds: float,
         raise RenderError(f"{out}: FluidSynth wrote {got_sr} Hz, want {sr}; delete the file to re-render")
     x = x.mean(1)[:n]
     return np.pad(x, (0, n - len(x))).astype(np.float32)
+
+
+MIDI_TPQ = 480  # ticks per quarter note in the files render_slots writes
+
+
+def render_slots(slots: list[list[dict]], bpm: float, slot_ql: int, out: Path, sr: int = 16000,
+                 soundfont: str = SOUNDFONT) -> list[np.ndarray]:
+    """One float32 mono wave per slot, each `slot_ql` quarter notes long at `bpm`.
+
+    A slot is a list of parts played together, each {'notes': [(onset_ql, dur_ql, midi)], 'program',
+    'velocity'}; slot k starts at quarter note k·slot_ql of one MIDI file (its own MIDI channels,
+    channel 10 skipped), rendered once by FluidSynth (reverb and chorus off) and cut at whole
+    samples. The WAV is kept at `out` as a cache: an existing file is read, not re-rendered."""
+    import soundfile as sf
+
+    tempo_us = int(round(60e6 / bpm))
+    sec_per_ql = tempo_us / 1e6
+    out = Path(out)
+    n_parts = sum(len(s) for s in slots)
+    if n_parts > 15:
+        raise RenderError(f"{out}: {n_parts} parts need more than the 15 melodic MIDI channels; split the slots")
+    if not out.exists():
+        check_tools(soundfont)
+        import mido
+
+        events = []  # (tick, order, message); note-offs sort before note-ons at the same tick
+        chan = 0
+        for k, slot in enumerate(slots):
+            base = k * slot_ql * MIDI_TPQ
+            for part in slot:
+                ch = chan if chan < 9 else chan + 1
+                chan += 1
+                events.append((0, 0, mido.Message("program_change", channel=ch, program=int(part["program"]))))
+                for on, dur, midi in part["notes"]:
+                    if on >= slot_ql:
+                        continue
+                    t0 = base + int(round(on * MIDI_TPQ))
+                    t1 = base + int(round(min(on + dur, slot_ql) * MIDI_TPQ))
+                    m = int(np.clip(midi, 0, 127))
+                    events.append((t0, 2, mido.Message("note_on", channel=ch, note=m, velocity=int(part["velocity"]))))
+                    events.append((max(t1 - 1, t0 + 1), 1, mido.Message("note_off", channel=ch, note=m, velocity=0)))
+        events.sort(key=lambda e: (e[0], e[1]))
+        track = mido.MidiTrack([mido.MetaMessage("set_tempo", tempo=tempo_us, time=0)])
+        now = 0
+        for tick, _, msg in events:
+            track.append(msg.copy(time=tick - now))
+            now = tick
+        track.append(mido.MetaMessage("end_of_track", time=len(slots) * slot_ql * MIDI_TPQ - now))
+        f = mido.MidiFile(ticks_per_beat=MIDI_TPQ)
+        f.tracks.append(track)
+        mid = out.with_suffix(".mid")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        f.save(str(mid))
+        tmp = out.with_name(out.stem + ".tmp.wav")
+        subprocess.run(["fluidsynth", "-ni", "-q", "-R", "0", "-C", "0", "-g", "0.6", "-r", str(sr),
+                        "-T", "wav", "-O", "s16", "-F", str(tmp), soundfont, str(mid)],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        tmp.replace(out)
+    x, got_sr = sf.read(str(out), dtype="float32", always_2d=True)
+    if got_sr != sr:
+        raise RenderError(f"{out}: FluidSynth wrote {got_sr} Hz, want {sr}; delete the file to re-render")
+    x = x.mean(1)
+    n = int(round(slot_ql * sec_per_ql * sr))
+    waves = []
+    for k in range(len(slots)):
+        a = int(round(k * slot_ql * sec_per_ql * sr))
+        w = x[a:a + n]
+        waves.append(np.pad(w, (0, n - len(w))).astype(np.float32))
+    return waves
 
 
 def ground_truth(tune: dict, index: int, n_frames: int, transpose: int = 0) -> tuple[np.ndarray, np.ndarray]:
