@@ -7,20 +7,20 @@ that its features follow the melody across instruments (training/semantic_train.
 Front end (fixed, no trained weights). 50 Hz frames j (hop 320) centred on sample j·320 + 160:
 the wave gets 864 zeros on each side and frame j is the padded samples [j·320, j·320 + 2048) under a
 periodic Hann window, so the 25 Hz frame t (centre t·640 + 320, the frame contract of semantic.py)
-is exactly the pair of 50 Hz frames 2t, 2t+1. Power |rfft|² / Σhann² is averaged by unit-sum
-triangles on a log-frequency grid of half semitones from MIDI 24 (32.7 Hz) upwards (`n_base_bins`
-bins, each at least `min_width_bins` FFT bins wide so low bins are not empty), in dB with a floor,
-standardized per bin with statistics of the training renders (stored in the weights).
-Harmonic stack: for h in `harmonics` the grid is read at h·f for each output bin f (MIDI 36 up,
-`n_bins` half semitones), giving a [len(harmonics), n_bins, 2T] image where a note's harmonics
-line up in one column (zeros past the grid's top).
+is the pair of 50 Hz frames 2t, 2t+1. Power |rfft|² / Σhann² is averaged by unit-sum triangles on
+a log-frequency grid of half semitones from MIDI 24 (32.7 Hz) upwards (`n_base_bins` bins, each at
+least `min_width_bins` FFT bins wide so low bins are not empty), averaged over the frame pair
+(25 Hz), in dB with a floor, standardized per bin with statistics of the training renders (stored
+in the weights). Harmonic stack: for h in `harmonics` the grid is read at h·f for each output bin
+f (MIDI 36 up, `n_bins` half semitones), giving a [len(harmonics), n_bins, T] image where a note's
+harmonics line up in one column (zeros past the grid's top).
 
-Network. Conv2d over (frequency, time) at 50 Hz (5×3) → GELU → mean of the frame pairs → 25 Hz →
-two residual Conv2d (5×3) blocks → 1×1 Conv2d to `squeeze` channels → flatten frequency ×
-channels → Linear to `hidden` → dilated residual Conv1d blocks over time (kernel 3, dilations
-`dilations`, LayerNorm per frame) → Linear to `dim` → L2 normalization. Every layer is local in
-time (receptive field ±(2 + Σ dilations) frames at 25 Hz, plus the 50 Hz stages), nothing
-normalizes over the sequence, so a frame depends only on the audio around it.
+Network, all at 25 Hz. Conv2d over (frequency, time) (5×3, stride 2 in frequency: semitone
+steps) → GELU → two residual Conv2d (5×3) blocks → 1×1 Conv2d to `squeeze` channels → flatten
+frequency × channels → Linear to `hidden` → dilated residual Conv1d blocks over time (kernel 3,
+dilations `dilations`, LayerNorm per frame) → LayerNorm → Linear to `dim` → L2 normalization.
+Every layer is local in time (receptive field ±(3 + Σ dilations) frames), nothing normalizes over
+the sequence, so a frame depends only on the audio around it.
 
 A wave is cut into chunks of `chunk_frames` 25 Hz frames (one chunk up to 30 s), each run with
 `context_frames` of its real audio, or of zero samples past the wave's ends, on either side; the
@@ -73,13 +73,13 @@ class MelodicNetConfig:
     harmonics: tuple[float, ...] = (0.5, 1.0, 2.0, 3.0, 4.0, 5.0)
     min_width_bins: float = 1.5  # a grid triangle is at least this many FFT bins wide (half width)
     amin: float = 1e-10  # power floor (-100 dB)
-    channels: int = 16
+    channels: int = 12
     squeeze: int = 4
-    hidden: int = 128
+    hidden: int = 96
     dilations: tuple[int, ...] = (1, 2, 4, 8)
     dim: int = 32
     chunk_frames: int = 750  # 30 s per forward pass
-    context_frames: int = 20  # >= the receptive field: 2 + Σ dilations frames at 25 Hz, +1 at 50 Hz
+    context_frames: int = 20  # >= the receptive field, 3 + Σ dilations frames
 
     def __post_init__(self) -> None:
         if self.n_fft < 2 * SUB_HOP or self.n_fft % 2:
@@ -113,7 +113,8 @@ def grid_filterbank(cfg: MelodicNetConfig) -> np.ndarray:
 
 
 class FrontEnd(nn.Module):
-    """float32 [B, n] (n a multiple of 640) → grid dB [B, n_base_bins, n // 320] (unstandardized)."""
+    """float32 [B, n] (n a multiple of 640) → grid dB [B, n_base_bins, n // 640] (unstandardized):
+    the power of 50 Hz frames 2t and 2t+1 averaged, then in dB."""
 
     def __init__(self, cfg: MelodicNetConfig):
         super().__init__()
@@ -128,7 +129,10 @@ class FrontEnd(nn.Module):
         x = nn.functional.pad(wave, (self.pad, self.pad))
         spec = torch.stft(x, self.cfg.n_fft, SUB_HOP, window=self.win, center=False, return_complex=True)
         power = spec.real ** 2 + spec.imag ** 2  # [B, F, n/320]
-        return 10.0 * torch.log10(torch.matmul(self.fb, power) + self.cfg.amin)
+        grid = torch.matmul(self.fb, power)  # [B, n_base_bins, 2T]
+        b, f, t2 = grid.shape
+        grid = grid.reshape(b, f, t2 // 2, 2).mean(-1)  # 50 Hz pairs → 25 Hz
+        return 10.0 * torch.log10(grid + self.cfg.amin)
 
 
 class _Res2d(nn.Module):
@@ -153,7 +157,7 @@ class _Res1d(nn.Module):
 
 
 class MelodicNet(nn.Module):
-    """Grid dB [B, n_base_bins, 2T] → L2-normalized features [B, T, dim] (see the module doc)."""
+    """Grid dB [B, n_base_bins, T] → L2-normalized features [B, T, dim] (see the module doc)."""
 
     def __init__(self, cfg: MelodicNetConfig):
         super().__init__()
@@ -162,10 +166,10 @@ class MelodicNet(nn.Module):
         self.register_buffer("grid_mean", torch.zeros(cfg.n_base_bins, 1))
         self.register_buffer("grid_std", torch.ones(cfg.n_base_bins, 1))
         c = cfg.channels
-        self.conv_in = nn.Conv2d(len(cfg.harmonics), c, (5, 3), padding=(2, 1))
+        self.conv_in = nn.Conv2d(len(cfg.harmonics), c, (5, 3), stride=(2, 1), padding=(2, 1))
         self.res2d = nn.Sequential(_Res2d(c), _Res2d(c))
         self.squeeze = nn.Conv2d(c, cfg.squeeze, 1)
-        self.proj = nn.Linear(cfg.squeeze * cfg.n_bins, cfg.hidden)
+        self.proj = nn.Linear(cfg.squeeze * ((cfg.n_bins + 1) // 2), cfg.hidden)
         self.res1d = nn.Sequential(*[_Res1d(cfg.hidden, d) for d in cfg.dilations])
         self.out_norm = nn.LayerNorm(cfg.hidden)
         self.head = nn.Linear(cfg.hidden, cfg.dim)
@@ -181,18 +185,17 @@ class MelodicNet(nn.Module):
         return (grid_db - self.grid_mean) / self.grid_std
 
     def harmonic_stack(self, grid: torch.Tensor) -> torch.Tensor:
-        """Standardized grid [B, n_base_bins, T50] → [B, H, n_bins, T50] (zeros past the grid)."""
+        """Standardized grid [B, n_base_bins, T] → [B, H, n_bins, T] (zeros past the grid)."""
         padded = nn.functional.pad(grid, (0, 0, 0, 1))  # the zero row at index n_base_bins
         return padded[:, self.stack_idx]
 
     def forward_grid(self, grid_db: torch.Tensor) -> torch.Tensor:
-        """Raw grid dB [B, n_base_bins, 2T] → features [B, T, dim]."""
-        x = self.harmonic_stack(self.standardize(grid_db))
-        x = nn.functional.gelu(self.conv_in(x))  # [B, C, F, 2T]
-        b, c, f, t2 = x.shape
-        x = x.reshape(b, c, f, t2 // 2, 2).mean(-1)  # 50 Hz pairs → 25 Hz
-        x = self.squeeze(self.res2d(x))  # [B, S, F, T]
-        x = x.permute(0, 3, 1, 2).reshape(b, t2 // 2, -1)  # [B, T, S·F]
+        """Raw grid dB [B, n_base_bins, T] → features [B, T, dim]."""
+        x = self.harmonic_stack(self.standardize(grid_db))  # [B, H, n_bins, T]
+        x = nn.functional.gelu(self.conv_in(x))  # [B, C, n_bins / 2, T]: semitone steps
+        x = self.squeeze(self.res2d(x))  # [B, S, n_bins / 2, T]
+        b, _, _, t = x.shape
+        x = x.permute(0, 3, 1, 2).reshape(b, t, -1)  # [B, T, S·n_bins/2]
         h = self.res1d(self.proj(x).transpose(1, 2)).transpose(1, 2)  # [B, T, hidden]
         return nn.functional.normalize(self.head(self.out_norm(h)), dim=-1)
 

@@ -10,12 +10,14 @@ r"""Train the built-in melodic semantic extractor (tokenizers/semantic_builtin.p
 Data: RENDERS/index.json as scripts/corpus/semantic_pairs.py writes it: WAVs of score segments,
 each tune rendered with the same notes on several General MIDI programs and velocities, plus
 transposed renders; per 40 ms frame the sounding MIDI pitch (-1 = none) and onsets. The model's
-fixed front end (grid dB at 50 Hz) is computed once per WAV and cached as float16 under --cache.
+fixed front end (grid dB at 25 Hz) is computed once per WAV and cached as float16 under --cache.
 Tunes whose sha256(id) falls in the first `--heldout_percent` are validation only.
 
 Step k, from (seed, k) alone (so `--resume` continues exactly): B distinct training tunes; for
 each, two different same-note renders (views a and b) and, where the tune has one, a transposed
-render, all cropped at the same `--crop_s` window. Each sequence gets its own augmentation in the
+render, all cropped at the same `--crop_s` window; half the tunes are moved by up to
+`--max_shift` semitones (the grid is half semitones, so a shift is exact up to formants; all views
+of the tune move together and the labels follow). Each sequence gets its own augmentation in the
 power domain: gain (-20..+10 dB), a smooth random EQ (±6 dB, low-order cosines over log
 frequency), and in half the cases a noise floor with a random tilt at 10-40 dB SNR. Views a and
 the transposed render get HuBERT-style span masks (5-frame spans, ~`--mask_prob` of the frames
@@ -25,8 +27,10 @@ Loss (`frame_losses`, on the L2-normalized features z):
   contrastive  InfoNCE at temperature tau, both directions: an anchor frame of view a has the
                aligned frame of view b (same tune, same time) as its positive; every frame of
                view b and of the transposed renders in the batch is a candidate negative, except
-               frames with the anchor's own pitch label (same MIDI pitch, or both silent), which
-               are left out (not negatives: the same note elsewhere is not a different melody).
+               frames with the anchor's own label (same MIDI pitch and both onset frames or both
+               not, or both silent), which are left out (not negatives: the same note elsewhere is
+               not a different melody). Onset frames of a pitch are negatives for its held frames,
+               so a repeated note changes the token.
                The transposed render's aligned frame is thus a hard negative: same rhythm and
                instrument, another pitch. And symmetrically from view b.
   masked pred. a linear head on z predicts the frame's pitch class (13 classes: 12 + none) on
@@ -73,7 +77,7 @@ class SemanticTrainError(TokenmillError, RuntimeError):
 class TrainArgs:
     seed: int = 0
     steps: int = 1500
-    batch: int = 16  # tunes per step (2 views each, + a transposed render where there is one)
+    batch: int = 12  # tunes per step (2 views each, + a transposed render where there is one)
     crop_s: float = 3.0
     lr: float = 2e-3
     warmup: int = 100
@@ -83,9 +87,11 @@ class TrainArgs:
     mask_prob: float = 0.04  # per 25 Hz frame: a 5-frame masked span starts here
     mask_span: int = 5
     pc_weight: float = 0.5
-    onset_weight: float = 0.5
+    onset_weight: float = 1.0
     mask_weight: float = 3.0
     heldout_percent: int = 5
+    max_shift: int = 5  # semitones: half the tunes of a step are transposed by up to this
+    onset_labels: bool = True  # onset frames get their own contrastive label
 
 
 # ---- data ------------------------------------------------------------------------------------
@@ -94,7 +100,7 @@ class TrainArgs:
 class Render:
     tune: str
     transpose: int
-    grid: np.ndarray  # float16 [n_base_bins, 2T] raw dB
+    grid: np.ndarray  # float16 [n_base_bins, T] raw dB at 25 Hz
     midi: np.ndarray  # int16 [T], -1 = none
     onset: np.ndarray  # bool [T]
 
@@ -150,7 +156,7 @@ def load_renders(index: Path, net: MelodicNet, cache: Path, heldout_percent: int
     import soundfile as sf
 
     cfg = net.cfg
-    tag = f"{cfg.n_fft}|{cfg.base_midi}|{cfg.n_base_bins}|{cfg.min_width_bins}|{cfg.amin}"
+    tag = f"25Hz|{cfg.n_fft}|{cfg.base_midi}|{cfg.n_base_bins}|{cfg.min_width_bins}|{cfg.amin}"
     cache.mkdir(parents=True, exist_ok=True)
     renders, t0 = [], time.time()
     for n, row in enumerate(rows):
@@ -180,7 +186,7 @@ def load_renders(index: Path, net: MelodicNet, cache: Path, heldout_percent: int
 # ---- batches ---------------------------------------------------------------------------------
 
 def augment(rng: np.random.Generator, grid_db: np.ndarray) -> np.ndarray:
-    """Gain, smooth EQ and an optional tilted noise floor, in the power domain. [F, T2] → [F, T2]."""
+    """Gain, smooth EQ and an optional tilted noise floor, in the power domain. [F, T] → [F, T]."""
     f = grid_db.shape[0]
     pos = np.linspace(0.0, 1.0, f)[:, None]
     eq = sum(rng.uniform(-6, 6) / 3 * np.cos(np.pi * k * pos + rng.uniform(0, 2 * np.pi)) for k in (1, 2, 3))
@@ -193,6 +199,19 @@ def augment(rng: np.random.Generator, grid_db: np.ndarray) -> np.ndarray:
     return (10 * np.log10(p + np.float32(1e-10))).astype(np.float32)
 
 
+def shift_grid(grid: np.ndarray, semitones: int) -> np.ndarray:
+    """Move a grid [F, T] (half-semitone bins) up by `semitones`, filling with silence (-100 dB)."""
+    k = 2 * semitones
+    if k == 0:
+        return grid
+    out = np.full_like(grid, -100.0)
+    if k > 0:
+        out[k:] = grid[:-k]
+    else:
+        out[:k] = grid[-k:]
+    return out
+
+
 def span_mask(rng: np.random.Generator, t: int, prob: float, span: int) -> np.ndarray:
     """bool [t] at 25 Hz: spans of `span` frames starting where a draw < prob."""
     m = np.zeros(t, bool)
@@ -203,8 +222,8 @@ def span_mask(rng: np.random.Generator, t: int, prob: float, span: int) -> np.nd
 
 @dataclass
 class Batch:
-    grid: torch.Tensor  # [N, F, 2T] raw dB (augmented, masked columns set to the bin mean)
-    labels: torch.Tensor  # int64 [N, T] MIDI, -1 none
+    grid: torch.Tensor  # [N, F, T] raw dB (augmented, masked columns set to the bin mean)
+    labels: torch.Tensor  # int64 [N, T] contrastive label: 2·MIDI + onset, -1 none
     pc: torch.Tensor  # int64 [N, T] 0..11, 12 none
     onset: torch.Tensor  # float [N, T]
     masked: torch.Tensor  # bool [N, T]
@@ -230,23 +249,29 @@ def make_batch(data: RenderSet, tunes: list[str], step: int, a: TrainArgs, mean_
         views[1].append((int(rb), s))
         if rt is not None:
             views[2].append((rt, s))
+    # a transposition per tune, shared by its views: the grid moves by 2 bins per semitone
+    shift = [int(rng.integers(-a.max_shift, a.max_shift + 1)) if rng.random() < 0.5 else 0 for _ in pick]
+    shifts = shift + shift + [shift[j] for j, i in enumerate(pick) if data.shifted.get(tunes[int(i)])]
     rows = views[0] + views[1] + views[2]
     grids, labels, pcs, onsets, masks = [], [], [], [], []
     for v, (ri, s) in enumerate(rows):
         r = data.renders[ri]
-        g = r.grid[:, 2 * s: 2 * (s + t)]
+        g = shift_grid(r.grid[:, s: s + t], shifts[v])
         lab = r.midi[s:s + t].astype(np.int64)
+        lab = np.where(lab >= 0, lab + shifts[v], -1)
         on = r.onset[s:s + t]
-        if g.shape[1] < 2 * t:  # a short render: pad with its own silence level
-            g = np.pad(g, ((0, 0), (0, 2 * t - g.shape[1])), constant_values=-100.0)
+        if g.shape[1] < t:  # a short render: pad with the silence level
+            g = np.pad(g, ((0, 0), (0, t - g.shape[1])), constant_values=-100.0)
             lab = np.pad(lab, (0, t - len(lab)), constant_values=-1)
             on = np.pad(on, (0, t - len(on)))
         g = augment(rng, g)
         m = span_mask(rng, t, a.mask_prob, a.mask_span) if (v < len(views[0]) or v >= 2 * len(views[0])) \
             else np.zeros(t, bool)
-        g[:, np.repeat(m, 2)] = mean_db[:, None]
+        g[:, m] = mean_db[:, None]
         grids.append(g)
-        labels.append(lab)
+        # contrastive label: the pitch, and whether the frame starts its note (an onset frame is not
+        # interchangeable with the held part of the same pitch: rhythm stays in the token)
+        labels.append(np.where(lab >= 0, 2 * lab + (on if a.onset_labels else 0), -1))
         pcs.append(np.where(lab >= 0, lab % 12, 12))
         onsets.append(on.astype(np.float32))
         masks.append(m)
@@ -370,6 +395,14 @@ def validate(net: MelodicNet, heads: Heads, data: RenderSet, a: TrainArgs, mean_
 
 # ---- entry points ----------------------------------------------------------------------------
 
+def _flag_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes"):
+        return True
+    if text.lower() in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def add_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--renders", help="folder with index.json from scripts/corpus/semantic_pairs.py")
     p.add_argument("--out", help="run folder: checkpoints, train.jsonl")
@@ -381,7 +414,8 @@ def add_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--export", help="a checkpoint to export as extractor weights (with --to)")
     p.add_argument("--to", help="weights file to write with --export")
     for f in fields(TrainArgs):
-        p.add_argument(f"--{f.name}", type=type(f.default), default=f.default, help=f"(default {f.default})")
+        kind = _flag_bool if isinstance(f.default, bool) else type(f.default)
+        p.add_argument(f"--{f.name}", type=kind, default=f.default, help=f"(default {f.default})")
     return p
 
 
