@@ -241,3 +241,52 @@ def test_run_reports_bad_input_as_a_tokenmill_error(tmp_path):
         st.run(p.parse_args(["--renders", str(tmp_path), "--out", str(tmp_path / "run")]))
     with pytest.raises(st.SemanticTrainError, match="no checkpoint"):
         st.run(p.parse_args(["--export", str(tmp_path / "none.pt"), "--to", str(tmp_path / "w.safetensors")]))
+
+
+def test_fit_tokenize_and_rebuild_accept_it_by_name(tmp_path, real_audio_dir):
+    import json
+    import shutil
+
+    import beam_runner
+    from tokenmill.schemas.verify import verify_dataset
+    from tokenmill.tokenizers import audio
+    from tokenmill.tokenizers.kmeans import Codebook
+
+    src = tmp_path / "audio"
+    src.mkdir()
+    name = "score_bach_bwv66_6.wav"
+    shutil.copy(real_audio_dir / name, src / name)
+    sem = ["--semantic_extractor", "melodic"]
+    sha = hashlib.sha256(DEFAULT_WEIGHTS.read_bytes()).hexdigest()
+    cbs = tmp_path / "cb"
+    assert beam_runner.main(["fit-codebook", "--input", str(src / "*"), "--output", str(cbs),
+                             "--num_clusters", "16", "--sample_frames", "600", "--heldout_frames", "60",
+                             *sem]) == 0
+    (path,) = sorted(cbs.glob("semantic-*.safetensors"))
+    cb = Codebook.load(path)
+    assert cb.mean is None and cb.card["sources"]["extractor"]["weights_sha256"] == sha
+    out = tmp_path / "ds"
+    assert beam_runner.main(["tokenize", "--input", str(src / "*"), "--codebook", str(cbs),
+                             "--output", str(out), "--mulan_model", "none", "--acoustic_codec", "none",
+                             "--num_shards", "1", "--formats", "parquet", *sem]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    s = m["streams"]["semantic"]
+    assert (s["extractor"], s["weights_sha256"], s["vocab_size"]) == ("melodic", sha, 16)
+    rep = verify_dataset(str(out), keep_records=True)
+    assert rep.ok, rep.problems
+    (rec,) = rep.records["parquet"]
+    (seg,) = audio.prepare((src / name).read_bytes(), str(src / name), audio.AudioConfig(target_rates_hz=(SR,)))
+    np.testing.assert_array_equal(rec.semantic, cb.assign(build_extractor("melodic").extract(seg.waves[SR])))
+    assert beam_runner.main(["rebuild", "--dataset", str(out), "--stream", "semantic", "--codebook",
+                             str(path), "--output", str(tmp_path / "v2")]) == 0
+    m2 = json.loads((tmp_path / "v2" / "manifest.json").read_text())
+    assert m2["tokenizers"]["semantic"]["extractor"]["name"] == "melodic"
+    assert m2["tokenizers"]["semantic"]["extractor"]["weights_sha256"] == sha
+    # a spectral codebook is refused for melodic features, as a fix-it exit
+    spec = tmp_path / "cb_spectral"
+    assert beam_runner.main(["fit-codebook", "--input", str(src / "*"), "--output", str(spec),
+                             "--num_clusters", "16", "--sample_frames", "600", "--heldout_frames", "60"]) == 0
+    with pytest.raises(SystemExit, match="extractor 'melodic' gives 32"):
+        beam_runner.main(["tokenize", "--input", str(src / "*"), "--codebook", str(spec),
+                          "--output", str(tmp_path / "ds2"), "--mulan_model", "none",
+                          "--acoustic_codec", "none", *sem])
