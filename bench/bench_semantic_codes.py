@@ -5,7 +5,7 @@ Not a test: it prints figures measured in one run on this machine.
     .venv/bin/python bench/bench_semantic_codes.py --input 'DIR/**/*.ogg' --input 'tests/data/audio/*' \
         [--extractor melodic spectral] [--k 1024] [--seconds 60] [--max_files 60]
 
-Each file (sorted, at most --max_files) is decoded, mixed to mono and resampled to 16 kHz by
+Each file (sorted; at most --max_files at an even stride over that list) is decoded, mixed to mono and resampled to 16 kHz by
 tokenizers/audio.py, cut to its first --seconds, and its features extracted. Files whose sha256 of
 the path falls in the first 20 % are held out. A k-means codebook (tokenmill's fit_kmeans) is fitted
 on the other files' frames; the bench reports how many of the k codes are used by the fit frames
@@ -52,7 +52,8 @@ def main() -> None:
     ap.add_argument("--max_files", type=int, default=60)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    files = sorted({f for g in args.input for f in glob.glob(g, recursive=True) if os.path.isfile(f)})[: args.max_files]
+    files = sorted({f for g in args.input for f in glob.glob(g, recursive=True) if os.path.isfile(f)})
+    files = files[:: -(-len(files) // args.max_files)]  # an even stride: every source folder gets a share
     waves = {f: w for f in files if (w := load(f, args.seconds)) is not None}
     held = {f for f in waves if int(hashlib.sha256(f.encode()).hexdigest()[:8], 16) % 100 < 20}
     secs = sum(len(w) for w in waves.values()) / 16000
