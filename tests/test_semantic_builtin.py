@@ -290,3 +290,15 @@ def test_fit_tokenize_and_rebuild_accept_it_by_name(tmp_path, real_audio_dir):
         beam_runner.main(["tokenize", "--input", str(src / "*"), "--codebook", str(spec),
                           "--output", str(tmp_path / "ds2"), "--mulan_model", "none",
                           "--acoustic_codec", "none", *sem])
+
+
+@pytest.mark.parametrize("midi", [57, 64, 71])
+def test_the_packaged_model_follows_pitch_not_timbre(ex, midi):
+    """Two timbres (a sine, 6 harmonics at 1/h) of the same held note give closer features than
+    the same timbre 5 semitones up: mean cosine over the note's middle frames."""
+    def feats(m, h):
+        return ex.extract(_notes([m], 50, harmonics=h))[10:40]
+
+    same_pitch = float((feats(midi, 1) * feats(midi, 6)).sum(1).mean())
+    same_timbre = float((feats(midi, 6) * feats(midi + 5, 6)).sum(1).mean())
+    assert same_pitch > same_timbre + 0.3, (same_pitch, same_timbre)
