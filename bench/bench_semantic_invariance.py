@@ -33,7 +33,10 @@ Plug-in mutual information is biased up by about (k-1)(classes-1) / (2 N ln 2) b
 
 Extractors: spectral (built-in), chroma (the spectral extractor's 12 chroma columns alone, a
 chroma k-means baseline), basic-pitch (semantic_pitch.py, run by torch; once more under onnxruntime
-when it is installed, for comparison), and SSL checkpoints given by --ssl.
+when it is installed, for comparison), melodic (our trained model, semantic_builtin.py; --melodic
+FILE for other weights), and SSL checkpoints given by --ssl.
+The melodic model was trained on renders of other Essen opuses (scripts/corpus/semantic_pairs.py
+never uses altdeu10 or ballad10), so no tune scored here was seen in its training.
 """
 from __future__ import annotations
 
@@ -157,6 +160,8 @@ def main() -> None:
     ap.add_argument("--k", type=int, nargs="+", default=[64, 256], help="codebook sizes (default 64 256)")
     ap.add_argument("--ssl", action="append", default=[], metavar="NAME=DIR",
                     help="also measure an SSL extractor (w2v-bert or hubert) loaded from DIR")
+    ap.add_argument("--melodic", metavar="FILE", help="melodic extractor weights (default: the packaged ones)")
+    ap.add_argument("--only", nargs="+", help="measure only these extractors (labels)")
     ap.add_argument("--work", default="/tmp/tokenmill-bench-semantic", help="render cache (default %(default)s)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
@@ -182,12 +187,15 @@ def main() -> None:
     log(f"{len(tunes)} tunes x {len(renders)} renders = {seconds_audio / 60:.1f} min of audio "
         f"({time.perf_counter() - t0:.0f} s incl. rendering); seen {len(seen)}, unseen {len(unseen)}")
     extractors = [("spectral", "spectral", {}, None), ("chroma", "spectral", {}, "chroma"),
-                  ("basic-pitch", "basic-pitch", {}, None)]
+                  ("basic-pitch", "basic-pitch", {}, None),
+                  ("melodic", "melodic", {"path": args.melodic} if args.melodic else {}, None)]
     if importlib.util.find_spec("onnxruntime"):  # the same model under onnxruntime: features and speed
         extractors.append(("basic-pitch (onnxruntime)", "basic-pitch", {"runtime": "onnxruntime"}, None))
     for spec in args.ssl:
         name, _, path = spec.partition("=")
         extractors.append((name, name, {"path": path}, None))
+    if args.only:
+        extractors = [e for e in extractors if e[0] in args.only]
     results = []
     for label, name, kw, cols in extractors:
         ex = build_extractor(name, **kw)

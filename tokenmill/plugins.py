@@ -31,6 +31,7 @@ TABLE: dict[str, dict[str, Any]] = {
     "semantic": {
         "spectral": "tokenmill.tokenizers.semantic:build_spectral",
         "basic-pitch": "tokenmill.tokenizers.semantic_pitch:build_pitch",
+        "melodic": "tokenmill.tokenizers.semantic_builtin:build_melodic",
         "w2v-bert": "tokenmill.tokenizers.semantic_ssl:build_w2v_bert",
         "hubert": "tokenmill.tokenizers.semantic_ssl:build_hubert",
     },

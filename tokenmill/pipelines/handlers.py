@@ -21,7 +21,7 @@ from tokenmill.tokenizers.kmeans import Codebook, CodebookError, faiss_has_gpu
 from tokenmill.tokenizers.semantic import SemanticExtractor, build_extractor
 
 LOG = logging.getLogger("tokenmill")
-CPU_ONLY_EXTRACTORS = ("spectral", "basic-pitch")  # no device argument: NumPy/torch on the CPU
+CPU_ONLY_EXTRACTORS = ("spectral", "melodic", "basic-pitch")  # no device argument: NumPy/torch on the CPU
 
 
 @dataclass(frozen=True)

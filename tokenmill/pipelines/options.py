@@ -169,14 +169,17 @@ def _add_audio_args(p: argparse.ArgumentParser) -> None:
 
 SSL_EXTRACTORS = ("w2v-bert", "hubert")  # tokenizers/semantic_ssl.py; need --semantic_path
 PITCH_EXTRACTORS = ("basic-pitch",)  # tokenizers/semantic_pitch.py; model file from the basic-pitch wheel
-SEMANTIC_EXTRACTORS = ("spectral", *PITCH_EXTRACTORS, *SSL_EXTRACTORS)
+BUILTIN_MODEL_EXTRACTORS = ("melodic",)  # tokenizers/semantic_builtin.py; packaged weights
+SEMANTIC_EXTRACTORS = ("spectral", *BUILTIN_MODEL_EXTRACTORS, *PITCH_EXTRACTORS, *SSL_EXTRACTORS)
 
 
 def _add_semantic_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("semantic features")
     g.add_argument("--semantic_extractor", choices=SEMANTIC_EXTRACTORS, default="spectral",
                    help="feature extractor at 25 Hz: 'spectral' is the built-in weight-free log-mel+chroma "
-                        "baseline; 'basic-pitch' pools the pretrained basic-pitch model's note and onset "
+                        "baseline; 'melodic' is our small trained model (packaged weights, "
+                        "tokenmill/weights/semantic-default.md) whose tokens follow the melody across "
+                        "instruments; 'basic-pitch' pools the pretrained basic-pitch model's note and onset "
                         "posteriorgrams (ONNX file from the basic-pitch wheel, run by torch) into a "
                         "pitch-class profile + onset + register per frame; 'w2v-bert' (w2v-BERT 2.0, Wav2Vec2BertModel) and 'hubert' (HubertModel) "
                         "load --semantic_path and take hidden layer --semantic_layer, averaged over pairs "
