@@ -338,6 +338,17 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, beam_args: l
             build_fit_mulan(p, cfg, mulan_desc=desc)
         print_fit_summary(cfg.output, time.monotonic() - t0, kind="mulan")
         return 0
+    if args.command == "fit-codebook" and args.stream == "melody":
+        from tokenmill.pipelines.melody import build_fit_melody, build_model as build_melody_model
+
+        cfg = opts.fit_codebook_config(args)
+        check_inputs_match(cfg.inputs)
+        with _model_errors():
+            desc = build_melody_model(cfg.melody).describe()
+        with make_pipeline(beam_args) as p:
+            build_fit_melody(p, cfg, melody_desc=desc)
+        print_fit_summary(cfg.output, time.monotonic() - t0, kind="melody")
+        return 0
     if args.command == "fit-codebook":
         from tokenmill.pipelines.fit import build_fit
         from tokenmill.pipelines.handlers import semantic_extractor
@@ -375,9 +386,15 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, beam_args: l
     if mulan.enabled:
         with _model_errors():
             mulan_desc = describe_mulan(mulan)
+    melody_desc = None
+    if cfg.melody.enabled:
+        from tokenmill.pipelines.melody import describe_melody
+
+        with _model_errors():
+            melody_desc = describe_melody(cfg.melody)
     m_rate = mulan_desc["model"]["sample_rate_hz"] if mulan_desc else None
-    cfg = opts.tokenize_config(args, a_rate, m_rate, layout=layout,
-                               sizing=(listing, manifest_entries(semantic_desc, acoustic_desc, mulan_desc)[0]))
+    cfg = opts.tokenize_config(args, a_rate, m_rate, layout=layout, sizing=(
+        listing, manifest_entries(semantic_desc, acoustic_desc, mulan_desc, melody_desc)[0]))
     if cfg.shard_plan is not None:
         sp = cfg.shard_plan
         print(f"shards: {cfg.num_shards} train + {cfg.num_valid_shards} valid per format, for {sp['input_files']} "
@@ -386,7 +403,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, beam_args: l
               f"(listed in {t_list:.1f} s)")
     plan = None
     if base is not None:
-        streams, tokenizers, codebooks = manifest_entries(semantic_desc, acoustic_desc, mulan_desc)
+        streams, tokenizers, codebooks = manifest_entries(semantic_desc, acoustic_desc, mulan_desc, melody_desc)
         incremental.check_compatible(base, tokenizers=tokenizers, codebooks=codebooks, streams=streams,
                                      audio=cfg.to_json()["audio"])
         plan = incremental.make_plan(base, args.retry_failures)
@@ -405,14 +422,15 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, beam_args: l
 
     compute_entry = compute.describe(job_compute, launcher_facts, args.device)
     if plan is None:
-        journal, compute_entry = _open_journal(cfg, semantic_desc, acoustic_desc, mulan_desc, compute_entry)
+        journal, compute_entry = _open_journal(cfg, semantic_desc, acoustic_desc, mulan_desc, compute_entry,
+                                               melody_desc)
     else:
         journal = jr.open_spill(cfg.output, plan.version)
         _compute_warning(f"the dataset {base.root}", incremental.compute_changes(base.manifest, compute_entry))
     with make_pipeline(beam_args) as p:
         build_tokenize(p, cfg, semantic_desc=semantic_desc,
                        acoustic_desc=acoustic_desc, mulan_desc=mulan_desc, plan=plan, journal=journal,
-                       compute_entry=compute_entry)
+                       compute_entry=compute_entry, melody_desc=melody_desc)
     if plan is None:
         jr.close_journal(cfg.output, journal)
     else:
@@ -454,7 +472,7 @@ def _compute_warning(what: str, changes: list[str]) -> None:
             "(compute); use the earlier --torch_threads/--kernels to avoid mixing", what, "; ".join(changes))
 
 
-def _open_journal(cfg, semantic_desc, acoustic_desc, mulan_desc, compute_entry):
+def _open_journal(cfg, semantic_desc, acoustic_desc, mulan_desc, compute_entry, melody_desc=None):
     """The resume journal of a full run (pipelines/journal.py): new, or an interrupted run's.
     Returns (journal, the manifest's compute entry: with `resumed_under` when the interrupted run
     used another layout)."""
@@ -463,7 +481,7 @@ def _open_journal(cfg, semantic_desc, acoustic_desc, mulan_desc, compute_entry):
     from tokenmill.pipelines.tokenize import manifest_entries
     from tokenmill.tokenizers import compute
 
-    streams, tokenizers, codebooks = manifest_entries(semantic_desc, acoustic_desc, mulan_desc)
+    streams, tokenizers, codebooks = manifest_entries(semantic_desc, acoustic_desc, mulan_desc, melody_desc)
     job = {k: ({kk: vv for kk, vv in v.items() if kk != "compute"} if isinstance(v, dict) else v)
            for k, v in cfg.to_json().items() if k != "output"}   # the layout may change on resume
     try:
