@@ -218,3 +218,17 @@ def test_fit_codebook_stream_melody(clips, model, direct, tmp_path):
     assert (rvq.n_stages, rvq.k, rvq.dim, rvq.kind) == (2, 2, 192, "melody")
     assert rvq.card["sources"]["melody"]["name"] == "basic-pitch"
     assert rvq.card["sources"]["n_windows_sampled"] == sum(len(w) for w in direct.values())
+
+
+def test_rebuild_stream_melody_reencodes_the_stored_windows(dataset, small_rvq, tmp_path):
+    out = tmp_path / "v1"
+    assert beam_runner.main(["rebuild", "--dataset", str(dataset), "--stream", "melody", "--codebook",
+                             str(small_rvq[1]), "--output", str(out)]) == 0
+    rep = verify_dataset(str(out), keep_records=True)
+    assert rep.ok, rep.problems
+    m = json.loads((out / "manifest.json").read_text())
+    (path,) = (out / "codebooks").glob("melody-*.safetensors")
+    child = RVQCodebook.load(path)
+    assert m["codebooks"]["melody"] == child.id and m["lineage"]["parent_codebook"] == small_rvq[0].id
+    for r in rep.records["parquet"]:
+        np.testing.assert_array_equal(r.melody, child.encode(r.melody_windows.astype(np.float32)))

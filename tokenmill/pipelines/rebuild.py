@@ -10,6 +10,8 @@
   plain Python over the sources with the ingest decode path (`audio.prepare`), not a Beam job.
 - **mulan**: the RVQ quantizes the stored `mulan_windows`; `mulan` is recomputed with
   `segment_tokens(windows, new_rvq)`. The audio tower is never built.
+- **melody**: the same over the stored `melody_windows`; `melody` [W, S] is recomputed with
+  `melody_tokens.window_tokens(windows, new_rvq)`.
 - The refit sample: every frame (window) gets fit.py's hash priority from (seed, key, index), and
   the `sample_frames` smallest are kept (deterministic, order-free). The drift probe is the same
   with a fixed probe seed over the dataset's own frames (windows), `probe_frames` of them.
@@ -44,7 +46,7 @@ from tokenmill.tokenizers.rvq import RVQCodebook
 
 LOG = logging.getLogger("tokenmill")
 PROBE_SEED = 7_919_000_001   # fixed: the probe set does not move with --seed
-REBUILD_STREAMS = ("semantic", "mulan")
+REBUILD_STREAMS = ("semantic", "mulan", "melody")
 CONFIG_NAME, DRIFT_NAME, PLOT_NAME = "rebuild_config.json", "drift.json", "codebook_usage.png"
 
 
@@ -60,7 +62,8 @@ def add_rebuild_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stream", required=True, choices=REBUILD_STREAMS,
                    help="semantic: refit the k-means and re-assign every frame (decodes the sources "
                         "again, runs only the semantic extractor); mulan: refit the RVQ and re-encode "
-                        "the stored mulan_windows (the MuLan audio tower never runs)")
+                        "the stored mulan_windows (the MuLan audio tower never runs); melody: the same "
+                        "over the stored melody_windows")
     p.add_argument("--output", required=True, metavar="NEW_DIR",
                    help="the new version's directory (must not exist, or be empty). It gets "
                         "streams/<stream>/part-IIIII.parquet column shards, codebooks/, drift.json, "
@@ -93,9 +96,9 @@ def rebuild_config(args: argparse.Namespace) -> RebuildConfig:
             raise UsageError(f"--{name} must be >= 1")
     if args.n_iter is not None and args.n_iter < 1:
         raise UsageError("--n_iter must be >= 1")
-    if args.inputs and args.stream == "mulan":
-        raise UsageError("--input applies to --stream semantic only: the MuLan RVQ is refitted on the "
-                         "dataset's stored mulan_windows (tokenize the other audio with the same MuLan "
+    if args.inputs and args.stream != "semantic":
+        raise UsageError(f"--input applies to --stream semantic only: the {args.stream} RVQ is refitted on the "
+                         f"dataset's stored {args.stream}_windows (tokenize the other audio with the same "
                          "model first, and rebuild that dataset)")
     n_iter = args.n_iter if args.n_iter is not None else (25 if args.stream == "semantic" else 10)
     return RebuildConfig(dataset=args.dataset, stream=args.stream, output=args.output, codebook=args.codebook,
@@ -133,7 +136,10 @@ def _load_parent_codebook(cfg: RebuildConfig, manifest: dict):
         path = resolve_codebook_path(cfg.codebook)
         cb = Codebook.load(path)
     else:
-        from tokenmill.tokenizers.mulan import resolve_rvq_path
+        if cfg.stream == "melody":
+            from tokenmill.tokenizers.melody_tokens import resolve_rvq_path
+        else:
+            from tokenmill.tokenizers.mulan import resolve_rvq_path
 
         path = resolve_rvq_path(cfg.codebook)
         cb = RVQCodebook.load(path)
@@ -281,26 +287,32 @@ def _refit(cfg: RebuildConfig, manifest: dict, parent, records: dict) -> tuple:
         new = {k: child.assign(f) for k, f in feats.items()}
         probe = bottom_k(feats, cfg.probe_frames, PROBE_SEED)
     else:
-        windows = {k: r.mulan_windows.astype(np.float32) for k, r in records.items()}
+        stream = cfg.stream  # "mulan" | "melody": an RVQ over the stored window embeddings
+        windows = {k: getattr(r, f"{stream}_windows").astype(np.float32) for k, r in records.items()}
         t0 = time.perf_counter()
         x = bottom_k(windows, cfg.sample_frames, cfg.seed)
         t_feat = time.perf_counter() - t0
-        model = manifest["tokenizers"]["mulan"]["model"]
-        was = (parent.card.get("sources") or {}).get("mulan")
+        model = manifest["tokenizers"][stream]["model"]
+        was = (parent.card.get("sources") or {}).get(stream)
         if isinstance(was, dict) and (was.get("name"), was.get("weights_sha256")) != (
                 model.get("name"), model.get("weights_sha256")):
-            raise RebuildError(f"the parent RVQ {parent.id} was fitted on MuLan model {was.get('name')!r} "
+            raise RebuildError(f"the parent RVQ {parent.id} was fitted on {stream} model {was.get('name')!r} "
                                f"({str(was.get('weights_sha256'))[:12]}…) but the dataset's windows come from "
                                f"{model.get('name')!r} ({str(model.get('weights_sha256'))[:12]}…); pass the RVQ "
                                "the dataset was tokenized with")
-        info = {"source": "dataset mulan_windows"}
-        sources = {"rebuild_of": parent.id, **info, "mulan": was if was is not None else model,
+        info = {"source": f"dataset {stream}_windows"}
+        sources = {"rebuild_of": parent.id, **info, stream: was if was is not None else model,
                    "sampling": {"seed": cfg.seed, "sample_frames": cfg.sample_frames}}
         child = refit_rvq(parent, x, seed=cfg.seed, n_iter=cfg.n_iter, align=cfg.align,
                           warm_start=cfg.warm_start, sources=sources)
-        from tokenmill.tokenizers.mulan import segment_tokens
+        if stream == "melody":
+            from tokenmill.tokenizers.melody_tokens import window_tokens
 
-        new = {k: segment_tokens(r.mulan_windows, child) for k, r in records.items()}
+            new = {k: window_tokens(r.melody_windows, child) for k, r in records.items()}
+        else:
+            from tokenmill.tokenizers.mulan import segment_tokens
+
+            new = {k: segment_tokens(r.mulan_windows, child) for k, r in records.items()}
         probe = bottom_k(windows, cfg.probe_frames, PROBE_SEED)
     info.update(n_sample=int(len(x)), features_s=round(t_feat, 3))
     return child, new, probe, info
@@ -312,11 +324,13 @@ def _dataset_drift(stream: str, records: dict, new: dict, k: int) -> dict:
     new_t = [new[key] for key in records]
     changed = sum(int((a != b).sum()) for a, b in zip(old_t, new_t))
     total = sum(a.size for a in old_t)
-    if stream == "mulan":
-        before = np.stack([np.bincount(np.stack(old_t)[:, s].astype(np.int64), minlength=k)
-                           for s in range(old_t[0].shape[0])])
-        after = np.stack([np.bincount(np.stack(new_t)[:, s].astype(np.int64), minlength=k)
-                          for s in range(new_t[0].shape[0])])
+    if stream in ("mulan", "melody"):  # per RVQ stage: mulan [S] per record, melody [W, S]
+        old_rows = np.concatenate([np.asarray(a).reshape(-1, a.shape[-1]) for a in old_t])
+        new_rows = np.concatenate([np.asarray(a).reshape(-1, a.shape[-1]) for a in new_t])
+        before = np.stack([np.bincount(old_rows[:, s].astype(np.int64), minlength=k)
+                           for s in range(old_rows.shape[1])])
+        after = np.stack([np.bincount(new_rows[:, s].astype(np.int64), minlength=k)
+                          for s in range(new_rows.shape[1])])
     else:
         before = np.bincount(np.concatenate(old_t).astype(np.int64), minlength=k)
         after = np.bincount(np.concatenate(new_t).astype(np.int64), minlength=k)
