@@ -209,6 +209,7 @@ def _add_generate_parser(sub) -> None:
                      help="MuLan RVQ file or directory (default: the dataset's; its id must match the checkpoints')")
     gen.add_argument("--acoustic_model", metavar="PATH",
                      help="codec weights path, when it differs from the one recorded in the dataset")
+    opts.add_generate_melody_args(gen)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -557,7 +558,8 @@ def _generate(args) -> int:
         side = generate_from_paths(args.text, args.out, cfg, checkpoints=args.checkpoints, semantic=args.semantic,
                                    coarse=args.coarse, fine=args.fine, mulan_model=args.mulan_model,
                                    mulan_path=args.mulan_path, mulan_codebook=args.mulan_codebook,
-                                   acoustic_model=args.acoustic_model, torch_threads=args.torch_threads).sidecar
+                                   acoustic_model=args.acoustic_model, torch_threads=args.torch_threads,
+                                   **opts.generate_melody_kwargs(args)).sidecar
     except FileNotFoundError as e:  # our errors go to main's one handler
         raise UsageError(str(e)) from e
     steps = ", ".join(f"{s} step {c['step']}" for s, c in side["checkpoints"].items())
@@ -618,6 +620,8 @@ def _generate_captions(args, parser, beam_args) -> int:
 
     if args.text or not args.out or args.batch != 1:
         raise SystemExit("generate --captions: give --output DIR (not --text/--batch: one clip per row)")
+    if args.melody is not None:
+        raise UsageError("generate --captions takes no --melody (one hum for many captions is not supported)")
     sub = parser._subparsers._group_actions[0].choices[args.command]  # noqa: SLF001
     check_beam_args(beam_args, [o for a in sub._actions for o in a.option_strings])  # noqa: SLF001
     try:

@@ -304,6 +304,29 @@ def _add_melody_args(p: argparse.ArgumentParser) -> None:
                         "(default %(default)s)")
 
 
+def add_generate_melody_args(p: argparse.ArgumentParser) -> None:
+    """`generate --melody hum.wav`: the hum whose melody tokens condition the semantic stage."""
+    g = p.add_argument_group("melody conditioning")
+    g.add_argument("--melody", metavar="AUDIO",
+                   help="a hum, whistle or any recording of the tune: its melody tokens (4 s windows at a 1 s "
+                        "stride, the dataset's melody model and RVQ) condition the semantic stage window by "
+                        "window (long form: each 30 s window reads the hum's windows at 0, 3, ... s of it). "
+                        "Needs checkpoints trained on a dataset with a melody stream; without it they read pad "
+                        "ids (text only). Not with --captions")
+    g.add_argument("--melody_model", help="melody model name (default: the dataset's tokenize job's)")
+    g.add_argument("--melody_path", metavar="PATH", help="melody weights (default: the dataset's tokenize job's)")
+    g.add_argument("--melody_codebook", metavar="PATH",
+                   help="melody RVQ file or directory (default: the dataset's; its id must match the checkpoints')")
+
+
+def generate_melody_kwargs(args: argparse.Namespace) -> dict:
+    """generate_music's melody keyword arguments from the flags of add_generate_melody_args."""
+    if args.melody is None and any(getattr(args, f) is not None for f in ("melody_model", "melody_path", "melody_codebook")):
+        raise UsageError("--melody_model/--melody_path/--melody_codebook apply with --melody AUDIO")
+    return {"melody": args.melody, "melody_model": args.melody_model, "melody_path": args.melody_path,
+            "melody_codebook": args.melody_codebook}
+
+
 def melody_config(args: argparse.Namespace) -> MelodyConfig:
     """Flags → MelodyConfig, with the checks that need no model loaded."""
     model = getattr(args, "melody_model", None) or "none"

@@ -46,6 +46,24 @@ def crop_tokens(tokens: np.ndarray, t0_s: float | Fraction, t1_s: float | Fracti
     return tokens[crop_window_indices(tokens.shape[0], t0_s, t1_s, hop_s)]
 
 
+def crop_tokens_padded(tokens: np.ndarray, t0_s: float | Fraction, length_s: float | Fraction,
+                       valid_s: float | Fraction, pad_id: int) -> np.ndarray:
+    """uint16 [n, S], n = crop_window_count(length_s): the condition of a crop [t0, t0 + length) whose
+    audio is real for `valid_s` seconds (a short track padded to the crop, or a hum shorter than the
+    output). Position i stands for the window starting at t0 + 3i: it takes the stored window
+    nearest that start (clipped to the last one) while t0 + 3i lies in the real audio, and `pad_id`
+    in all S stages past it (no window there)."""
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 2 or tokens.shape[0] < 1:
+        raise MelodyError(f"melody tokens must be [W >= 1, stages], got shape {tokens.shape}")
+    t0, length = Fraction(t0_s).limit_denominator(1_000_000), Fraction(length_s).limit_denominator(1_000_000)
+    idx = crop_window_indices(tokens.shape[0], t0, t0 + length)
+    out = tokens[idx].astype(np.uint16)
+    starts = [i * rates.MELODY_CROP_HOP_S for i in range(len(idx))]
+    out[[s >= Fraction(valid_s).limit_denominator(1_000_000) for s in starts]] = pad_id
+    return out
+
+
 def crop_window_count(length_s: float | Fraction, hop_s: int = rates.MELODY_CROP_HOP_S) -> int:
     """Windows a crop of `length_s` takes: 10 s → 3, 30 s → 9, under 7 s → 1."""
     return len(crop_window_indices(10**6, 0, length_s, hop_s))

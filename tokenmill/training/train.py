@@ -77,7 +77,7 @@ DEFAULT_MULAN_RVQ = Path(__file__).resolve().parents[1] / "weights" / "mulan-def
 HISTORY = 200  # recent step losses kept in state.json
 # Settings a resumed run must share with its checkpoint (they shape the data stream or the model).
 RESUME_FIXED = ("stage", "preset", "model", "batch_size", "seed", "semantic_s", "coarse_s", "fine_s",
-                "short_tracks", "mulan_stages", "shuffle_buffer", "splits")
+                "short_tracks", "mulan_stages", "shuffle_buffer", "splits", "melody_stages", "melody_dropout")
 
 
 class TrainError(TokenmillError, ValueError):
@@ -113,6 +113,8 @@ class TrainConfig:
     splits: tuple[str, ...] = ("train",)
     resume: bool = False
     prefetch: int = 2  # batches formed ahead by a background thread (0: none)
+    melody_stages: tuple[str, ...] = ("semantic",)  # stages given the crop's melody tokens, if the data has them
+    melody_dropout: float = 0.1  # share of crops trained with the melody condition all pad (text-only)
 
     def __post_init__(self) -> None:
         checks = [(self.stage in STAGES, f"stage must be one of {STAGES}, got {self.stage!r}"),
@@ -132,11 +134,13 @@ class TrainConfig:
             if not ok:
                 raise TrainError(msg)
         object.__setattr__(self, "mulan_stages", tuple(self.mulan_stages))
+        object.__setattr__(self, "melody_stages", tuple(self.melody_stages))
         object.__setattr__(self, "splits", tuple(self.splits))
 
     def crop_config(self) -> CropConfig:
         return CropConfig(self.semantic_s, self.coarse_s, self.fine_s, self.short_tracks,
-                          mulan_stages=self.mulan_stages)
+                          mulan_stages=self.mulan_stages, melody_stages=self.melody_stages,
+                          melody_dropout=self.melody_dropout)
 
     def to_json(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -166,19 +170,20 @@ def resolve_device(name: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-def stage_codebooks(dataset: dict, stage: str, mulan: bool) -> dict[str, str]:
+def stage_codebooks(dataset: dict, stage: str, mulan: bool, melody: bool = False) -> dict[str, str]:
     """stream -> codebook id of the streams the stage reads (compat.ID_FIELDS), from a manifest or
     a checkpoint's `dataset` entry."""
     ids = codebook_ids(dataset)
     want = {"acoustic" if s in ("coarse", "fine") else s for s in STAGE_STREAMS[stage]}
     want |= {"mulan"} if mulan else set()
+    want |= {"melody"} if melody else set()
     return {s: ids[s] for s in sorted(want) if s in ids and s in ID_FIELDS}
 
 
 def dataset_entry(manifest: dict) -> dict[str, Any]:
     job = manifest.get("job", {})
     return {"codebooks": manifest["codebooks"], "tokenizers": manifest["tokenizers"], "streams": manifest["streams"],
-            "job": {"acoustic": job.get("acoustic"), "mulan": job.get("mulan")},
+            "job": {"acoustic": job.get("acoustic"), "mulan": job.get("mulan"), "melody": job.get("melody")},
             "schema_version": manifest["schema_version"]}
 
 
@@ -213,8 +218,13 @@ class Trainer:
             _, prior = ckpt.read_state(resume_from)
             check_resume(cfg, prior, self.world_size)
         crop_cfg = cfg.crop_config()
+        if prior is not None and not any(p["name"] == "melody" for p in prior["layout"]["parts"]):
+            # a checkpoint that takes no melody (trained before the stream, or on data without it) keeps so
+            crop_cfg = dataclasses.replace(crop_cfg, melody_stages=tuple(
+                s for s in crop_cfg.melody_stages if s != cfg.stage))
         mulan = cfg.stage in crop_cfg.mulan_stages
-        expect = ((stage_codebooks(prior["dataset"], cfg.stage, mulan), prior["dataset"]["schema_version"])
+        melody = prior is not None and any(p["name"] == "melody" for p in prior["layout"]["parts"])
+        expect = ((stage_codebooks(prior["dataset"], cfg.stage, mulan, melody), prior["dataset"]["schema_version"])
                   if prior else (None, None))
         self.reader = ShardReader(cfg.data, splits=cfg.splits, expect_codebooks=expect[0], expect_schema=expect[1],
                                   seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, rank=self.rank,
@@ -422,7 +432,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     """The CLI's TrainConfig. With --resume, settings not given on the command line are the
     checkpoint's (so `--resume --steps N` continues a run as it was started)."""
     d = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
-    d.update(mulan_stages=",".join(d["mulan_stages"]), splits=",".join(d["splits"]), model="{}")
+    d.update(mulan_stages=",".join(d["mulan_stages"]), splits=",".join(d["splits"]), model="{}",
+             melody_stages=",".join(d["melody_stages"]))
     p = argparse.ArgumentParser(prog="python -m tokenmill.training.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 argument_default=argparse.SUPPRESS)
@@ -453,6 +464,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     opt("short_tracks", "tracks shorter than the crop: pad (masked in the loss) or skip", choices=("pad", "skip"))
     opt("mulan_stages", "stages conditioned on MuLan tokens M, comma-separated, or 'none'")
     opt("mulan_codebook", "MuLan RVQ file the dataset was tokenized with (None: the packaged one)")
+    opt("melody_stages", "stages conditioned on the crop's melody tokens (when the dataset has a melody "
+                         "stream), comma-separated, or 'none'")
+    opt("melody_dropout", "share of crops whose melody condition is all pad, so the stage also generates "
+                          "from text alone", type=float)
     opt("splits", "comma-separated splits to read")
     opt("amp", "bf16 autocast: auto = on CUDA only", choices=("auto", "bf16", "off"))
     opt("device", "where to train", choices=("auto", "cpu", "cuda"))
@@ -465,9 +480,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
             p.error(f"--model must be a JSON object of TransformerConfig fields: {e}")
         if not isinstance(a["model"], dict):
             p.error("--model must be a JSON object, e.g. '{\"n_layers\": 4}'")
-    if "mulan_stages" in a:
-        ms = a["mulan_stages"].strip()
-        a["mulan_stages"] = () if ms in ("", "none") else tuple(s.strip() for s in ms.split(","))
+    for name in ("mulan_stages", "melody_stages"):
+        if name in a:
+            ms = a[name].strip()
+            a[name] = () if ms in ("", "none") else tuple(s.strip() for s in ms.split(","))
     if "splits" in a:
         a["splits"] = tuple(s.strip() for s in a["splits"].split(",") if s.strip())
     base: dict[str, Any] = {}
