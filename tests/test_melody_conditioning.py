@@ -157,3 +157,70 @@ def test_long_form_generation_reads_the_hums_windows_per_window():
     rec.prompts.clear()
     run_stage(sm, streams, {"mulan": mulan[None]}, GenerateConfig(seconds=10.0), 1)
     assert rec.prompts[0][0, 13:85].tolist() == [PAD] * 72
+
+
+# ---- generate --melody end to end: hum file -> tokens -> prefix -> sidecar ---------------------------
+
+MULAN_ID = "mulan-038c1bd9f9f5"
+
+
+class FakeText:
+    """A TextTokenizer stand-in: M_T = 0..11 with the dataset's MuLan codebook id."""
+
+    def describe(self):
+        return {"codebook_id": MULAN_ID, "model": {"name": "mulan", "weights_sha256": None}}
+
+    def __call__(self, texts):
+        return np.tile(np.arange(12, dtype=np.uint16), (len(texts), 1))
+
+
+def test_generate_music_with_a_hum_records_its_melody_tokens(tmp_path):
+    import json
+
+    import soundfile
+
+    from tokenmill.tokenizers import audio
+    from tokenmill.tokenizers.codec import build_codec
+    from tokenmill.tokenizers.melody import build_melody
+    from tokenmill.tokenizers.melody_tokens import window_tokens
+    from tokenmill.tokenizers.rvq import fit_rvq
+    from tokenmill.training.generate import generate_music
+    from tokenmill.training.model import Transformer, preset
+
+    rng = np.random.default_rng(0)
+    rvq = fit_rvq(rng.standard_normal((16, 192)).astype(np.float32), n_stages=2, k=4, seed=0, kind="melody")
+    rvq.save(tmp_path / "cb")
+    t = np.arange(int(5.2 * 16_000)) / 16_000
+    soundfile.write(tmp_path / "hum.wav", 0.3 * np.sin(2 * np.pi * 440 * t) * (t % 1 < 0.6), 16_000)
+    ds = {"codebooks": {"mulan": MULAN_ID, "semantic": "semantic-0123456789ab", "melody": rvq.id},
+          "tokenizers": {"acoustic": {"name": "soundstream", "weights_sha256": "none", "sample_rate_hz": 24000,
+                                      "hop_samples": 480},
+                         "melody": {"codebook_id": rvq.id, "model": {"name": "basic-pitch"}}},
+          "streams": {"semantic": {"sample_rate_hz": 16000, "hop_samples": 640, "vocab_size": 16},
+                      "acoustic": {"sample_rate_hz": 24000, "hop_samples": 480, "n_q": 12, "vocab_size": 1024,
+                                   "coarse_levels": [1, 2, 3, 4], "fine_levels": list(range(5, 13))},
+                      "mulan": {"n_stages": 12, "vocab_size": 1024},
+                      "melody": {"n_stages": 2, "vocab_size": 4}},
+          "job": {"acoustic": {"codec": "soundstream", "codec_config": []},
+                  "melody": {"model": "basic-pitch", "path": None, "codebook": str(tmp_path / "cb")}}}
+    crop = CropConfig(semantic_s=4.0, coarse_s=0.2, fine_s=0.12)
+    stages = {}
+    for stage in ("semantic", "coarse", "fine"):
+        lay = StageLayout.from_manifest(stage, ds, crop)
+        torch.manual_seed(0)
+        model = Transformer(preset("tiny", lay.vocab_size, n_layers=1, n_heads=2, d_model=32, d_ff=64)).eval()
+        stages[stage] = StageModel(PromptRecorder() if stage == "semantic" else model, lay,
+                                   {"stage": stage, "layout": lay.to_json(), "dataset": ds}, f"<{stage}>")
+    assert stages["semantic"].layout.part("melody").frames == 1  # a 4 s window holds one melody window
+    music = generate_music("a tune", stages, GenerateConfig(seconds=4.0), tmp_path / "out.wav", tokenizer=FakeText(),
+                           codec=build_codec("soundstream"), melody=str(tmp_path / "hum.wav"))
+    seg = audio.prepare((tmp_path / "hum.wav").read_bytes(), "h", audio.AudioConfig(target_rates_hz=(16_000,)))[0]
+    want = window_tokens(build_melody("basic-pitch").embed_windows(seg.waves[16_000]).astype(np.float16), rvq)
+    side = json.loads((tmp_path / "out.json").read_text())
+    assert side == json.loads(json.dumps(music.sidecar))
+    assert side["melody"]["hum_window_tokens"] == want.tolist() and side["melody"]["codebook_id"] == rvq.id
+    assert [w["melody_tokens"] for w in side["melody"]["per_window"]] == [[want[0].tolist()]]
+    lay = stages["semantic"].layout
+    prompt = stages["semantic"].model.prompts[0][0]
+    off = lay.part("melody").offset
+    assert prompt[13:15].tolist() == [off + s * 4 + int(want[0, s]) for s in range(2)]

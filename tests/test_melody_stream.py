@@ -232,3 +232,21 @@ def test_rebuild_stream_melody_reencodes_the_stored_windows(dataset, small_rvq, 
     assert m["codebooks"]["melody"] == child.id and m["lineage"]["parent_codebook"] == small_rvq[0].id
     for r in rep.records["parquet"]:
         np.testing.assert_array_equal(r.melody, child.encode(r.melody_windows.astype(np.float32)))
+
+
+def test_a_shard_written_before_the_melody_fields_reads_them_as_null(dataset):
+    import io
+
+    import pyarrow.parquet as pq
+
+    from tokenmill.schemas.shards import decode_parquet
+
+    (shard,) = sorted((dataset / "parquet").glob("train-*.parquet"))
+    table = pq.read_table(shard).drop_columns(["melody_windows", "melody"])  # the schema before the stream
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    old = decode_parquet(io.BytesIO(buf.getvalue()))
+    new = decode_parquet(str(shard))
+    assert [r.key for r in old] == [r.key for r in new] and all(r.melody is None and r.melody_windows is None
+                                                                for r in old)
+    np.testing.assert_array_equal(old[0].semantic, new[0].semantic)
