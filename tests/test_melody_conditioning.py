@@ -224,3 +224,17 @@ def test_generate_music_with_a_hum_records_its_melody_tokens(tmp_path):
     prompt = stages["semantic"].model.prompts[0][0]
     off = lay.part("melody").offset
     assert prompt[13:15].tolist() == [off + s * 4 + int(want[0, s]) for s in range(2)]
+
+
+def test_memorization_prompts_carry_the_crops_melody_tokens():
+    from tokenmill.eval.memorization import Example, prompts_of
+
+    streams = layout_with_melody()
+    cfg = CropConfig(semantic_s=10, melody_dropout=0)
+    lay = StageLayout.build("semantic", streams, cfg, mulan_stages=S_MU, mulan_vocab=K_MU)
+    rec = record(20)
+    crop = crop_at(rec, "semantic", 2 * 25, streams, cfg, rvq=FixedM())
+    ex = Example(0, rec.key, rec.uri, 50, crop.mulan, crop.semantic, crop.melody)
+    (p,) = prompts_of(ex, lay, (25,), 25)
+    assert p.ids[:85].tolist() == lay.crop_sequence(crop)[:85].tolist()
+    assert p.ids[13:85].tolist() == expected_melody_ids(lay, rec.melody, [2, 5, 8])
