@@ -138,7 +138,7 @@ class TokenizeConfig:
     semantic: SemanticConfig = field(default_factory=SemanticConfig)
     acoustic: AcousticConfig = field(default_factory=AcousticConfig)
     mulan: MulanConfig = field(default_factory=lambda: MulanConfig(model="none"))
-    melody: MelodyConfig = field(default_factory=lambda: MelodyConfig(model="none"))
+    melody: MelodyConfig = field(default_factory=MelodyConfig)  # DEFAULT_MELODY_MODEL, as the CLI
 
     def shard_count(self, split: str) -> int:
         return self.num_valid_shards if split == "valid" else self.num_shards
