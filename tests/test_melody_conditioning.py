@@ -212,7 +212,7 @@ def test_generate_music_with_a_hum_records_its_melody_tokens(tmp_path):
         stages[stage] = StageModel(PromptRecorder() if stage == "semantic" else model, lay,
                                    {"stage": stage, "layout": lay.to_json(), "dataset": ds}, f"<{stage}>")
     assert stages["semantic"].layout.part("melody").frames == 1  # a 4 s window holds one melody window
-    music = generate_music("a tune", stages, GenerateConfig(seconds=4.0), tmp_path / "out.wav", tokenizer=FakeText(),
+    music = generate_music("a tune", stages, GenerateConfig(seconds=0.4), tmp_path / "out.wav", tokenizer=FakeText(),
                            codec=build_codec("soundstream"), melody=str(tmp_path / "hum.wav"))
     seg = audio.prepare((tmp_path / "hum.wav").read_bytes(), "h", audio.AudioConfig(target_rates_hz=(16_000,)))[0]
     want = window_tokens(build_melody("basic-pitch").embed_windows(seg.waves[16_000]).astype(np.float16), rvq)
