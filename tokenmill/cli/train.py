@@ -16,7 +16,8 @@ def add_args(p) -> None:
 
     p.description, p.formatter_class = tr.__doc__, argparse.RawDescriptionHelpFormatter
     d = {f.name: f.default for f in dataclasses.fields(tr.TrainConfig) if f.default is not dataclasses.MISSING}
-    d.update(mulan_stages=",".join(d["mulan_stages"]), splits=",".join(d["splits"]), model="{}")
+    d.update(mulan_stages=",".join(d["mulan_stages"]), splits=",".join(d["splits"]), model="{}",
+             melody_stages=",".join(d["melody_stages"]))
 
     def opt(name: str, help: str, **kw) -> None:  # unset flags stay out of args (a resumed run keeps its own)
         p.add_argument(f"--{name}", default=argparse.SUPPRESS, help=f"{help} (default {d[name]})", **kw)
@@ -44,6 +45,10 @@ def add_args(p) -> None:
     opt("short_tracks", "tracks shorter than the crop: pad (masked in the loss) or skip", choices=("pad", "skip"))
     opt("mulan_stages", "stages conditioned on MuLan tokens M, comma-separated, or 'none'")
     opt("mulan_codebook", "MuLan RVQ file the dataset was tokenized with (None: the packaged one)")
+    opt("melody_stages", "stages conditioned on the crop's melody tokens (when the dataset has a melody "
+                         "stream), comma-separated, or 'none'")
+    opt("melody_dropout", "share of crops whose melody condition is all pad, so the stage also generates "
+                          "from text alone", type=float)
     opt("splits", "comma-separated splits to read")
     opt("amp", "bf16 autocast: auto = on CUDA only", choices=("auto", "bf16", "off"))
     opt("device", "where to train", choices=("auto", "cpu", "cuda"))
@@ -64,9 +69,10 @@ def train_config(args: argparse.Namespace):
             raise UsageError(f"--model must be a JSON object of TransformerConfig fields: {e}") from None
         if not isinstance(a["model"], dict):
             raise UsageError("--model must be a JSON object, e.g. '{\"n_layers\": 4}'")
-    if "mulan_stages" in a:
-        ms = a["mulan_stages"].strip()
-        a["mulan_stages"] = () if ms in ("", "none") else tuple(s.strip() for s in ms.split(","))
+    for name in ("mulan_stages", "melody_stages"):
+        if name in a:
+            ms = a[name].strip()
+            a[name] = () if ms in ("", "none") else tuple(s.strip() for s in ms.split(","))
     if "splits" in a:
         a["splits"] = tuple(s.strip() for s in a["splits"].split(",") if s.strip())
     return resumed_config(a)

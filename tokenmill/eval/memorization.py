@@ -81,6 +81,7 @@ class Example:
     q0: int  # crop start, quanta from the segment start
     mulan: np.ndarray | None  # uint16 [S]: M of the crop, or None for a stage without M
     semantic: np.ndarray  # uint16 [n >= max T + C]
+    melody: np.ndarray | None = None  # uint16 [windows, S]: the crop's melody tokens, for a stage that reads them
 
 
 @dataclass(frozen=True)
@@ -117,9 +118,14 @@ def prompts_of(example: Example, layout, prompt_tokens: tuple[int, ...], continu
                         f"{need} that T = {max(prompt_tokens)} plus a {continuation}-frame continuation need")
     cond = {}
     for part in layout.conditioning:
+        if part.name == "melody":  # the crop's own melody tokens, as in training
+            if example.melody is None:
+                raise EvalError(f"example {example.key} has no melody tokens but the stage is conditioned on them")
+            cond["melody"] = example.melody
+            continue
         if part.name != "mulan":
             raise EvalError(f"the checkpoint's {layout.stage} stage is conditioned on {part.name}; the memorization "
-                            "protocol runs the semantic stage (conditioned on M only)")
+                            "protocol runs the semantic stage (conditioned on M and melody only)")
         if example.mulan is None:
             raise EvalError(f"example {example.key} has no M tokens but the stage is conditioned on M")
         cond["mulan"] = example.mulan

@@ -157,7 +157,7 @@ def check_compatible(base: Base, *, tokenizers: dict, codebooks: dict, streams: 
             raise UsageError(
                 f"--into {base.root}: this run has the streams {sorted(want)} but the dataset has "
                 f"{sorted(have)} ({where} '{what}'); records of one dataset hold the same streams. Set "
-                "--acoustic_codec / --mulan_model as the dataset was written, or write a new dataset with --output")
+                "--acoustic_codec / --mulan_model / --melody_model as the dataset was written, or write a new dataset with --output")
     for stream in sorted(set(m["codebooks"]) | set(codebooks)):
         have, want = m["codebooks"].get(stream), codebooks.get(stream)
         if have != want:

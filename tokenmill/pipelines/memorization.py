@@ -158,11 +158,13 @@ def plan(cfg: MemorizationConfig) -> Plan:
         layout = StageLayout.from_json(state["layout"])
         ds = state.get("dataset") or {}
         expect = {k: v for k, v in (ds.get("codebooks") or {}).items()
-                  if k == "semantic" or (k == "mulan" and any(p.name == "mulan" for p in layout.conditioning))}
+                  if k == "semantic" or (k in ("mulan", "melody") and any(p.name == k for p in layout.conditioning))}
         train = state.get("train") or {}
         crop = CropConfig(semantic_s=train.get("semantic_s", 30.0), coarse_s=train.get("coarse_s", 10.0),
                           fine_s=train.get("fine_s", 3.0), short_tracks=train.get("short_tracks", "pad"),
-                          mulan_stages=tuple(train.get("mulan_stages", ("semantic", "coarse"))))
+                          mulan_stages=tuple(train.get("mulan_stages", ("semantic", "coarse"))),
+                          melody_stages=("semantic",) if any(p.name == "melody" for p in layout.conditioning) else (),
+                          melody_dropout=0.0)
         need = max(cfg.prompt_tokens) + cfg.continuation
         if need > layout.target.frames:
             raise EvalError(f"max T {max(cfg.prompt_tokens)} + continuation {cfg.continuation} = {need} frames exceed "
@@ -262,7 +264,8 @@ class MakeExample(beam.DoFn):
             q0 = mem.crop_start_q(total_q, crop_q, self.cfg.seed, key)
             crop = crop_at(rec, "semantic", q0, self.plan.streams, self.plan.crop, self.rvq)
             n = rates.frames_for_quanta(crop.valid_q, self.plan.streams.semantic)
-            yield mem.Example(index, key, rec.uri, q0, crop.mulan, np.asarray(crop.semantic[:n], np.uint16))
+            yield mem.Example(index, key, rec.uri, q0, crop.mulan, np.asarray(crop.semantic[:n], np.uint16),
+                              crop.melody)
 
 
 @dataclass(eq=False)

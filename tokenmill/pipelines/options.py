@@ -72,6 +72,30 @@ class MulanConfig:
         return {"batch_size": self.batch_size, **({"path": self.path} if self.path is not None else {})}
 
 
+MELODY_MODELS = ("none", "builtin", "basic-pitch")
+# tokenize's default --melody_model. "none" until the built-in melody model ships with a packaged RVQ;
+# then this one constant turns the stream on by default (as MuLan's is).
+DEFAULT_MELODY_MODEL = "none"
+
+
+@dataclass(frozen=True)
+class MelodyConfig:
+    model: str = DEFAULT_MELODY_MODEL  # "none" | "builtin" | "basic-pitch" (plugins.py's melody family)
+    path: str | None = None  # builtin: weights .safetensors (None: the packaged one)
+    codebook: str | None = None  # RVQ artifact file or directory; None = the model's packaged RVQ, if any
+    batch_size: int = 16  # 4 s windows per forward pass, and segments per RunInference batch
+    device: str = "cpu"  # --device: where the model runs on the worker (describe_melody: the CPU)
+    compute: ComputeLayout = field(default_factory=ComputeLayout)  # torch threads + kernels on the worker
+
+    @property
+    def enabled(self) -> bool:
+        return self.model != "none"
+
+    def model_kwargs(self) -> dict:
+        """Keyword arguments of build_melody (the batch size is set on the built model)."""
+        return {"path": self.path} if self.path is not None else {}
+
+
 @dataclass(frozen=True)
 class FitCodebookConfig:
     inputs: tuple[str, ...]
@@ -89,9 +113,13 @@ class FitCodebookConfig:
     audio: AudioConfig = field(default_factory=AudioConfig)
     semantic: SemanticConfig = field(default_factory=SemanticConfig)
     mulan: MulanConfig | None = None  # stream "mulan" only
+    melody: MelodyConfig | None = None  # stream "melody" only (num_stages 24, num_clusters 512)
 
     def to_json(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if out["melody"] is None:  # configs written before the melody stream read as before
+            del out["melody"]
+        return out
 
 
 @dataclass(frozen=True)
@@ -110,6 +138,7 @@ class TokenizeConfig:
     semantic: SemanticConfig = field(default_factory=SemanticConfig)
     acoustic: AcousticConfig = field(default_factory=AcousticConfig)
     mulan: MulanConfig = field(default_factory=lambda: MulanConfig(model="none"))
+    melody: MelodyConfig = field(default_factory=MelodyConfig)  # DEFAULT_MELODY_MODEL, as the CLI
 
     def shard_count(self, split: str) -> int:
         return self.num_valid_shards if split == "valid" else self.num_shards
@@ -118,6 +147,8 @@ class TokenizeConfig:
         out = asdict(self)
         if out["shard_plan"] is None:  # counts given (or --into): the job reads as before sizing existed
             del out["shard_plan"]
+        if out["melody"]["model"] == "none":  # no melody stream: the job reads as before the stream existed
+            del out["melody"]
         return out
 
 
@@ -259,6 +290,63 @@ def _add_mulan_args(p: argparse.ArgumentParser, *, with_none: bool = True, defau
                         "(default %(default)s)")
 
 
+def _add_melody_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("melody stream (melody_windows float16 [W, 192], melody tokens uint16 [W, 24])")
+    g.add_argument("--melody_model", choices=MELODY_MODELS, default=DEFAULT_MELODY_MODEL,
+                   help="melody embedding model, one 192-d vector per 4 s window at a 1 s stride: 'builtin' "
+                        "(the project's melody model), 'basic-pitch' (pitch-class tracks from the pretrained "
+                        "basic-pitch model in its wheel; needs no training); 'none' leaves melody_windows and "
+                        "melody null (default %(default)s)")
+    g.add_argument("--melody_path", metavar="PATH",
+                   help="builtin: weights .safetensors (default: the packaged one)")
+    g.add_argument("--melody_codebook", metavar="PATH",
+                   help="melody RVQ codebook (24 stages x 512): melody-<sha12>.safetensors (or its .json card, "
+                        "or a directory holding exactly one), as written by `fit-codebook --stream melody` with "
+                        "the same model. Default: the model's packaged RVQ, where it has one")
+    g.add_argument("--melody_batch_size", type=int, default=16,
+                   help="4 s windows per melody forward pass, and segments per RunInference batch "
+                        "(default %(default)s)")
+
+
+def add_generate_melody_args(p: argparse.ArgumentParser) -> None:
+    """`generate --melody hum.wav`: the hum whose melody tokens condition the semantic stage."""
+    g = p.add_argument_group("melody conditioning")
+    g.add_argument("--melody", metavar="AUDIO",
+                   help="a hum, whistle or any recording of the tune: its melody tokens (4 s windows at a 1 s "
+                        "stride, the dataset's melody model and RVQ) condition the semantic stage window by "
+                        "window (long form: each 30 s window reads the hum's windows at 0, 3, ... s of it). "
+                        "Needs checkpoints trained on a dataset with a melody stream; without it they read pad "
+                        "ids (text only). Not with --captions")
+    g.add_argument("--melody_model", help="melody model name (default: the dataset's tokenize job's)")
+    g.add_argument("--melody_path", metavar="PATH", help="melody weights (default: the dataset's tokenize job's)")
+    g.add_argument("--melody_codebook", metavar="PATH",
+                   help="melody RVQ file or directory (default: the dataset's; its id must match the checkpoints')")
+
+
+def generate_melody_kwargs(args: argparse.Namespace) -> dict:
+    """generate_music's melody keyword arguments from the flags of add_generate_melody_args."""
+    if args.melody is None and any(getattr(args, f) is not None for f in ("melody_model", "melody_path", "melody_codebook")):
+        raise UsageError("--melody_model/--melody_path/--melody_codebook apply with --melody AUDIO")
+    return {"melody": args.melody, "melody_model": args.melody_model, "melody_path": args.melody_path,
+            "melody_codebook": args.melody_codebook}
+
+
+def melody_config(args: argparse.Namespace) -> MelodyConfig:
+    """Flags → MelodyConfig, with the checks that need no model loaded."""
+    model = getattr(args, "melody_model", None) or "none"
+    path, codebook = getattr(args, "melody_path", None), getattr(args, "melody_codebook", None)
+    if model == "none" and (path is not None or codebook is not None):
+        raise UsageError(f"--{'melody_path' if path is not None else 'melody_codebook'} needs --melody_model "
+                         "builtin or basic-pitch (it is 'none')")
+    if model == "basic-pitch" and path is not None:
+        raise UsageError("--melody_path applies to --melody_model builtin (basic-pitch loads the model in its wheel)")
+    batch = getattr(args, "melody_batch_size", None) or 16
+    if batch < 1:
+        raise UsageError("--melody_batch_size must be >= 1")
+    return MelodyConfig(model=model, path=path, codebook=codebook, batch_size=batch,
+                        device=getattr(args, "device", "cpu"), compute=compute_layout(args))
+
+
 def add_embed_text_args(p: argparse.ArgumentParser) -> None:
     _add_mulan_args(p, with_none=False)
 
@@ -324,25 +412,31 @@ _FIT_STREAM_FLAGS = {
     "semantic": {"sample_frames": 200_000, "heldout_frames": 20_000, "use_gpu": False},
     "mulan": {"num_stages": 12, "max_windows": 200_000, "heldout_windows": 20_000, "mulan_model": "mulan",
               "mulan_path": None, "mulan_batch_size": 16},
+    "melody": {"num_stages": 24, "max_windows": 200_000, "heldout_windows": 20_000, "melody_model": None,
+               "melody_path": None, "melody_batch_size": 16},
 }
+_RVQ_STREAMS = ("mulan", "melody")
 
 
 def add_fit_codebook_args(p: argparse.ArgumentParser) -> None:
     _common_inputs(p)
     p.add_argument("--output", required=True, metavar="DIR",
                    help="directory for the codebook: <kind>-<sha12>.safetensors plus a JSON card")
-    p.add_argument("--stream", choices=("semantic", "mulan"), default="semantic",
+    p.add_argument("--stream", choices=("semantic", "mulan", "melody"), default="semantic",
                    help="'semantic': k-means over semantic feature frames (semantic-<sha12>); 'mulan': "
                         "residual VQ over the MuLan model's 10 s window embeddings (mulan-<sha12>), the "
-                        "codebook `tokenize --mulan_codebook` and `embed-text` need (default %(default)s)")
-    p.add_argument("--num_clusters", type=int, default=1024,
-                   help="k: centroids (semantic) or entries per RVQ stage (mulan) "
-                        "(default %(default)s)")
+                        "codebook `tokenize --mulan_codebook` and `embed-text` need; 'melody': residual VQ "
+                        "(24 stages x 512 by default) over the melody model's 4 s window embeddings "
+                        "(melody-<sha12>), the codebook `tokenize --melody_codebook` needs (default %(default)s)")
+    p.add_argument("--num_clusters", type=int,
+                   help="k: centroids (semantic) or entries per RVQ stage (mulan, melody) "
+                        "(default 1024; melody 512)")
     p.add_argument("--sample_frames", type=int,
                    help="semantic: frames used for the fit, drawn deterministically (default 200000)")
     p.add_argument("--heldout_frames", type=int,
                    help="semantic: frames held out for the card's MSE (default 20000)")
-    p.add_argument("--num_stages", type=int, help="mulan: RVQ stages = tokens per crop (default 12)")
+    p.add_argument("--num_stages", type=int,
+                   help="mulan / melody: RVQ stages = tokens per crop / per window (default 12 / 24)")
     p.add_argument("--max_windows", type=int,
                    help="mulan: at most this many 10 s windows used for the fit, drawn deterministically "
                         "like frames (default 200000)")
@@ -366,6 +460,12 @@ def add_fit_codebook_args(p: argparse.ArgumentParser) -> None:
                         "save_pretrained directory (required for clap)")
     g.add_argument("--mulan_batch_size", type=int,
                    help="10 s windows per MuLan forward pass, and segments per batch (default 16)")
+    g = p.add_argument_group("melody model (--stream melody)")
+    g.add_argument("--melody_model", choices=MELODY_MODELS[1:],
+                   help="the model whose 4 s windows the RVQ quantizes: 'builtin' or 'basic-pitch' (required)")
+    g.add_argument("--melody_path", metavar="PATH", help="builtin: weights .safetensors (default: the packaged one)")
+    g.add_argument("--melody_batch_size", type=int,
+                   help="4 s windows per melody forward pass, and segments per batch (default 16)")
     add_device_arg(p, "fit-codebook")
     add_compute_args(p)
 
@@ -433,6 +533,7 @@ def add_tokenize_args(p: argparse.ArgumentParser) -> None:
     _add_semantic_args(p)
     _add_acoustic_args(p)
     _add_mulan_args(p)
+    _add_melody_args(p)
     add_device_arg(p, "tokenize")
     add_compute_args(p)
 
@@ -472,25 +573,31 @@ def semantic_config(args: argparse.Namespace) -> SemanticConfig:
 def fit_codebook_config(args: argparse.Namespace, mulan_rate_hz: int | None = None) -> FitCodebookConfig:
     """`mulan_rate_hz`: the MuLan model's sample rate (--stream mulan; the launcher builds the
     model once to learn it)."""
-    other = "mulan" if args.stream == "semantic" else "semantic"
-    for dest in _FIT_STREAM_FLAGS[other]:
-        if getattr(args, dest) is not None:
-            raise UsageError(f"--{dest} applies to --stream {other} only (this is --stream {args.stream})")
+    mine = set(_FIT_STREAM_FLAGS[args.stream])
+    for other in _FIT_STREAM_FLAGS:
+        for dest in _FIT_STREAM_FLAGS[other]:
+            if other != args.stream and dest not in mine and getattr(args, dest, None) is not None:
+                raise UsageError(f"--{dest} applies to --stream {other} only (this is --stream {args.stream})")
+    if args.num_clusters is None:
+        args.num_clusters = 512 if args.stream == "melody" else 1024
     for dest, default in _FIT_STREAM_FLAGS[args.stream].items():
         if getattr(args, dest) is None:
             setattr(args, dest, default)
-    if args.stream == "mulan" and (args.semantic_extractor, args.batch_size, args.semantic_path,
+    if args.stream in _RVQ_STREAMS and (args.semantic_extractor, args.batch_size, args.semantic_path,
                                    args.semantic_layer) != (
             SemanticConfig().extractor, SemanticConfig().batch_size, None, None):
         raise UsageError("--semantic_extractor, --semantic_path, --semantic_layer and --batch_size apply "
-                         "to --stream semantic; the MuLan model's batch is --mulan_batch_size")
+                         f"to --stream semantic; the {args.stream} model's batch is --{args.stream}_batch_size")
     if args.n_iter is None:
         args.n_iter = 25 if args.stream == "semantic" else 10
     kw: dict = {}
-    if args.stream == "mulan":
+    if args.stream == "melody" and args.melody_model is None:
+        raise UsageError("fit-codebook --stream melody needs --melody_model builtin or basic-pitch (the model "
+                         "whose window embeddings the RVQ quantizes)")
+    if args.stream in _RVQ_STREAMS:
         k = args.num_clusters
         if k < 2 or k > 1 << 16:
-            raise UsageError(f"--num_clusters {k}: the MuLan RVQ needs [2, 65536] entries per stage "
+            raise UsageError(f"--num_clusters {k}: the {args.stream} RVQ needs [2, 65536] entries per stage "
                              "(uint16 tokens)")
         for name in ("num_stages", "max_windows"):
             if getattr(args, name) < 1:
@@ -498,8 +605,11 @@ def fit_codebook_config(args: argparse.Namespace, mulan_rate_hz: int | None = No
         if args.heldout_windows < 0:
             raise UsageError("--heldout_windows must be >= 0")
         kw = dict(num_stages=args.num_stages, max_windows=args.max_windows,
-                  heldout_windows=args.heldout_windows,
-                  mulan=mulan_config(args, need_codebook=False))
+                  heldout_windows=args.heldout_windows)
+        if args.stream == "mulan":
+            kw["mulan"] = mulan_config(args, need_codebook=False)
+        else:
+            kw["melody"] = melody_config(args)
         rates_hz = (mulan_rate_hz or 16_000,)
     else:
         kw = dict(sample_frames=args.sample_frames, heldout_frames=args.heldout_frames, use_gpu=args.use_gpu)
@@ -563,4 +673,5 @@ def tokenize_config(args: argparse.Namespace, acoustic_rate_hz: int | None = Non
         num_valid_shards=lay["num_valid_shards"], valid_fraction=lay["valid_fraction"],
         shard_plan=None if plan is None else plan.to_json(),
         formats=formats, audio=audio_config(args, rates_hz),
-        semantic=semantic_config(args), acoustic=acoustic_config(args), mulan=mulan_config(args))
+        semantic=semantic_config(args), acoustic=acoustic_config(args), mulan=mulan_config(args),
+        melody=melody_config(args))

@@ -16,6 +16,8 @@ The passes are Beam jobs on any runner (pipelines/rebuild_beam.py), and every pa
   again and assigns with the new codebook: no worker holds more than one source's features.
 - **mulan**: the RVQ quantizes the stored `mulan_windows`; `mulan` is recomputed with
   `segment_tokens(windows, new_rvq)` on the workers. The audio tower is never built.
+- **melody**: the same over the stored `melody_windows`; `melody` [W, S] is recomputed with
+  `melody_tokens.window_tokens(windows, new_rvq)` on the workers.
 - The refit sample: every frame (window) gets fit.py's hash priority from (seed, key, index), and
   the `sample_frames` smallest (priority, key, index) are kept, in (key, index) order: the rows and
   their order (hence the float64 sums of the Lloyd steps) do not depend on the runner. The drift
@@ -62,7 +64,7 @@ from tokenmill.tokenizers.rvq import RVQCodebook
 
 LOG = logging.getLogger("tokenmill")
 PROBE_SEED = 7_919_000_001   # fixed: the probe set does not move with --seed
-REBUILD_STREAMS = ("semantic", "mulan")
+REBUILD_STREAMS = ("semantic", "mulan", "melody")
 CONFIG_NAME, DRIFT_NAME, PLOT_NAME = "rebuild_config.json", "drift.json", "codebook_usage.png"
 WORK_DIR, JOB_NAME, PASS1_NAME = "_work", "job.json", "pass1.npz"
 
@@ -75,7 +77,8 @@ def add_rebuild_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stream", required=True, choices=REBUILD_STREAMS,
                    help="semantic: refit the k-means and re-assign every frame (decodes the sources "
                         "again, runs only the semantic extractor); mulan: refit the RVQ and re-encode "
-                        "the stored mulan_windows (the MuLan audio tower never runs)")
+                        "the stored mulan_windows (the MuLan audio tower never runs); melody: the same "
+                        "over the stored melody_windows")
     p.add_argument("--output", required=True, metavar="NEW_DIR",
                    help="the new version's directory (must not exist, or be empty). It gets "
                         "streams/<stream>/part-IIIII.parquet column shards, codebooks/, drift.json, "
@@ -110,9 +113,9 @@ def rebuild_config(args: argparse.Namespace) -> RebuildConfig:
             raise UsageError(f"--{name} must be >= 1")
     if args.n_iter is not None and args.n_iter < 1:
         raise UsageError("--n_iter must be >= 1")
-    if args.inputs and args.stream == "mulan":
-        raise UsageError("--input applies to --stream semantic only: the MuLan RVQ is refitted on the "
-                         "dataset's stored mulan_windows (tokenize the other audio with the same MuLan "
+    if args.inputs and args.stream != "semantic":
+        raise UsageError(f"--input applies to --stream semantic only: the {args.stream} RVQ is refitted on the "
+                         f"dataset's stored {args.stream}_windows (tokenize the other audio with the same "
                          "model first, and rebuild that dataset)")
     n_iter = args.n_iter if args.n_iter is not None else (25 if args.stream == "semantic" else 10)
     return RebuildConfig(dataset=args.dataset, stream=args.stream, output=args.output, codebook=args.codebook,
@@ -161,7 +164,10 @@ def _load_parent_codebook(cfg: RebuildConfig, manifest: dict):
         path = resolve_codebook_path(cfg.codebook)
         cb = Codebook.load(path)
     else:
-        from tokenmill.tokenizers.mulan import resolve_rvq_path
+        if cfg.stream == "melody":
+            from tokenmill.tokenizers.melody_tokens import resolve_rvq_path
+        else:
+            from tokenmill.tokenizers.mulan import resolve_rvq_path
 
         path = resolve_rvq_path(cfg.codebook)
         cb = RVQCodebook.load(path)
@@ -258,12 +264,14 @@ def _semantic_setup(manifest: dict, parent: Codebook):
     return scfg, acfg, desc
 
 
-def _mulan_source(manifest: dict, parent: RVQCodebook) -> dict:
-    model = manifest["tokenizers"]["mulan"]["model"]
-    was = (parent.card.get("sources") or {}).get("mulan")
+def _window_source(manifest: dict, parent: RVQCodebook, stream: str) -> dict:
+    """The window model (MuLan or melody) the parent RVQ was fitted on; refused when the dataset's
+    windows come from another."""
+    model = manifest["tokenizers"][stream]["model"]
+    was = (parent.card.get("sources") or {}).get(stream)
     if isinstance(was, dict) and (was.get("name"), was.get("weights_sha256")) != (
             model.get("name"), model.get("weights_sha256")):
-        raise RebuildError(f"the parent RVQ {parent.id} was fitted on MuLan model {was.get('name')!r} "
+        raise RebuildError(f"the parent RVQ {parent.id} was fitted on {stream} model {was.get('name')!r} "
                            f"({str(was.get('weights_sha256'))[:12]}…) but the dataset's windows come from "
                            f"{model.get('name')!r} ({str(model.get('weights_sha256'))[:12]}…); pass the RVQ "
                            "the dataset was tokenized with")
@@ -303,8 +311,9 @@ def _refit(cfg: RebuildConfig, manifest: dict, parent, sample, extra: dict):
         child = refit_kmeans(parent, x, seed=cfg.seed, n_iter=cfg.n_iter, align=cfg.align,
                              warm_start=cfg.warm_start, sources=sources)
     else:
-        info = {"source": "dataset mulan_windows"}
-        sources = {"rebuild_of": parent.id, **info, "mulan": _mulan_source(manifest, parent), "sampling": sampling}
+        info = {"source": f"dataset {cfg.stream}_windows"}
+        sources = {"rebuild_of": parent.id, **info, cfg.stream: _window_source(manifest, parent, cfg.stream),
+                   "sampling": sampling}
         child = refit_rvq(parent, x, seed=cfg.seed, n_iter=cfg.n_iter, align=cfg.align,
                           warm_start=cfg.warm_start, sources=sources)
     return child, {**info, "n_sample": int(len(keys))}
@@ -386,7 +395,7 @@ def run_rebuild(cfg: RebuildConfig, beam_args: list[str] | tuple = ()) -> dict:
     if cfg.stream == "semantic":
         scfg, acfg, extra["extractor"] = _semantic_setup(parent_m, parent)
     else:
-        _mulan_source(parent_m, parent)
+        _window_source(parent_m, parent, cfg.stream)
     uris = _input_uris(cfg.inputs) if cfg.inputs else None
     out = cfg.output.rstrip("/")
     work = _open_work(cfg, parent_bytes)

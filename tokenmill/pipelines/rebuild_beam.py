@@ -9,7 +9,7 @@
             source's rows are journaled in _work/p1-<uri hash>.npz) ─► BottomKRows collects
             them in (key, row) order. --input: the sample comes from the matched audio instead
             (every file decoded, each segment's n lowest-priority frames combined). mulan: the
-            same combiners over the stored mulan_windows. Both results go to _work/pass1.npz.
+            same combiners over the stored mulan_windows (melody: melody_windows). Both results go to _work/pass1.npz.
     (the launcher refits the codebook, warm-started and aligned: tokenizers/refit.py)
     pass 2  the same read; semantic decodes + extracts again and assigns with the new codebook,
             mulan re-encodes the stored windows; every new token field goes to each place its key
@@ -88,7 +88,7 @@ def read_shard(root: str, entry: dict, manifest: dict) -> list:
 
 class ReadShardRecords(beam.DoFn):
     """(shard index, shard entry) → (key, (shard index, position, payload)) per record. payload:
-    semantic (uri, old tokens); mulan (stored windows, old tokens)."""
+    semantic (uri, old tokens); mulan / melody (stored windows, old tokens)."""
 
     def __init__(self, root: str, manifest: dict, stream: str):
         self.root, self.stream = root, stream
@@ -97,7 +97,8 @@ class ReadShardRecords(beam.DoFn):
     def process(self, item):
         i, entry = item
         for pos, r in enumerate(read_shard(self.root, entry, self.manifest)):
-            payload = (r.uri, r.semantic) if self.stream == "semantic" else (r.mulan_windows, r.mulan)
+            payload = ((r.uri, r.semantic) if self.stream == "semantic"  # mulan / melody: stored windows
+                       else (getattr(r, f"{self.stream}_windows"), getattr(r, self.stream)))
             yield r.key, (i, pos, payload)
 
 
@@ -332,7 +333,10 @@ def read_pass1(path: str) -> tuple[tuple, tuple, dict]:
 def drift_counts(stream: str, old: np.ndarray, new: np.ndarray, k: int) -> dict:
     """Integer drift counts of one record (summed over records by the launcher)."""
     old, new = np.asarray(old).astype(np.int64), np.asarray(new).astype(np.int64)
-    if stream == "mulan":   # one token per RVQ stage: usage [stages, k]
+    if stream == "melody":  # [W, stages]: usage per stage over the windows
+        before = np.stack([np.bincount(old[:, s], minlength=k) for s in range(old.shape[1])])
+        after = np.stack([np.bincount(new[:, s], minlength=k) for s in range(new.shape[1])])
+    elif stream == "mulan":   # one token per RVQ stage: usage [stages, k]
         before = np.zeros((old.shape[0], k), np.int64)
         after = np.zeros((new.shape[0], k), np.int64)
         before[np.arange(old.shape[0]), old] = 1
@@ -400,7 +404,8 @@ class NewTokens(beam.DoFn):
 
 class NewCodebookTokens(beam.DoFn):
     """semantic (key, features, payload) → (key, new tokens, payload) with the new codebook;
-    mulan (key, places, (windows, old)) → (key, segment_tokens(windows, new RVQ), (places, old)).
+    mulan (key, places, (windows, old)) → (key, segment_tokens(windows, new RVQ), (places, old));
+    melody the same with window_tokens (one code per stored window).
     The codebook is loaded from OUT/codebooks on the worker (never pickled into the graph)."""
 
     def __init__(self, stream: str, directory: str, cid: str):
@@ -414,10 +419,13 @@ class NewCodebookTokens(beam.DoFn):
             key, f, payload = item
             yield key, self.child.assign(f), payload
         else:
-            from tokenmill.tokenizers.mulan import segment_tokens
+            if self.stream == "melody":
+                from tokenmill.tokenizers.melody_tokens import window_tokens as encode
+            else:
+                from tokenmill.tokenizers.mulan import segment_tokens as encode
 
             key, places, (windows, old) = item
-            yield key, segment_tokens(windows, self.child), (places, old)
+            yield key, encode(windows, self.child), (places, old)
 
 
 class WriteColumnShard(beam.DoFn):

@@ -73,8 +73,8 @@ def print_fit_summary(output: str, elapsed_s: float, kind: str = "semantic") -> 
         print()
         print(f"tokenmill fit-codebook: {card.get('id')}")
         print(f"  codebook      {path[:-len('.json')]}.safetensors")
-        if kind == "mulan":
-            model = (card.get("sources") or {}).get("mulan") or {}
+        if kind in ("mulan", "melody"):
+            model = (card.get("sources") or {}).get(kind) or {}
             mse = card.get("heldout_mse_per_stage") or card.get("train_mse_per_stage") or []
             on = "held-out" if card.get("heldout_mse_per_stage") else "train"
             print(f"  model         {model.get('name')} ({str(model.get('weights_sha256'))[:12]}…, "

@@ -1,6 +1,6 @@
-"""The `tokenize` job: audio files → acoustic, MuLan, semantic tokens → Parquet + WebDataset + manifest.
+"""The `tokenize` job: audio files → acoustic, MuLan, melody, semantic tokens → Parquet + WebDataset + manifest.
 
-    match ─► read/decode/segment ─► RunInference: acoustic ─► mulan ─► semantic ─► dedupe
+    match ─► read/decode/segment ─► RunInference: acoustic ─► mulan ─► melody ─► semantic ─► dedupe
                  │ dead                           │ dead    │ dead    │ dead        │ dead (dups)
                  │                                                    captions, split │
                  └──────────────► failures-*.jsonl ◄──────────────┘      shards (f(key))
@@ -8,7 +8,7 @@
 
 Each model stage drops the waves no later stage needs (the codec's 24 kHz, MuLan's rate when it
 is not 16 kHz), so segments shuffled later carry 16 kHz audio at most; the MuLan stage's handler
-is in pipelines/mulan.py. Deduplication happens after inference, on tokens: shuffling tokens is
+is in pipelines/mulan.py, the melody stage's in pipelines/melody.py. Deduplication happens after inference, on tokens: shuffling tokens is
 ~1000× cheaper than shuffling decoded audio, and exact duplicates are rare, so their wasted
 inference costs less.
 """
@@ -28,6 +28,7 @@ from tokenmill.pipelines.entries import PendingRecord, TokenRef
 from tokenmill.pipelines.incremental import KnownContent, Plan, WriteIncrementalManifest
 from tokenmill.pipelines.journal import Journal, JournalDead, JournalPlan, JournalSegment, ReadJournal
 from tokenmill.pipelines.ingest import DEAD, DuplicateContent, Progress, ReadAndDecode, SegmentInput, dead_letter
+from tokenmill.pipelines.melody import MelodyTokenHandler, melody_stream_info
 from tokenmill.pipelines.mulan import MulanTokenHandler, mulan_stream_info
 from tokenmill.pipelines.options import TokenizeConfig
 from tokenmill.pipelines.sinks import WriteShards, atomic_write, write_dead_letters
@@ -97,7 +98,7 @@ class ModelStage(beam.PTransform):
         return out.ok, dead
 
 
-TOKEN_FIELDS = ("acoustic", "mulan", "semantic")  # record fields counted as tokens_<field> (not mulan_windows)
+TOKEN_FIELDS = ("acoustic", "mulan", "melody", "semantic")  # record fields counted as tokens_<field> (not *_windows)
 
 
 class DedupeAndBuild(beam.DoFn):
@@ -222,7 +223,7 @@ def acoustic_stream_info(desc: dict) -> dict:
 
 
 def manifest_entries(semantic_desc: dict, acoustic_desc: dict | None = None,
-                     mulan_desc: dict | None = None) -> tuple[dict, dict, dict]:
+                     mulan_desc: dict | None = None, melody_desc: dict | None = None) -> tuple[dict, dict, dict]:
     """(streams, tokenizers, codebooks) of the manifest for the models of a run."""
     streams = {"semantic": semantic_stream_info(semantic_desc["vocab_size"], semantic_desc["extractor"])}
     tokenizers = {"semantic": semantic_desc}
@@ -234,13 +235,18 @@ def manifest_entries(semantic_desc: dict, acoustic_desc: dict | None = None,
         streams["mulan"] = mulan_stream_info(mulan_desc)
         tokenizers["mulan"] = mulan_desc
         codebooks["mulan"] = mulan_desc["codebook_id"]
+    if melody_desc is not None:
+        streams["melody"] = melody_stream_info(melody_desc)
+        tokenizers["melody"] = melody_desc
+        codebooks["melody"] = melody_desc["codebook_id"]
     return streams, tokenizers, codebooks
 
 
 def build_tokenize(p: beam.Pipeline, cfg: TokenizeConfig, *, semantic_desc: dict,
                    acoustic_desc: dict | None = None,
                    mulan_desc: dict | None = None, plan: Plan | None = None,
-                   journal: Journal | None = None, compute_entry: dict | None = None) -> beam.PCollection:
+                   journal: Journal | None = None, compute_entry: dict | None = None,
+                   melody_desc: dict | None = None) -> beam.PCollection:
     """Wire the job into `p`; returns the PCollection holding the written manifest. With `plan`
     (`--into`, pipelines/incremental.py) the job reads only what the dataset lacks and writes a
     new version of it. With `journal` (full runs, pipelines/journal.py) each source's outcome is
@@ -248,7 +254,8 @@ def build_tokenize(p: beam.Pipeline, cfg: TokenizeConfig, *, semantic_desc: dict
     `plan` and `journal` (its spill, journal.open_spill) only the segments' tokens are written
     there, so the shuffles carry references. `compute_entry`: the manifest's `compute` (the layout
     and kernels, tokenizers/compute.describe; with a resumed journal, what the earlier run used).
-    Captions (`cfg.captions`, a path) are read and joined inside the job (ReadCaptions)."""
+    Captions (`cfg.captions`, a path) are read and joined inside the job (ReadCaptions).
+    `melody_desc` (pipelines/melody.describe_melody) adds the melody stream."""
     present = resumed = None
     if plan is None and journal is not None and journal.finished:
         segments, dead_decode, inputs, _ = p | "Ingest" >> ReadAndDecode(cfg.inputs, cfg.audio, skip=journal.skip)
@@ -280,6 +287,10 @@ def build_tokenize(p: beam.Pipeline, cfg: TokenizeConfig, *, semantic_desc: dict
         segments, dead_m = segments | "Mulan" >> ModelStage(
             "mulan", MulanTokenHandler(cfg.mulan), keep_rates=(semantic_hz,))
         dead_parts.append(dead_m)
+    if melody_desc is not None:  # 16 kHz in, the semantic stage's rate: nothing more to keep
+        segments, dead_mel = segments | "Melody" >> ModelStage(
+            "melody", MelodyTokenHandler(cfg.melody), keep_rates=(semantic_hz,))
+        dead_parts.append(dead_mel)
     segments, dead_s = segments | "Semantic" >> ModelStage(
         "semantic", SemanticTokenHandler(cfg.semantic, cfg.codebook), keep_rates=())
     dead_parts.append(dead_s)
@@ -302,7 +313,7 @@ def build_tokenize(p: beam.Pipeline, cfg: TokenizeConfig, *, semantic_desc: dict
     shards = records | "Shards" >> WriteShards(cfg, version=plan.version if plan else 0)
 
     dead = tuple(dead_parts) | "AllDead" >> beam.Flatten()
-    streams, tokenizers, codebooks = manifest_entries(semantic_desc, acoustic_desc, mulan_desc)
+    streams, tokenizers, codebooks = manifest_entries(semantic_desc, acoustic_desc, mulan_desc, melody_desc)
     if plan is not None:
         status = ((records | "RecUri" >> beam.Map(lambda r: (r.uri, True)),
                    dead | "DeadUri" >> beam.Map(lambda d: (d.uri, False)),

@@ -13,6 +13,7 @@ Where the manifest records each stream's id (the values `codebook_ids` returns a
 |----------|-----------------------------------------|-------------------------------------|
 | semantic | codebooks.semantic                      | k-means codebook, "semantic-<sha12>" |
 | mulan    | codebooks.mulan                         | MuLan RVQ codebook, "mulan-<sha12>"  |
+| melody   | codebooks.melody                        | melody RVQ codebook, "melody-<sha12>" |
 | acoustic | tokenizers.acoustic.weights_sha256      | codec weights (its RVQ lives inside) |
 
 and the record schema version in `schema_version`. A trainer stores `codebook_ids(manifest)` and
@@ -33,6 +34,9 @@ ID_FIELDS: dict[str, tuple[tuple[str, ...], str, str]] = {
     "mulan": (("codebooks", "mulan"), "MuLan RVQ codebook id",
               "tokenize --mulan_codebook PATH of {expected}.safetensors, with the MuLan weights it "
               "was fitted on"),
+    "melody": (("codebooks", "melody"), "melody RVQ codebook id",
+               "tokenize --melody_codebook PATH of {expected}.safetensors, with the melody model it "
+               "was fitted on"),
     "acoustic": (("tokenizers", "acoustic", "weights_sha256"), "acoustic codec weights sha256",
                  "tokenize --acoustic_model PATH of those codec weights"),
 }

@@ -24,7 +24,11 @@ STREAMS: dict[str, tuple[str, int]] = {
     "acoustic": ("uint16", 2),  # [K, T_a] codebook-major @ 50 Hz (K = 12 for SoundStream)
     "mulan_windows": ("float16", 2),  # [W, 128], one 10 s window per second
     "mulan": ("uint16", 1),  # [12] RVQ codes of the segment-mean embedding
+    "melody_windows": ("float16", 2),  # [W, 192], one 4 s window per second
+    "melody": ("uint16", 2),  # [W, 24] RVQ codes of each stored melody window
 }
+# Fields added after schema 1.0's first datasets: shards written without them read as null.
+LATE_STREAMS = ("melody_windows", "melody")
 
 META_FIELDS = (
     "key", "uri", "segment", "start_s", "duration_s", "source_sample_rate", "source_channels",
@@ -47,6 +51,8 @@ ARROW_SCHEMA = pa.schema(
         pa.field("acoustic", pa.list_(pa.list_(pa.uint16())), nullable=True),
         pa.field("mulan_windows", pa.list_(pa.list_(pa.float16())), nullable=True),
         pa.field("mulan", pa.list_(pa.uint16()), nullable=True),
+        pa.field("melody_windows", pa.list_(pa.list_(pa.float16())), nullable=True),
+        pa.field("melody", pa.list_(pa.list_(pa.uint16())), nullable=True),
     ],
     metadata={"tokenmill.schema_version": SCHEMA_VERSION},
 )
@@ -76,6 +82,8 @@ class TrackRecord:
     acoustic: np.ndarray | None = None  # uint16 [K, T_a] @ codec frame rate
     mulan_windows: np.ndarray | None = None  # float16 [W, 128]
     mulan: np.ndarray | None = None  # uint16 [12]
+    melody_windows: np.ndarray | None = None  # float16 [W, 192] (4 s windows, 1 s stride)
+    melody: np.ndarray | None = None  # uint16 [W, 24]: RVQ codes of each melody window
 
     def __post_init__(self) -> None:
         for name, (dtype, rank) in STREAMS.items():

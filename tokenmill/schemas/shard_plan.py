@@ -68,6 +68,8 @@ def stream_bytes_per_s(streams: dict) -> dict[str, float]:
             out[name] = 2.0 * s["n_q"] * s["frame_rate_hz"]
         elif name == "mulan":
             out["mulan_windows"] = 2.0 * s["dim"] / s["stride_s"]
+        elif name == "melody":  # float16 windows + uint16 tokens, one row each per stride
+            out["melody"] = (2.0 * s["dim"] + 2.0 * s["n_stages"]) / s["stride_s"]
         else:
             raise ShardPlanError(f"no bytes-per-second rule for stream {name!r}")
     return out

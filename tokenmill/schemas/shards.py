@@ -38,7 +38,7 @@ from tokenmill.schemas import versions
 from tokenmill.schemas.compat import check_compatible
 from tokenmill.schemas.manifest import ManifestError, validate_manifest
 from tokenmill.schemas.records import (
-    ARROW_SCHEMA, MANIFEST_NAME, STREAMS, TAR_MTIME, TrackRecord, json_dumps_stable,
+    ARROW_SCHEMA, LATE_STREAMS, MANIFEST_NAME, STREAMS, TAR_MTIME, TrackRecord, json_dumps_stable,
     records_to_table, table_to_records, wds_member_names,
 )
 
@@ -149,11 +149,23 @@ def encode_parquet(records: list[TrackRecord]) -> bytes:
     return buf.getvalue()
 
 
+def _with_late_streams(table: pa.Table) -> pa.Table:
+    """A shard written before the melody fields existed gets them as null columns (records.LATE_STREAMS)."""
+    names = set(table.column_names)
+    missing = [f for f in LATE_STREAMS if f not in names]
+    if not missing or any(f not in names for f in ARROW_SCHEMA.names if f not in LATE_STREAMS):
+        return table
+    for f in missing:
+        table = table.append_column(ARROW_SCHEMA.field(f), pa.nulls(table.num_rows, ARROW_SCHEMA.field(f).type))
+    return table.select(ARROW_SCHEMA.names)
+
+
 def decode_parquet(source: str | IO[bytes]) -> list[TrackRecord]:
     try:
         table = pq.read_table(source)
     except (pa.ArrowInvalid, OSError) as e:
         raise ShardFormatError(f"not a readable Parquet file: {e}") from e
+    table = _with_late_streams(table)
     if not table.schema.equals(ARROW_SCHEMA, check_metadata=False):
         raise ShardFormatError(f"schema differs from tokenmill's record schema:\n{table.schema}")
     return table_to_records(table)

@@ -4,7 +4,7 @@
 manifest's stream table and the dead letters; `dataset_stats` reads them from a local dataset
 directory through the schema readers. No Beam, no torch. Plots: tokenmill/inspect_plots.py.
 
-Token usage per stream and level (acoustic: one row per RVQ level; mulan: one per RVQ stage;
+Token usage per stream and level (acoustic: one row per RVQ level; mulan and melody: one per RVQ stage;
 semantic: one row): tokens = how many ids were emitted, used = distinct ids seen, vocab = the
 codebook size the manifest declares, entropy = -sum p log2 p of the id frequencies in bits,
 of max = entropy / log2(vocab) (1.0 = every id equally often), dead codes = ids never used.
@@ -23,8 +23,8 @@ from tokenmill.errors import TokenmillError
 from tokenmill.schemas import shards as fmt
 from tokenmill.schemas.records import SPLITS, TrackRecord
 
-TOKEN_STREAMS = ("semantic", "acoustic", "mulan")  # streams of token ids (mulan_windows are floats)
-LEVEL_NAMES = {"semantic": None, "acoustic": "level", "mulan": "stage"}
+TOKEN_STREAMS = ("semantic", "acoustic", "mulan", "melody")  # streams of token ids (*_windows are floats)
+LEVEL_NAMES = {"semantic": None, "acoustic": "level", "mulan": "stage", "melody": "stage"}
 
 
 class StatsError(TokenmillError, ValueError):
@@ -61,7 +61,8 @@ def level_usage(counts: np.ndarray) -> dict[str, Any]:
 
 def _stream_shape(name: str, info: dict) -> tuple[int, int]:
     """(levels, vocab) of a token stream from the manifest's stream entry."""
-    levels = {"semantic": 1, "acoustic": info.get("n_q"), "mulan": info.get("n_stages")}[name]
+    levels = {"semantic": 1, "acoustic": info.get("n_q"), "mulan": info.get("n_stages"),
+              "melody": info.get("n_stages")}[name]
     vocab = info.get("vocab_size")
     if not isinstance(levels, int) or not isinstance(vocab, int) or levels < 1 or vocab < 1:
         raise StatsError(f"manifest streams.{name} lacks a usable depth/vocab_size ({info}); "
@@ -93,7 +94,8 @@ def compute_stats(records: Iterable[TrackRecord], streams: dict[str, dict],
             if arr is None:
                 raise StatsError(f"record {r.key} lacks the {s} stream the manifest declares; "
                                  "run beam_runner.py verify on the dataset")
-            arr2 = arr.reshape(1, -1) if s == "semantic" else arr.reshape(-1, 1) if s == "mulan" else arr
+            arr2 = (arr.reshape(1, -1) if s == "semantic" else arr.reshape(-1, 1) if s == "mulan"
+                    else arr.T if s == "melody" else arr)  # melody [W, stages] -> one row per stage
             if arr2.shape[0] != levels:
                 raise StatsError(f"record {r.key}: {s} has {arr2.shape[0]} levels, the manifest "
                                  f"declares {levels}; run beam_runner.py verify on the dataset")

@@ -2,7 +2,8 @@
 
 Checks: manifest structure; each shard's size and sha256; each shard decodes under the record
 schema with the stated record count and seconds; each stream's shape against the manifest
-(semantic 25/s, acoustic depth x frames, MuLan W x D unit-norm windows and S tokens < K);
+(semantic 25/s, acoustic depth x frames, MuLan W x D unit-norm windows and S tokens < K, melody
+W x D windows and W x S tokens < K);
 record keys are unique and each record sits in the split and shard its key implies; Parquet and
 WebDataset hold the same records; the dead-letter file's hash and line count; and the
 reconciliation inputs = sources in records + dead-only sources, including the order-free digest of
@@ -96,6 +97,35 @@ def _check_mulan(path: str, r: TrackRecord, info: dict | None) -> list[str]:
     return out
 
 
+def _check_melody(path: str, r: TrackRecord, info: dict | None) -> list[str]:
+    """melody_windows and melody are present iff the manifest declares the stream: W windows for the
+    duration (rates.melody_window_count), the manifest's D, unit-norm rows, and tokens [W, S] < K."""
+    fields = {"melody_windows": r.melody_windows, "melody": r.melody}
+    present = [k for k, v in fields.items() if v is not None]
+    if info is None:
+        return [f"{path}: record {r.key} has {'/'.join(present)} but the manifest declares no melody stream"] \
+            if present else []
+    missing = [k for k, v in fields.items() if v is None]
+    if missing:
+        return [f"{path}: record {r.key} lacks {'/'.join(missing)} that the manifest's melody stream declares"]
+    out = []
+    n_win = rates.melody_window_count(rates.quanta_of_seconds(r.duration_s))
+    if r.melody_windows.shape != (n_win, info["dim"]):
+        out.append(f"{path}: record {r.key} has melody_windows {r.melody_windows.shape} for {r.duration_s} s, "
+                   f"expected {(n_win, info['dim'])}")
+    else:
+        norms = np.linalg.norm(r.melody_windows.astype(np.float32), axis=1)
+        if not np.all((np.abs(norms - 1) < 1e-2) | (norms < 1e-3)):  # a silent window may embed to zeros
+            out.append(f"{path}: record {r.key} has melody_windows that are neither unit-norm nor zero "
+                       f"(norms {norms.min():.4f}..{norms.max():.4f})")
+    if r.melody.shape != (n_win, info["n_stages"]):
+        out.append(f"{path}: record {r.key} has melody tokens {r.melody.shape}, expected "
+                   f"{(n_win, info['n_stages'])}")
+    elif r.melody.size and int(r.melody.max()) >= info["vocab_size"]:
+        out.append(f"{path}: record {r.key} has melody tokens >= the RVQ's K = {info['vocab_size']}")
+    return out
+
+
 def verify_dataset(root: str, *, keep_records: bool = False) -> VerifyReport:
     rep = VerifyReport(root)
     mpath = os.path.join(root, MANIFEST_NAME)
@@ -163,6 +193,7 @@ def verify_dataset(root: str, *, keep_records: bool = False) -> VerifyReport:
                                     f"tokens for {r.duration_s} s (expected 25 per second)")
             rep.problems += _check_acoustic(path, r, manifest["streams"].get("acoustic"))
             rep.problems += _check_mulan(path, r, manifest["streams"].get("mulan"))
+            rep.problems += _check_melody(path, r, manifest["streams"].get("melody"))
 
     formats = sorted(by_format)
     for a, b in zip(formats, formats[1:]):

@@ -38,8 +38,9 @@ from tokenmill.errors import TokenmillError
 from tokenmill.schemas.records import ARROW_SCHEMA, TrackRecord
 
 STREAMS_DIR = "streams"
-# stream -> the record fields its rebuild rewrites (the MuLan windows stay: they are the input)
-OVERRIDE_FIELDS: dict[str, tuple[str, ...]] = {"semantic": ("semantic",), "mulan": ("mulan",)}
+# stream -> the record fields its rebuild rewrites (the MuLan / melody windows stay: they are the input)
+OVERRIDE_FIELDS: dict[str, tuple[str, ...]] = {"semantic": ("semantic",), "mulan": ("mulan",),
+                                                "melody": ("melody",)}
 _OVERRIDE_SHARD = {"path": str, "base": str, "records": int, "bytes": int, "sha256": str}
 
 

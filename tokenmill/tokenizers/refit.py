@@ -224,7 +224,7 @@ def refit_rvq(parent: RVQCodebook, x_new: np.ndarray, *, seed: int = 0, n_iter: 
                             f"{type(parent).__name__}")
     seed, n_iter = _check_int("seed", seed, 0), _check_int("n_iter", n_iter, 0)
     align, warm_start = _check_flag("align", align), _check_flag("warm_start", warm_start)
-    _check_sources(parent.card, sources, "mulan")
+    _check_sources(parent.card, sources, parent.kind)  # "mulan" or "melody": the model the windows come from
     x_new, _, x_heldout = _check_x(x_new, x_heldout, parent.dim, parent.k)
     k = parent.k
     res = np.array(x_new, dtype=np.float32, copy=True)

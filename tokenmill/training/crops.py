@@ -6,7 +6,7 @@ frame range in every stream; all frame arithmetic goes through ``rates`` (this m
 quanta). What each stage gets:
 
   stage      length  streams in the crop
-  semantic   30 s    semantic uint16 [T_s]; M = mulan uint16 [S] of the crop
+  semantic   30 s    semantic uint16 [T_s]; M = mulan uint16 [S] of the crop; melody [9, 24]
   coarse     10 s    semantic uint16 [T_s]; coarse uint16 [L_c, T_a] (levels 1–4); M
   fine        3 s    coarse uint16 [L_c, T_a] (levels 1–4); fine uint16 [L_f, T_a] (levels 5–12)
 
@@ -14,6 +14,15 @@ M is ``tokenizers/mulan.crop_tokens(mulan_windows, t0, t1, rvq)``: the L2-normal
 stored window embeddings that hear the crop, RVQ-encoded. Which stages get M is
 ``CropConfig.mulan_stages`` (default semantic and coarse; the fine stage is conditioned on the
 coarse tokens only, as in AudioLM/MusicLM).
+
+Melody (MusicLM §6, App. C). When the dataset has a melody stream, the stages in
+``CropConfig.melody_stages`` (default: semantic) also get the crop's melody tokens uint16 [n, S]:
+n = the 4 s windows at a 3 s hop that fit in the crop (10 s → 3, 30 s → 9), each the stored
+window tokens of the window starting nearest t0 + 3i (``melody_tokens.crop_tokens_padded``; a
+position past a short track's end is pad_id). With probability ``melody_dropout``, drawn from
+(seed, epoch, index, stage), the whole melody condition is pad_id, so the stage also learns to
+generate from text alone (generation without a hum feeds it pad ids). A dataset without a melody
+stream gives no melody condition; the stage layout (training/stages.py) then has no melody part.
 
 Rates and levels come from the manifest (``StreamLayout.from_manifest``): the acoustic frame
 rate is the codec's (EnCodec: 75 Hz = 3 frames per 40 ms quantum), and the coarse/fine split is
@@ -47,6 +56,7 @@ import numpy as np
 from tokenmill.errors import TokenmillError
 from tokenmill.schemas import rates
 from tokenmill.schemas.records import TrackRecord
+from tokenmill.tokenizers.melody_tokens import crop_tokens_padded
 from tokenmill.tokenizers.mulan import crop_tokens
 
 STAGES = ("semantic", "coarse", "fine")
@@ -78,6 +88,8 @@ class StreamLayout:
     fine_levels: tuple[int, ...]  # 1-based acoustic levels of the fine stage
     semantic_vocab: int
     acoustic_vocab: int
+    melody_stages: int = 0  # RVQ stages S of the melody stream (0: the dataset has none)
+    melody_vocab: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "coarse_levels", _levels(self.coarse_levels, self.n_q, "coarse"))
@@ -104,6 +116,7 @@ class StreamLayout:
             raise CropError(f"manifest has no {' or '.join(missing)} stream; stage crops need both: "
                             "tokenize with an acoustic codec (--acoustic_codec ...)")
         sem, ac = streams["semantic"], streams["acoustic"]
+        mel = streams.get("melody") or {}
         try:
             return cls(
                 semantic=rates.StreamRate("semantic", int(sem["sample_rate_hz"]), int(sem["hop_samples"])),
@@ -111,7 +124,8 @@ class StreamLayout:
                 n_q=int(ac["n_q"]),
                 coarse_levels=tuple(ac["coarse_levels"] if coarse_levels is None else coarse_levels),
                 fine_levels=tuple(ac["fine_levels"] if fine_levels is None else fine_levels),
-                semantic_vocab=int(sem["vocab_size"]), acoustic_vocab=int(ac["vocab_size"]))
+                semantic_vocab=int(sem["vocab_size"]), acoustic_vocab=int(ac["vocab_size"]),
+                melody_stages=int(mel.get("n_stages", 0)), melody_vocab=int(mel.get("vocab_size", 0)))
         except KeyError as e:
             raise CropError(f"manifest streams lack {e}; it was written by an older tokenmill: "
                             "re-run tokenize to get rates and vocab sizes in manifest.json") from None
@@ -127,6 +141,8 @@ class CropConfig:
     short_tracks: str = "pad"  # "pad" | "skip" (module docstring)
     pad_id: int = PAD_ID_DEFAULT
     mulan_stages: tuple[str, ...] = ("semantic", "coarse")
+    melody_stages: tuple[str, ...] = ("semantic",)  # when the dataset has a melody stream
+    melody_dropout: float = 0.1  # share of crops whose melody condition is all pad_id
 
     def __post_init__(self) -> None:
         for stage in STAGES:
@@ -136,9 +152,15 @@ class CropConfig:
             raise CropError(f"short_tracks must be one of {SHORT_POLICIES}, got {self.short_tracks!r}")
         if not 0 <= int(self.pad_id) <= 0xFFFF:
             raise CropError(f"pad_id must fit uint16 (0..65535), got {self.pad_id}")
-        bad = [s for s in self.mulan_stages if s not in STAGES]
+        bad = [s for s in (*self.mulan_stages, *self.melody_stages) if s not in STAGES]
         if bad:
-            raise CropError(f"mulan_stages must be among {STAGES}, got {bad}")
+            raise CropError(f"mulan_stages and melody_stages must be among {STAGES}, got {bad}")
+        if not 0 <= float(self.melody_dropout) <= 1:
+            raise CropError(f"melody_dropout must be in [0, 1], got {self.melody_dropout}")
+
+    def takes_melody(self, stage: str, layout: "StreamLayout") -> bool:
+        """Whether `stage` crops carry a melody condition: listed, and the dataset has the stream."""
+        return stage in self.melody_stages and layout.melody_stages > 0
 
     def length_q(self, stage: str) -> int:
         """Crop length of `stage` in 40 ms quanta (raises rates' message if off the grid)."""
@@ -160,6 +182,7 @@ class Crop:
     coarse: np.ndarray | None  # uint16 [L_c, length_q · acoustic frames/quantum] @ acoustic rate
     fine: np.ndarray | None  # uint16 [L_f, T_a] @ acoustic rate
     mulan: np.ndarray | None  # uint16 [S]: M of [t0_s, t1_s)
+    melody: np.ndarray | None = None  # uint16 [n, S_melody]: the crop's melody windows' tokens
 
     @property
     def padded(self) -> bool:
@@ -216,11 +239,20 @@ def _padded(frames: np.ndarray, n: int, pad_id: int) -> np.ndarray:
     return out
 
 
+def melody_dropped(seed: int, epoch: int, index: int, stage: str, rate: float) -> bool:
+    """Whether this crop's melody condition is dropped (all pad), from (seed, epoch, index, stage)."""
+    if rate <= 0:
+        return False
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(epoch), int(index), STAGES.index(stage), 1]))
+    return bool(rng.random() < rate)
+
+
 def crop_at(record: TrackRecord, stage: str, q0: int, layout: StreamLayout, cfg: CropConfig = CropConfig(),
-            rvq=None) -> Crop | None:
+            rvq=None, drop_melody: bool = False) -> Crop | None:
     """The `stage` crop of `record` starting at quantum `q0` (None when skipped as too short).
 
-    `rvq` (an RVQCodebook) is needed when `stage` is in ``cfg.mulan_stages``."""
+    `rvq` (an RVQCodebook) is needed when `stage` is in ``cfg.mulan_stages``. `drop_melody`: the
+    melody condition is all pad_id (module docstring)."""
     length_q = cfg.length_q(stage)
     streams = STAGE_STREAMS[stage]
     total_q = _check_record(record, layout, streams)
@@ -256,7 +288,16 @@ def crop_at(record: TrackRecord, stage: str, q0: int, layout: StreamLayout, cfg:
                                if rvq is None else f"record {record.key} has no mulan_windows: tokenize with "
                                "--mulan_model, or drop the stage from CropConfig.mulan_stages"))
         mulan = crop_tokens(record.mulan_windows, q0 * rates.QUANTUM_S, q1 * rates.QUANTUM_S, rvq)
-    return Crop(record.key, stage, q0, length_q, valid_q, semantic, coarse, fine, mulan)
+    melody = None
+    if cfg.takes_melody(stage, layout):
+        if record.melody is None or record.melody.shape[-1:] != (layout.melody_stages,):
+            raise CropError(f"record {record.key} has melody tokens {getattr(record.melody, 'shape', None)} but the "
+                            f"manifest's melody stream has {layout.melody_stages} stages; run beam_runner.py verify")
+        melody = crop_tokens_padded(record.melody, q0 * rates.QUANTUM_S, length_q * rates.QUANTUM_S,
+                                    valid_q * rates.QUANTUM_S, cfg.pad_id)
+        if drop_melody:
+            melody[:] = cfg.pad_id
+    return Crop(record.key, stage, q0, length_q, valid_q, semantic, coarse, fine, mulan, melody)
 
 
 class StageCropper:
@@ -283,7 +324,8 @@ class StageCropper:
         self.counts["records"] += 1
         total_q = rates.quanta_of_seconds(record.duration_s)
         q0 = start_quantum(total_q, self.cfg.length_q(self.stage), self.seed, epoch, index, self.stage)
-        crop = crop_at(record, self.stage, q0, self.layout, self.cfg, self.rvq)
+        drop = melody_dropped(self.seed, epoch, index, self.stage, self.cfg.melody_dropout)
+        crop = crop_at(record, self.stage, q0, self.layout, self.cfg, self.rvq, drop_melody=drop)
         if crop is None:
             self.counts["skipped"] += 1
         else:

@@ -210,7 +210,7 @@ def check_stages(stages: dict[str, StageModel]) -> StreamLayout:
                                     f"streams give {want[part.name]}; the checkpoint was trained with another "
                                     "coarse/fine split than the manifest's: retrain it with the manifest's split")
     for stage, sm in stages.items():
-        spans = {p.name: _part_quanta(sm, p, streams) for p in sm.layout.parts if p.name != "mulan"}
+        spans = {p.name: _part_quanta(sm, p, streams) for p in sm.layout.parts if p.name not in ("mulan", "melody")}
         if len(set(spans.values())) != 1:
             raise GenerateError(f"{sm.path}: the parts of the {stage} stage span different times {spans} "
                                 "(quanta); its layout is not one of a training crop")
@@ -270,13 +270,16 @@ def run_stage(sm: StageModel, streams: StreamLayout, cond: dict[str, np.ndarray]
               batch: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Generate one stage's target stream for cfg.seconds, window by window. `cond` holds the
     conditioning streams for the whole length with a batch axis (mulan [B, n_stages], semantic
-    [B, T_s], coarse [B, L_c, T_a]). → (uint16 [B, levels, frames], the windows as dicts)."""
+    [B, T_s], coarse [B, L_c, T_a]; melody: the hum's window tokens [B, W, S] with melody_q [B], its
+    length in quanta, or absent: pad). → (uint16 [B, levels, frames], the windows as dicts)."""
     import torch
+
+    from tokenmill.training.melody_cond import window_melody
 
     layout, stage = sm.layout, sm.layout.stage
     tgt = layout.target
     for part in layout.conditioning:
-        if part.name not in cond:
+        if part.name not in cond and part.name != "melody":
             raise GenerateError(f"the {stage} stage ({sm.path}) is conditioned on {part.name} tokens, "
                                 "which were not given (no text prompt?)")
     total_q, window_q = cfg.quanta, window_quanta(sm, streams)
@@ -293,6 +296,11 @@ def run_stage(sm: StageModel, streams: StreamLayout, cond: dict[str, np.ndarray]
         for b in range(batch):
             given = {}
             for part in layout.conditioning:
+                if part.name == "melody":
+                    hum = cond.get("melody")
+                    given["melody"] = window_melody(None if hum is None else hum[b], win.start_q, window_q,
+                                                    0 if hum is None else int(cond["melody_q"][b]), part, layout.pad_id)
+                    continue
                 src = cond[part.name][b]
                 given[part.name] = src if part.name == "mulan" else _span(
                     src, win.start_q * _fpq(part.name, streams), part.frames, layout.pad_id)
@@ -307,7 +315,8 @@ def run_stage(sm: StageModel, streams: StreamLayout, cond: dict[str, np.ndarray]
         done.append({"index": win.index, "start_s": rates.seconds_of_quanta(win.start_q),
                      "prompt_s": rates.seconds_of_quanta(win.prompt_end_q - win.start_q),
                      "new_s": rates.seconds_of_quanta(win.end_q - win.prompt_end_q),
-                     "prompt_frames": p1 - p0, "new_frames": f1 - p1, "seed": seed})
+                     "prompt_frames": p1 - p0, "new_frames": f1 - p1, "seed": seed,
+                     **({"melody_tokens": given["melody"].tolist()} if "melody" in given else {})})
         log.info("%s stage: window %d/%d, %.2f-%.2f s new after a %.2f s prompt (%d ids) in %.1f s", stage,
                  win.index + 1, len(plan), rates.seconds_of_quanta(win.prompt_end_q),
                  rates.seconds_of_quanta(win.end_q), done[-1]["prompt_s"], (f1 - p1) * tgt.levels,
@@ -315,11 +324,16 @@ def run_stage(sm: StageModel, streams: StreamLayout, cond: dict[str, np.ndarray]
     return out, done
 
 
-def generate_tokens(stages: dict[str, StageModel], mulan: np.ndarray | None, cfg: GenerateConfig) -> Generated:
-    """M (uint16 [n_stages], or None for stages without M) → S → A_c → A_f for cfg.seconds."""
+def generate_tokens(stages: dict[str, StageModel], mulan: np.ndarray | None, cfg: GenerateConfig,
+                    hum=None) -> Generated:
+    """M (uint16 [n_stages], or None for stages without M) → S → A_c → A_f for cfg.seconds.
+    `hum` (melody_cond.Hum): the melody tokens of a melody-conditioned stage (None: pad)."""
     streams = check_stages(stages)
     b = int(cfg.batch)
     cond: dict[str, np.ndarray] = {}
+    if hum is not None:
+        cond["melody"] = np.broadcast_to(hum.tokens, (b, *hum.tokens.shape))
+        cond["melody_q"] = np.full(b, hum.quanta)
     if mulan is not None:
         mulan = np.asarray(mulan, dtype=np.uint16).reshape(-1)
         cond["mulan"] = np.broadcast_to(mulan, (b, mulan.size))
@@ -433,9 +447,14 @@ def wav_paths(out: str | Path, batch: int) -> list[Path]:
 
 def generate_music(text: str, stages: dict[str, StageModel], cfg: GenerateConfig, out: str | Path, *,
                    tokenizer=None, codec=None, mulan_model: str | None = None, mulan_path: str | None = None,
-                   mulan_codebook: str | None = None, acoustic_model: str | None = None) -> Music:
-    """Run the chain and write the WAV(s) and OUT.json (the sidecar)."""
+                   mulan_codebook: str | None = None, acoustic_model: str | None = None,
+                   melody: str | None = None, melody_model: str | None = None, melody_path: str | None = None,
+                   melody_codebook: str | None = None) -> Music:
+    """Run the chain and write the WAV(s) and OUT.json (the sidecar). `melody`: a hum's audio file
+    (training/melody_cond.py), with the dataset's melody model and RVQ unless overridden."""
     import soundfile
+
+    from tokenmill.training import melody_cond
 
     streams = check_stages(stages)
     paths = wav_paths(out, int(cfg.batch))
@@ -450,7 +469,16 @@ def generate_music(text: str, stages: dict[str, StageModel], cfg: GenerateConfig
     t0 = time.monotonic()
     mulan = text_tokens(text, stages, tokenizer, model=mulan_model, path=mulan_path, codebook=mulan_codebook)
     log.info("text tokens M_T: %s", " ".join(map(str, mulan.tolist())))
-    gen = generate_tokens(stages, mulan, cfg)
+    hum = None
+    if melody is not None:
+        if not any(melody_cond.takes_melody(sm.layout) for sm in stages.values()):
+            raise GenerateError("no stage of these checkpoints reads melody tokens (trained without a melody "
+                                "stream, or with --melody_stages none), so --melody would be ignored; drop it")
+        hum = melody_cond.load_hum(melody, stages["semantic"].state["dataset"], model=melody_model,
+                                   model_path=melody_path, codebook=melody_codebook)
+    elif melody_cond.takes_melody(stages["semantic"].layout):
+        log.info("the semantic stage reads melody tokens and no --melody was given: they are pad (text only)")
+    gen = generate_tokens(stages, mulan, cfg, hum)
     codes = acoustic_codes(gen.coarse, gen.fine, streams)
     waves = decode_waves(codec, codes)
     peaks = [float(np.abs(w).max()) if w.size else 0.0 for w in waves]
@@ -470,6 +498,7 @@ def generate_music(text: str, stages: dict[str, StageModel], cfg: GenerateConfig
         "checkpoints": {s: {"path": sm.path, "step": sm.step} for s, sm in stages.items()},
         "codebooks": ds.get("codebooks"), "codec": {"name": codec.name, "weights_sha256": codec.weights_sha256},
         "mulan_tokens": gen.mulan.tolist(),
+        "melody": melody_cond.sidecar_entry(hum, gen.windows["semantic"]),
         "semantic_tokens": gen.semantic.tolist(),  # [batch][frames]: what `memorization --generated` searches for
         "shapes": {"mulan": list(gen.mulan.shape), "semantic": list(gen.semantic.shape),
                    "coarse": list(gen.coarse.shape), "fine": list(gen.fine.shape), "codes": list(codes.shape)},

@@ -4,12 +4,17 @@ A stage's model reads one flat sequence ``[BOS, conditioning..., targets...]`` a
 targets by next-token prediction (the conditioning positions are never targets):
 
   stage     conditioning                          targets
-  semantic  M (n_stages MuLan tokens)             S  (semantic tokens of the crop, T_s)
+  semantic  M (n_stages MuLan tokens), melody     S  (semantic tokens of the crop, T_s)
   coarse    M, S                                  A_c (acoustic coarse levels, frame-major)
   fine      A_c (frame-major)                     A_f (acoustic fine levels, frame-major)
 
 Frame-major ("flattened") means frame 0's levels in order, then frame 1's, ...: A[l, t] sits at
 t · L + l. M is dropped from a stage that ``CropConfig.mulan_stages`` leaves unconditioned.
+Melody tokens (a part named "melody": levels = the melody RVQ's stages, frames = the crop's melody
+windows, window-major like M's stages: window 0's S stages, then window 1's, ...) follow M in the
+stages of ``CropConfig.melody_stages`` when the dataset has a melody stream. A checkpoint's
+layout (its state.json) lists the parts it reads, so one trained without melody says so and
+generation gives it none.
 
 Id space (``StageLayout.parts``): BOS = 0, PAD = 1, then each part's block in sequence order.
 Every MuLan stage and every acoustic level has its own block of `vocab` ids (AudioLM/MusicLM:
@@ -38,7 +43,7 @@ IGNORE = -100  # target of a position that is not learned (conditioning, padding
 class Part:
     """One stream's block of the sequence and of the id space."""
 
-    name: str  # "mulan" | "semantic" | "coarse" | "fine"
+    name: str  # "mulan" | "melody" | "semantic" | "coarse" | "fine"
     levels: int  # rows interleaved frame-major (MuLan: its stages, one frame; semantic: 1)
     frames: int  # frames per crop (MuLan: 1)
     vocab: int  # ids per level
@@ -99,8 +104,9 @@ class StageLayout:
               mulan_stages: int = 0, mulan_vocab: int = 0, frames: dict[str, int] | None = None) -> StageLayout:
         """The layout of `stage` for crops of ``crop``'s length (or `frames`: frames per part for
         another window length, e.g. generation's). `mulan_stages` / `mulan_vocab` are needed when
-        the stage is conditioned on M."""
+        the stage is conditioned on M; the melody part comes from `streams` (its melody stream)."""
         from tokenmill.schemas import rates
+        from tokenmill.tokenizers.melody_tokens import crop_window_count
 
         if stage not in STAGES:
             raise CropError(f"unknown stage {stage!r}; stages are {STAGES}")
@@ -115,6 +121,9 @@ class StageLayout:
                                 "stream (n_stages, vocab_size); tokenize with --mulan_model, or train "
                                 f"with CropConfig(mulan_stages=...) without {stage!r}")
             spec.append(("mulan", mulan_stages, 1, mulan_vocab))
+        if crop.takes_melody(stage, streams):
+            n_win = frames.get("melody", crop_window_count(length_q * rates.QUANTUM_S))
+            spec.append(("melody", streams.melody_stages, n_win, streams.melody_vocab))
         if stage in ("semantic", "coarse"):
             spec.append(("semantic", 1, frames["semantic"], streams.semantic_vocab))
         if stage in ("coarse", "fine"):
@@ -151,6 +160,8 @@ class StageLayout:
         a = np.asarray(tokens)
         if part.name == "mulan" or part.name == "semantic":
             a = a.reshape(-1, 1) if part.name == "mulan" else a.reshape(1, -1)
+        elif part.name == "melody":  # [windows, stages] -> [levels = stages, frames = windows]
+            a = a.T if a.ndim == 2 else a
         if a.shape != (part.levels, part.frames):
             raise CropError(f"{self.stage} stage: {part.name} tokens have shape {np.asarray(tokens).shape}, "
                             f"expected {part.levels} level(s) x {part.frames} frames")
@@ -163,13 +174,18 @@ class StageLayout:
         ids[pad] = PAD
         return ids.T.reshape(-1)  # frame-major
 
-    def crop_sequence(self, crop: Crop, mulan: np.ndarray | None = None) -> np.ndarray:
+    def crop_sequence(self, crop: Crop, mulan: np.ndarray | None = None,
+                      melody: np.ndarray | None = None) -> np.ndarray:
         """int64 [sequence_length]: BOS, conditioning and target ids of a training crop.
-        `mulan` replaces the crop's M (e.g. text tokens M_T)."""
+        `mulan` replaces the crop's M (e.g. text tokens M_T), `melody` its melody tokens [n, S]."""
         if crop.stage != self.stage:
             raise CropError(f"a {crop.stage} crop given to the {self.stage} stage layout")
         src = {"mulan": crop.mulan if mulan is None else mulan, "semantic": crop.semantic,
-               "coarse": crop.coarse, "fine": crop.fine}
+               "coarse": crop.coarse, "fine": crop.fine, "melody": crop.melody if melody is None else melody}
+        missing = [p.name for p in self.parts if src[p.name] is None]
+        if missing:
+            raise CropError(f"the {self.stage} stage layout reads {missing} but the crop has none; crop with the "
+                            "same CropConfig and dataset as the layout")
         return np.concatenate([[BOS]] + [self.part_ids(p, src[p.name]) for p in self.parts])
 
     def prefix(self, **streams: np.ndarray) -> np.ndarray:

@@ -76,7 +76,7 @@ DEFAULT_MULAN_RVQ = Path(__file__).resolve().parents[1] / "weights" / "mulan-def
 HISTORY = 200  # recent step losses kept in state.json
 # Settings a resumed run must share with its checkpoint (they shape the data stream or the model).
 RESUME_FIXED = ("stage", "preset", "model", "batch_size", "seed", "semantic_s", "coarse_s", "fine_s",
-                "short_tracks", "mulan_stages", "shuffle_buffer", "splits")
+                "short_tracks", "mulan_stages", "shuffle_buffer", "splits", "melody_stages", "melody_dropout")
 
 
 class TrainError(TokenmillError, ValueError):
@@ -112,6 +112,8 @@ class TrainConfig:
     splits: tuple[str, ...] = ("train",)
     resume: bool = False
     prefetch: int = 2  # batches formed ahead by a background thread (0: none)
+    melody_stages: tuple[str, ...] = ("semantic",)  # stages given the crop's melody tokens, if the data has them
+    melody_dropout: float = 0.1  # share of crops trained with the melody condition all pad (text-only)
 
     def __post_init__(self) -> None:
         checks = [(self.stage in STAGES, f"stage must be one of {STAGES}, got {self.stage!r}"),
@@ -131,11 +133,13 @@ class TrainConfig:
             if not ok:
                 raise TrainError(msg)
         object.__setattr__(self, "mulan_stages", tuple(self.mulan_stages))
+        object.__setattr__(self, "melody_stages", tuple(self.melody_stages))
         object.__setattr__(self, "splits", tuple(self.splits))
 
     def crop_config(self) -> CropConfig:
         return CropConfig(self.semantic_s, self.coarse_s, self.fine_s, self.short_tracks,
-                          mulan_stages=self.mulan_stages)
+                          mulan_stages=self.mulan_stages, melody_stages=self.melody_stages,
+                          melody_dropout=self.melody_dropout)
 
     def to_json(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -161,19 +165,20 @@ def resolve_device(name: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-def stage_codebooks(dataset: dict, stage: str, mulan: bool) -> dict[str, str]:
+def stage_codebooks(dataset: dict, stage: str, mulan: bool, melody: bool = False) -> dict[str, str]:
     """stream -> codebook id of the streams the stage reads (compat.ID_FIELDS), from a manifest or
     a checkpoint's `dataset` entry."""
     ids = codebook_ids(dataset)
     want = {"acoustic" if s in ("coarse", "fine") else s for s in STAGE_STREAMS[stage]}
     want |= {"mulan"} if mulan else set()
+    want |= {"melody"} if melody else set()
     return {s: ids[s] for s in sorted(want) if s in ids and s in ID_FIELDS}
 
 
 def dataset_entry(manifest: dict) -> dict[str, Any]:
     job = manifest.get("job", {})
     return {"codebooks": manifest["codebooks"], "tokenizers": manifest["tokenizers"], "streams": manifest["streams"],
-            "job": {"acoustic": job.get("acoustic"), "mulan": job.get("mulan")},
+            "job": {"acoustic": job.get("acoustic"), "mulan": job.get("mulan"), "melody": job.get("melody")},
             "schema_version": manifest["schema_version"]}
 
 
@@ -208,8 +213,13 @@ class Trainer:
             _, prior = ckpt.read_state(resume_from)
             check_resume(cfg, prior, self.world_size)
         crop_cfg = cfg.crop_config()
+        if prior is not None and not any(p["name"] == "melody" for p in prior["layout"]["parts"]):
+            # a checkpoint that takes no melody (trained before the stream, or on data without it) keeps so
+            crop_cfg = dataclasses.replace(crop_cfg, melody_stages=tuple(
+                s for s in crop_cfg.melody_stages if s != cfg.stage))
         mulan = cfg.stage in crop_cfg.mulan_stages
-        expect = ((stage_codebooks(prior["dataset"], cfg.stage, mulan), prior["dataset"]["schema_version"])
+        melody = prior is not None and any(p["name"] == "melody" for p in prior["layout"]["parts"])
+        expect = ((stage_codebooks(prior["dataset"], cfg.stage, mulan, melody), prior["dataset"]["schema_version"])
                   if prior else (None, None))
         self.reader = ShardReader(cfg.data, splits=cfg.splits, expect_codebooks=expect[0], expect_schema=expect[1],
                                   seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, rank=self.rank,
