@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import beam_runner
+from tokenmill.cli import CommandError
 from tokenmill.schemas import rates
 from tokenmill.schemas.compat import CompatibilityError, check_compatible, codebook_ids
 from tokenmill.schemas.shards import read_dataset
@@ -159,13 +160,13 @@ def test_compat_refuses_datasets_with_other_or_no_melody(dataset, small_rvq):
 def test_into_refuses_to_mix_with_and_without_melody(dataset, clips, semantic_codebook, small_rvq, tmp_path):
     grown = tmp_path / "grown"
     shutil.copytree(dataset, grown)
-    with pytest.raises(beam_runner.CommandError, match=r"streams \['semantic'\] but the dataset has \['melody', 'semantic'\]"):
+    with pytest.raises(CommandError, match=r"streams \['semantic'\] but the dataset has \['melody', 'semantic'\]"):
         tokenize(clips, semantic_codebook, grown, into=True)
     other = fit_rvq(np.random.default_rng(0).standard_normal((16, 192)).astype(np.float32), n_stages=3, k=4,
                     seed=0, kind="melody")
     other_dir = tmp_path / "other_cb"
     other.save(other_dir)
-    with pytest.raises(beam_runner.CommandError, match="melody codebook is melody-"):
+    with pytest.raises(CommandError, match="melody codebook is melody-"):
         tokenize(clips, semantic_codebook, grown, "--melody_model", "basic-pitch", "--melody_codebook",
                  str(other_dir), into=True)
 
@@ -201,9 +202,9 @@ def test_window_tokens_and_codebook_check(model, small_rvq, direct):
 
 
 def test_melody_flags_need_a_model(clips, semantic_codebook, small_rvq, tmp_path):
-    with pytest.raises(beam_runner.CommandError, match="--melody_codebook needs --melody_model"):
+    with pytest.raises(CommandError, match="--melody_codebook needs --melody_model"):
         tokenize(clips, semantic_codebook, tmp_path / "x", "--melody_codebook", str(small_rvq[1]))
-    with pytest.raises(beam_runner.CommandError, match="--stream melody needs --melody_model"):
+    with pytest.raises(CommandError, match="--stream melody needs --melody_model"):
         beam_runner.main(["fit-codebook", "--stream", "melody", "--input", str(clips / "*"),
                           "--output", str(tmp_path / "cb")])
 

@@ -11,6 +11,8 @@
     tokenmill train --stage semantic --data dataset/ --output runs/semantic
     tokenmill train-codec --data 'audio/**/*.flac' --output runs/codec
     tokenmill train-mulan --manifest corpus/manifest.jsonl --output runs/mulan
+    tokenmill train-semantic --renders renders/ --output runs/melodic
+    tokenmill train-melody --pairs pairs/ --output runs/melody
     tokenmill generate --text "a calm piano piece" --checkpoints runs/ --output piano.wav
     tokenmill generate --captions musiccaps.csv --checkpoints runs/ --output gen/
     tokenmill memorization --dataset dataset/ --checkpoints runs/ --output report/
@@ -51,6 +53,10 @@ COMMANDS: dict[str, tuple[str, str, bool]] = {
                     False),
     "train-mulan": ("tokenmill.cli.train_mulan", "train, evaluate or export the built-in MuLan on captioned music",
                     False),
+    "train-semantic": ("tokenmill.cli.train_semantic",
+                       "train or export the built-in melodic semantic extractor on score renders", False),
+    "train-melody": ("tokenmill.cli.train_melody",
+                     "train or export the built-in melody model on same-melody score renders", False),
     "generate": ("tokenmill.cli.generate", "text to music with trained semantic, coarse and fine stage "
                                            "checkpoints (--captions: one clip per row, a Beam job)", True),
     "memorization": ("tokenmill.cli.memorization",

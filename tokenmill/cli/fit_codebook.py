@@ -7,7 +7,8 @@ DESCRIPTION = ("Decode the inputs, extract semantic features, draw a determinist
                "FAISS k-means codebook; or, with --stream mulan, embed 10 s windows with the MuLan model, draw a "
                "deterministic sample of windows and fit a residual VQ (12 x 1024 by default). Writes "
                "<kind>-<sha12>.safetensors + a JSON card (sample, model, held-out MSE, usage entropy, dead codes) "
-               "and the fit's dead letters.")
+               "and the fit's dead letters. --stream melody does the same with the melody model's 4 s windows "
+               "(24 x 512 by default).")
 
 
 def add_args(p) -> None:
@@ -36,6 +37,14 @@ def run(args, beam_args: list[str]) -> int:
         with make_pipeline(beam_args) as p:
             build_fit_mulan(p, cfg, mulan_desc=desc)
         print_fit_summary(cfg.output, time.monotonic() - t0, kind="mulan")
+        return 0
+    if args.stream == "melody":
+        from tokenmill.pipelines.melody import build_fit_melody, build_model as build_melody_model
+
+        desc = build_melody_model(cfg.melody).describe()
+        with make_pipeline(beam_args) as p:
+            build_fit_melody(p, cfg, melody_desc=desc)
+        print_fit_summary(cfg.output, time.monotonic() - t0, kind="melody")
         return 0
     from tokenmill.pipelines.fit import build_fit
     from tokenmill.pipelines.handlers import semantic_extractor

@@ -58,6 +58,9 @@ def add_args(p) -> None:
                      help="MuLan RVQ file or directory (default: the dataset's; its id must match the checkpoints')")
     gen.add_argument("--acoustic_model", metavar="PATH",
                      help="codec weights path, when it differs from the one recorded in the dataset")
+    from tokenmill.pipelines.options import add_generate_melody_args
+
+    add_generate_melody_args(gen)
 
 
 def _config(args, batch: int):
@@ -79,13 +82,14 @@ def run(args, beam_args: list[str]) -> int:
         raise UsageError(f"unknown argument(s) {' '.join(beam_args)}: Beam options apply to --captions only")
     if not (args.text and args.out):
         raise UsageError("give --text TEXT --output WAV, or --captions CSV --output DIR")
+    from tokenmill.pipelines.options import generate_melody_kwargs
     from tokenmill.training.generate import generate_from_paths
 
     side = generate_from_paths(args.text, args.out, _config(args, args.batch), checkpoints=args.checkpoints,
                                semantic=args.semantic, coarse=args.coarse, fine=args.fine,
                                mulan_model=args.mulan_model, mulan_path=args.mulan_path,
                                mulan_codebook=args.mulan_codebook, acoustic_model=args.acoustic_model,
-                               torch_threads=args.torch_threads).sidecar
+                               torch_threads=args.torch_threads, **generate_melody_kwargs(args)).sidecar
     steps = ", ".join(f"{s} step {c['step']}" for s, c in side["checkpoints"].items())
     print(f"{', '.join(side['wavs'])}: {side['samples'] / side['sample_rate_hz']:.2f} s at {side['sample_rate_hz']} Hz "
           f"({steps}; seed {side['seed']}; {side['elapsed_s']:.1f} s); sidecar "
@@ -102,6 +106,8 @@ def _run_captions(args, beam_args: list[str]) -> int:
 
     if args.text or not args.out or args.batch != 1:
         raise UsageError("--captions: give --output DIR (not --text/--batch: one clip per row)")
+    if args.melody is not None:
+        raise UsageError("generate --captions takes no --melody (one hum for many captions is not supported)")
     rows = read_caption_rows(args.captions)
     cfg = _config(args, 1)
     paths = stage_paths(args.checkpoints, semantic=args.semantic, coarse=args.coarse, fine=args.fine)

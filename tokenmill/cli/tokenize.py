@@ -53,9 +53,14 @@ def run(args, beam_args: list[str]) -> int:
     mulan_desc = None
     if mulan.enabled:
         mulan_desc = describe_mulan(mulan)
+    melody_desc = None
+    if cfg.melody.enabled:
+        from tokenmill.pipelines.melody import describe_melody
+
+        melody_desc = describe_melody(cfg.melody)
     m_rate = mulan_desc["model"]["sample_rate_hz"] if mulan_desc else None
-    cfg = opts.tokenize_config(args, a_rate, m_rate, layout=layout,
-                               sizing=(listing, manifest_entries(semantic_desc, acoustic_desc, mulan_desc)[0]))
+    cfg = opts.tokenize_config(args, a_rate, m_rate, layout=layout, sizing=(
+        listing, manifest_entries(semantic_desc, acoustic_desc, mulan_desc, melody_desc)[0]))
     if cfg.shard_plan is not None:
         sp = cfg.shard_plan
         print(f"shards: {cfg.num_shards} train + {cfg.num_valid_shards} valid per format, for {sp['input_files']} "
@@ -64,7 +69,7 @@ def run(args, beam_args: list[str]) -> int:
               f"(listed in {t_list:.1f} s)")
     plan = None
     if base is not None:
-        streams, tokenizers, codebooks = manifest_entries(semantic_desc, acoustic_desc, mulan_desc)
+        streams, tokenizers, codebooks = manifest_entries(semantic_desc, acoustic_desc, mulan_desc, melody_desc)
         incremental.check_compatible(base, tokenizers=tokenizers, codebooks=codebooks, streams=streams,
                                      audio=cfg.to_json()["audio"])
         plan = incremental.make_plan(base, args.retry_failures)
@@ -79,14 +84,15 @@ def run(args, beam_args: list[str]) -> int:
         check_captions(cfg.captions)  # fail fast; the job reads and joins them itself
     compute_entry = compute.describe(job_compute, launcher_facts, args.device)
     if plan is None:
-        journal, compute_entry = _journal(cfg, semantic_desc, acoustic_desc, mulan_desc, compute_entry)
+        journal, compute_entry = _journal(cfg, semantic_desc, acoustic_desc, mulan_desc, compute_entry,
+                                          melody_desc)
     else:
         journal = jr.open_spill(cfg.output, plan.version)
         compute_warning(f"the dataset {base.root}", incremental.compute_changes(base.manifest, compute_entry))
     with make_pipeline(beam_args) as p:
         build_tokenize(p, cfg, semantic_desc=semantic_desc,
                        acoustic_desc=acoustic_desc, mulan_desc=mulan_desc, plan=plan, journal=journal,
-                       compute_entry=compute_entry)
+                       compute_entry=compute_entry, melody_desc=melody_desc)
     if plan is None:
         jr.close_journal(cfg.output, journal)
     else:
@@ -111,7 +117,7 @@ def run(args, beam_args: list[str]) -> int:
     return 0
 
 
-def _journal(cfg, semantic_desc, acoustic_desc, mulan_desc, compute_entry):
+def _journal(cfg, semantic_desc, acoustic_desc, mulan_desc, compute_entry, melody_desc=None):
     """The resume journal of a full run (pipelines/journal.py): new, or an interrupted run's.
     Returns (journal, the manifest's compute entry: with `resumed_under` when the interrupted run
     used another layout)."""
@@ -121,7 +127,7 @@ def _journal(cfg, semantic_desc, acoustic_desc, mulan_desc, compute_entry):
     from tokenmill.pipelines.tokenize import manifest_entries
     from tokenmill.tokenizers import compute
 
-    streams, tokenizers, codebooks = manifest_entries(semantic_desc, acoustic_desc, mulan_desc)
+    streams, tokenizers, codebooks = manifest_entries(semantic_desc, acoustic_desc, mulan_desc, melody_desc)
     job = {k: ({kk: vv for kk, vv in v.items() if kk != "compute"} if isinstance(v, dict) else v)
            for k, v in cfg.to_json().items() if k != "output"}   # the layout may change on resume
     # a JournalError (a TokenmillError) names the journal and the fix

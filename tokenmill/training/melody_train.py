@@ -30,7 +30,6 @@ import hashlib
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -314,18 +313,3 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
         if step % cfg.ckpt_every == 0 or step == cfg.steps:
             save_run(out, net, opt, step, cfg, history)
     return load_run(out) or {}
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_args(ap)
-    try:
-        run(ap.parse_args(argv))
-    except TokenmillError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,11 +1,11 @@
 r"""Train the built-in melodic semantic extractor (tokenizers/semantic_builtin.py) on score renders.
 
-    python -m tokenmill.training.semantic_train --renders RENDERS --out RUN [--steps N] [--resume]
-    python -m tokenmill.training.semantic_train --export RUN/ckpt-latest.pt \
-        --to tokenmill/weights/semantic-default.safetensors
+    tokenmill train-semantic --renders RENDERS --output RUN [--steps N] [--resume]
+    tokenmill train-semantic --export RUN/ckpt-latest.pt \
+        --output tokenmill/weights/semantic-default.safetensors
 
 `add_args(parser)` and `run(args)` are the library entry points (a CLI wires them); errors are
-`SemanticTrainError` (a TokenmillError), never SystemExit.
+`SemanticTrainError` (a TokenmillError); only the CLI ends the process.
 
 Data: RENDERS/index.json as scripts/corpus/semantic_pairs.py writes it: WAVs of score segments,
 each tune rendered with the same notes on several General MIDI programs and velocities, plus
@@ -405,14 +405,15 @@ def _flag_bool(text: str) -> bool:
 
 def add_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--renders", help="folder with index.json from scripts/corpus/semantic_pairs.py")
-    p.add_argument("--out", help="run folder: checkpoints, train.jsonl")
+    p.add_argument("--output", "--out", dest="out", help="run folder: checkpoints, train.jsonl; with --export: the "
+                   "weights file to write")
     p.add_argument("--cache", help="front-end cache folder (default OUT/cache)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt-latest.pt")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--ckpt_every", type=int, default=100)
     p.add_argument("--log_every", type=int, default=10)
     p.add_argument("--export", help="a checkpoint to export as extractor weights (with --to)")
-    p.add_argument("--to", help="weights file to write with --export")
+    p.add_argument("--to", help="weights file to write with --export (the older spelling of --output)")
     for f in fields(TrainArgs):
         kind = _flag_bool if isinstance(f.default, bool) else type(f.default)
         p.add_argument(f"--{f.name}", type=kind, default=f.default, help=f"(default {f.default})")
@@ -430,9 +431,10 @@ def run(args: argparse.Namespace) -> dict:
     """Train (or export); returns a summary dict."""
     torch.set_num_threads(max(1, int(args.threads)))
     if args.export:
-        if not args.to:
-            raise SemanticTrainError("--export needs --to FILE (e.g. tokenmill/weights/semantic-default.safetensors)")
-        return {"exported": str(export(Path(args.export), Path(args.to)))}
+        to = args.to or args.out
+        if not to:
+            raise SemanticTrainError("--export needs --output FILE (e.g. tokenmill/weights/semantic-default.safetensors)")
+        return {"exported": str(export(Path(args.export), Path(to)))}
     if not args.renders or not args.out:
         raise SemanticTrainError("training needs --renders DIR (with index.json) and --out RUN_DIR")
     a = TrainArgs(**{f.name: getattr(args, f.name) for f in fields(TrainArgs)})
@@ -467,17 +469,3 @@ def run(args: argparse.Namespace) -> dict:
     losses = train(net, heads, data, a, out, start, opt, args.ckpt_every, args.log_every, log)
     logf.close()
     return {"steps": a.steps, "final_loss": losses[-1] if losses else None, "checkpoint": str(out / "ckpt-latest.pt")}
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = add_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
-    try:
-        print(json.dumps(run(p.parse_args(argv))))
-    except TokenmillError as e:
-        print(f"semantic_train: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
