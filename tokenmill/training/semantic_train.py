@@ -339,7 +339,7 @@ def save_ckpt(path: Path, net: MelodicNet, heads: Heads, opt, step: int, a: Trai
 def load_ckpt(path: Path) -> dict:
     if not path.is_file():
         raise SemanticTrainError(f"{path}: no checkpoint there (train first, or drop --resume)")
-    ck = torch.load(path, map_location="cpu", weights_only=False)
+    ck = torch.load(path, map_location="cpu", weights_only=True)
     if ck.get("format") != CKPT_FORMAT:
         raise SemanticTrainError(f"{path} is not a semantic_train checkpoint (format {ck.get('format')!r})")
     return ck
