@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 # The main job on the bundled real audio, embedded Beam runner, local files, built-in tokenizers
-# (spectral semantic features + k-means, built-in SoundStream, built-in MuLan with its packaged
+# (melodic semantic features + k-means, built-in SoundStream, built-in MuLan with its packaged
 # weights and packaged RVQ: the tokenize defaults), so the shards hold all three streams; ends by
 # decoding one record to a WAV and printing the MuLan text tokens of two captions.
 # The bundled audio is 2.6 min (~3.9k frames): too few for k=1024 (FAISS wants >= 39 frames per

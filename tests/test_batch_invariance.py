@@ -101,7 +101,7 @@ def test_spectral_tokens_do_not_depend_on_the_batch(segments, tmp_path):
     ext = build_extractor("spectral")
     fit_kmeans(np.concatenate([ext.extract(s.waves[16_000]) for s in segments]), 32, seed=0,
                kind="semantic").save(tmp_path)
-    handler = SemanticTokenHandler(SemanticConfig(batch_size=8), str(tmp_path))
+    handler = SemanticTokenHandler(SemanticConfig(extractor="spectral", batch_size=8), str(tmp_path))
     alone, tok = check_invariant(handler, segments, np.testing.assert_array_equal)
     np.testing.assert_array_equal(alone, tok.codebook.assign(ext.extract(segments[0].waves[16_000])))
     assert alone.shape == (rates.frames_for_quanta(segments[0].n_quanta, rates.SEMANTIC),)

@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 
+from tokenmill.pipelines.options import DEFAULT_SEMANTIC_EXTRACTOR
 from tokenmill.errors import UsageError
 
 import beam_runner
@@ -31,7 +32,7 @@ def write_captions(path, n: int) -> None:
 @pytest.fixture(scope="module")
 def codebook(tmp_path_factory):
     out = tmp_path_factory.mktemp("cb")
-    x = np.random.default_rng(0).standard_normal((400, build_extractor("spectral").dim)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((400, build_extractor(DEFAULT_SEMANTIC_EXTRACTOR).dim)).astype(np.float32)
     fit_kmeans(x, 8, seed=0, kind="semantic").save(out)
     return out
 

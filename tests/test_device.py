@@ -189,20 +189,20 @@ def test_worker_without_cuda_gets_the_models_fix_it_errors(monkeypatch, hubert_d
 
 def test_spectral_extractor_warns_once_and_runs_on_cpu(caplog, spectral_codebook):
     with caplog.at_level(logging.WARNING, logger="tokenmill"):
-        ex = handlers.SemanticFeatureHandler(SemanticConfig(device="cuda")).load_model()
+        ex = handlers.SemanticFeatureHandler(SemanticConfig(extractor="spectral", device="cuda")).load_model()
     msgs = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert msgs == ["--device cuda: spectral extractor has no GPU path; it runs on CPU"]
     assert ex.name == "spectral"
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="tokenmill"):
-        tok = handlers.SemanticTokenHandler(SemanticConfig(device="cuda:1"), str(spectral_codebook)).load_model()
+        tok = handlers.SemanticTokenHandler(SemanticConfig(extractor="spectral", device="cuda:1"), str(spectral_codebook)).load_model()
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warned[0] == "--device cuda:1: spectral extractor has no GPU path; it runs on CPU"
     assert len(warned) == 2 and "no GPU support (faiss-cpu)" in warned[1]  # the codebook's search
     assert tok.extractor.name == "spectral"
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="tokenmill"):
-        handlers.SemanticFeatureHandler(SemanticConfig()).load_model()
+        handlers.SemanticFeatureHandler(SemanticConfig(extractor="spectral")).load_model()
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
@@ -229,8 +229,8 @@ def test_describe_semantic_ssl_is_built_on_cpu_and_unchanged_by_the_device(monke
 
 def test_describe_semantic_spectral_unchanged_and_silent(caplog, spectral_codebook):
     with caplog.at_level(logging.WARNING, logger="tokenmill"):
-        cpu, _ = handlers.describe_semantic(SemanticConfig(), str(spectral_codebook))
-        gpu, _ = handlers.describe_semantic(SemanticConfig(device="cuda"), str(spectral_codebook))
+        cpu, _ = handlers.describe_semantic(SemanticConfig(extractor="spectral"), str(spectral_codebook))
+        gpu, _ = handlers.describe_semantic(SemanticConfig(extractor="spectral", device="cuda"), str(spectral_codebook))
     assert cpu == gpu and "device" not in _keys(gpu)
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []  # the worker warns, not the launcher
 

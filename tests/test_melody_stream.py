@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import beam_runner
+from tokenmill.pipelines.options import DEFAULT_SEMANTIC_EXTRACTOR
 from tokenmill.cli import CommandError
 from tokenmill.schemas import rates
 from tokenmill.schemas.compat import CompatibilityError, check_compatible, codebook_ids
@@ -51,7 +52,7 @@ def waves(clips) -> dict:
 def semantic_codebook(tmp_path_factory, waves) -> Path:
     seg = next(iter(waves.values()))
     out = tmp_path_factory.mktemp("semantic_cb")
-    fit_kmeans(build_extractor("spectral").extract(seg.waves[16_000]), 8, seed=0, kind="semantic").save(out)
+    fit_kmeans(build_extractor(DEFAULT_SEMANTIC_EXTRACTOR).extract(seg.waves[16_000]), 8, seed=0, kind="semantic").save(out)
     return out
 
 

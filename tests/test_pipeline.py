@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import beam_runner
+from tokenmill.pipelines.options import DEFAULT_SEMANTIC_EXTRACTOR
 from tokenmill.schemas.verify import verify_dataset
 from tokenmill.tokenizers import audio
 from tokenmill.tokenizers.kmeans import Codebook
@@ -95,7 +96,7 @@ def test_tokens_equal_the_pure_kernels(dataset, codebook_dir):
     """Pipeline output == decode → extractor → FAISS assign, called directly on the same file."""
     rep = verify_dataset(str(dataset), keep_records=True)
     cb = Codebook.load(sorted(codebook_dir.glob("semantic-*.safetensors"))[0])
-    ex = build_extractor("spectral")
+    ex = build_extractor(DEFAULT_SEMANTIC_EXTRACTOR)
     cfg = audio.AudioConfig(target_rates_hz=(16_000,), max_segment_s=MAX_SEGMENT_S)
     by_uri: dict[str, list] = {}
     for r in rep.records["parquet"]:

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import beam_runner
+from tokenmill.pipelines.options import DEFAULT_SEMANTIC_EXTRACTOR
 from tokenmill.pipelines.fit import split_sample
 from tokenmill.pipelines.ingest import frames_priority
 from tokenmill.schemas import rates
@@ -33,7 +34,7 @@ def semantic_codebook(tmp_path_factory, real_audio_dir) -> Path:
     """A k=16 semantic codebook fitted directly (no job) on one clip's spectral features."""
     cfg = audio.AudioConfig(target_rates_hz=(16_000,))
     seg = audio.prepare((real_audio_dir / "pushover_greek.flac").read_bytes(), "x", cfg)[0]
-    feats = build_extractor("spectral").extract(seg.waves[16_000])
+    feats = build_extractor(DEFAULT_SEMANTIC_EXTRACTOR).extract(seg.waves[16_000])
     out = tmp_path_factory.mktemp("semantic_cb")
     fit_kmeans(feats, 16, seed=0, kind="semantic").save(out)
     return out

@@ -21,6 +21,7 @@ from apache_beam.io.localfilesystem import LocalFileSystem
 from apache_beam.ml.inference.base import ModelHandler
 
 import beam_runner
+from tokenmill.pipelines.options import DEFAULT_SEMANTIC_EXTRACTOR
 from tokenmill.pipelines import options as opts
 from tokenmill.pipelines.runner import make_pipeline
 from tokenmill.tokenizers.kmeans import fit_kmeans
@@ -98,7 +99,7 @@ def remote(tmp_path_factory):
     FakeRemoteFileSystem.root = str(root)
     saved_tmp, tempfile.tempdir = tempfile.tempdir, str(tmp_path_factory.mktemp("worker_tmp"))  # model copies
     rng = np.random.default_rng(0)
-    dim = build_extractor("spectral").dim
+    dim = build_extractor(DEFAULT_SEMANTIC_EXTRACTOR).dim
     (root / "bucket" / "cb").mkdir(parents=True)
     fit_kmeans(rng.standard_normal((400, dim)).astype(np.float32), 8, seed=0, kind="semantic").save(root / "bucket" / "cb")
     (root / "bucket" / "models").mkdir()

@@ -14,6 +14,7 @@ import pytest
 
 import beam_runner
 from helpers import write_dataset
+from tokenmill.pipelines.options import DEFAULT_SEMANTIC_EXTRACTOR
 from tokenmill.schemas import shards as fmt
 from tokenmill.schemas.captions import CaptionFileError, parse_captions
 from tokenmill.schemas.records import parquet_shard_name
@@ -229,7 +230,7 @@ def _random_codebook(out: Path, dim: int) -> Path:
 def test_malformed_captions_stop_tokenize_before_the_job(tmp_path, real_audio_dir):
     from tokenmill.tokenizers.semantic import build_extractor
 
-    cb = _random_codebook(tmp_path / "cb", build_extractor("spectral").describe()["dim"])
+    cb = _random_codebook(tmp_path / "cb", build_extractor(DEFAULT_SEMANTIC_EXTRACTOR).describe()["dim"])
     bad = tmp_path / "caps.jsonl"
     bad.write_bytes(b'{"file": "a.wav", "caption": "fine"}\nnot json\n')
     with pytest.raises(SystemExit, match=rf"--captions: {re.escape(str(bad))}:2"):
@@ -240,7 +241,7 @@ def test_malformed_captions_stop_tokenize_before_the_job(tmp_path, real_audio_di
 
 def test_wrong_dimension_codebook_stops_tokenize(tmp_path, real_audio_dir):
     _random_codebook(tmp_path / "cb", 5)
-    with pytest.raises(SystemExit, match=r"has dim 5 but extractor 'spectral' gives"):
+    with pytest.raises(SystemExit, match=r"has dim 5 but extractor 'melodic' gives"):
         beam_runner.main(["tokenize", "--input", str(real_audio_dir / "*.wav"), "--codebook",
                           str(tmp_path / "cb"), "--output", str(tmp_path / "o"), "--acoustic_codec", "none",
                           "--mulan_model", "none"])

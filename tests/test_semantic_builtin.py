@@ -285,6 +285,7 @@ def test_fit_tokenize_and_rebuild_accept_it_by_name(tmp_path, real_audio_dir):
     # a spectral codebook is refused for melodic features, as a fix-it exit
     spec = tmp_path / "cb_spectral"
     assert beam_runner.main(["fit-codebook", "--input", str(src / "*"), "--output", str(spec),
+                             "--semantic_extractor", "spectral",
                              "--num_clusters", "16", "--sample_frames", "600", "--heldout_frames", "60"]) == 0
     with pytest.raises(SystemExit, match="extractor 'melodic' gives 32"):
         beam_runner.main(["tokenize", "--input", str(src / "*"), "--codebook", str(spec),

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tokenmill.pipelines.options import DEFAULT_SEMANTIC_EXTRACTOR
 from tokenmill.errors import UsageError
 
 import beam_runner
@@ -110,7 +111,7 @@ def test_tokenize_derives_the_count_and_records_the_plan(real_audio_dir, tmp_pat
     for name in ("pushover_greek.flac", "asc_frontiers.mp3"):
         shutil.copy(real_audio_dir / name, src)
     seg = audio.prepare((src / "pushover_greek.flac").read_bytes(), "x", audio.AudioConfig(target_rates_hz=(16_000,)))[0]
-    fit_kmeans(build_extractor("spectral").extract(seg.waves[16_000]), 8, seed=0, kind="semantic").save(tmp_path / "cb")
+    fit_kmeans(build_extractor(DEFAULT_SEMANTIC_EXTRACTOR).extract(seg.waves[16_000]), 8, seed=0, kind="semantic").save(tmp_path / "cb")
     out = tmp_path / "ds"
     assert beam_runner.main(["tokenize", "--input", str(src / "*"), "--codebook", str(tmp_path / "cb"), "--output",
                              str(out), "--acoustic_codec", "none", "--mulan_model", "none", "--formats", "parquet",

@@ -17,9 +17,14 @@ from tokenmill.tokenizers.audio import AudioConfig
 from tokenmill.tokenizers.compute import KERNELS, ComputeError, ComputeLayout
 
 
+# The semantic extractor of new datasets: the built-in trained model whose tokens follow the melody
+# across instruments (README, "Semantic extractors"). Datasets built with another keep it.
+DEFAULT_SEMANTIC_EXTRACTOR = "melodic"
+
+
 @dataclass(frozen=True)
 class SemanticConfig:
-    extractor: str = "spectral"  # "spectral" | "basic-pitch" | "w2v-bert" | "hubert" (semantic.known_extractors())
+    extractor: str = DEFAULT_SEMANTIC_EXTRACTOR  # "melodic" | "spectral" | "basic-pitch" | "w2v-bert" | "hubert" (plugins.py)
     extractor_config: tuple[tuple[str, object], ...] = ()  # (name, value) pairs, JSON-able
     batch_size: int = 8  # segments per RunInference batch
     path: str | None = None  # SSL extractors: transformers save_pretrained directory
@@ -206,11 +211,11 @@ SEMANTIC_EXTRACTORS = ("spectral", *BUILTIN_MODEL_EXTRACTORS, *PITCH_EXTRACTORS,
 
 def _add_semantic_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("semantic features")
-    g.add_argument("--semantic_extractor", choices=SEMANTIC_EXTRACTORS, default="spectral",
-                   help="feature extractor at 25 Hz: 'spectral' is the built-in weight-free log-mel+chroma "
-                        "baseline; 'melodic' is our small trained model (packaged weights, "
-                        "tokenmill/weights/semantic-default.md) whose tokens follow the melody across "
-                        "instruments; 'basic-pitch' pools the pretrained basic-pitch model's note and onset "
+    g.add_argument("--semantic_extractor", choices=SEMANTIC_EXTRACTORS, default=DEFAULT_SEMANTIC_EXTRACTOR,
+                   help="feature extractor at 25 Hz (default %(default)s): 'melodic' is our small trained model "
+                        "(packaged weights, tokenmill/weights/semantic-default.md) whose tokens follow the melody "
+                        "across instruments; 'spectral' is the built-in weight-free log-mel+chroma baseline "
+                        "(~10x cheaper; its tokens carry the instrument as much as the pitch); 'basic-pitch' pools the pretrained basic-pitch model's note and onset "
                         "posteriorgrams (ONNX file from the basic-pitch wheel, run by torch) into a "
                         "pitch-class profile + onset + register per frame; 'w2v-bert' (w2v-BERT 2.0, Wav2Vec2BertModel) and 'hubert' (HubertModel) "
                         "load --semantic_path and take hidden layer --semantic_layer, averaged over pairs "
