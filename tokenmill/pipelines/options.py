@@ -374,13 +374,17 @@ def fit_codebook_config(args: argparse.Namespace, mulan_rate_hz: int | None = No
 
 def tokenize_config(args: argparse.Namespace, acoustic_rate_hz: int | None = None,
                     mulan_rate_hz: int | None = None, layout: dict | None = None,
-                    sizing: tuple | None = None) -> TokenizeConfig:
+                    sizing: tuple | None = None, *, semantic: SemanticConfig | None = None,
+                    acoustic: AcousticConfig | None = None, mulan: MulanConfig | None = None,
+                    melody: MelodyConfig | None = None) -> TokenizeConfig:
     """`acoustic_rate_hz`, `mulan_rate_hz`: the codec's and the MuLan model's sample rates (the
     launcher builds each model once to learn them). `layout`: the existing dataset's num_shards,
     num_valid_shards, valid_fraction and formats (--into); an omitted flag takes its value, a given
     one must equal it. `sizing`: (ingest.InputListing, the manifest's stream entries) of a new
     dataset: shard counts not given as flags are sized by the data (schemas/shard_plan.py).
-    `args` is only read, so this can be called again once more models are described."""
+    `args` is only read, so this can be called again once more models are described; `semantic`,
+    `acoustic`, `mulan`, `melody`: the stream configs already built from these flags (reused, not
+    built again)."""
     if getattr(args, "retry_failures", False) and not getattr(args, "into", None):
         raise UsageError("--retry_failures needs --into DIR (the dataset whose dead letters to retry)")
     target_mb = getattr(args, "target_shard_mb", None)
@@ -421,5 +425,5 @@ def tokenize_config(args: argparse.Namespace, acoustic_rate_hz: int | None = Non
         num_valid_shards=lay["num_valid_shards"], valid_fraction=lay["valid_fraction"],
         shard_plan=None if plan is None else plan.to_json(),
         formats=formats, audio=audio_config(args, rates_hz),
-        semantic=semantic_config(args), acoustic=acoustic_config(args), mulan=mulan_config(args),
-        melody=melody_config(args))
+        semantic=semantic or semantic_config(args), acoustic=acoustic or acoustic_config(args),
+        mulan=mulan or mulan_config(args), melody=melody or melody_config(args))
