@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 DESCRIPTION = ("Decode the inputs, extract semantic features, draw a deterministic sample of frames and fit a "
                "FAISS k-means codebook; or, with --stream mulan, embed 10 s windows with the MuLan model, draw a "
@@ -33,7 +34,7 @@ def run(args, beam_args: list[str]) -> int:
         from tokenmill.pipelines.mulan import build_fit_mulan, build_model
 
         desc = build_model(cfg.mulan).describe()  # on the CPU: the workers use cfg.mulan.device
-        cfg = opts.fit_codebook_config(args, mulan_rate_hz=desc["sample_rate_hz"])
+        cfg = replace(cfg, audio=replace(cfg.audio, target_rates_hz=(desc["sample_rate_hz"],)))  # the model's rate
         with make_pipeline(beam_args) as p:
             build_fit_mulan(p, cfg, mulan_desc=desc)
         print_fit_summary(cfg.output, time.monotonic() - t0, kind="mulan")

@@ -45,7 +45,7 @@ def run(args, beam_args: list[str]) -> int:
     mulan = opts.mulan_config(args)  # flag checks before any model loads
     acoustic_desc = describe_acoustic(acoustic) if acoustic.enabled else None
     a_rate = acoustic_desc["sample_rate_hz"] if acoustic_desc else None
-    cfg = opts.tokenize_config(args, a_rate, layout=layout)
+    cfg = opts.tokenize_config(args, a_rate, layout=layout, acoustic=acoustic, mulan=mulan)
     t_list = time.monotonic()
     listing = list_inputs(cfg.inputs)  # one listing: fails fast on an empty pattern, sizes the shards
     t_list = time.monotonic() - t_list
@@ -59,8 +59,10 @@ def run(args, beam_args: list[str]) -> int:
 
         melody_desc = describe_melody(cfg.melody)
     m_rate = mulan_desc["model"]["sample_rate_hz"] if mulan_desc else None
+    # again, now that the MuLan rate and the listing are known (the stream configs are reused)
     cfg = opts.tokenize_config(args, a_rate, m_rate, layout=layout, sizing=(
-        listing, manifest_entries(semantic_desc, acoustic_desc, mulan_desc, melody_desc)[0]))
+        listing, manifest_entries(semantic_desc, acoustic_desc, mulan_desc, melody_desc)[0]),
+        semantic=cfg.semantic, acoustic=cfg.acoustic, mulan=cfg.mulan, melody=cfg.melody)
     if cfg.shard_plan is not None:
         sp = cfg.shard_plan
         print(f"shards: {cfg.num_shards} train + {cfg.num_valid_shards} valid per format, for {sp['input_files']} "

@@ -15,7 +15,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from tokenmill.pipelines.handlers import Failed, SemanticFeatureHandler
 from tokenmill.pipelines.ingest import DEAD, Progress, ReadAndDecode, dead_letter, frames_priority
-from tokenmill.pipelines.options import FitCodebookConfig
+from tokenmill.pipelines.configs import FitCodebookConfig
 from tokenmill.pipelines.sinks import atomic_write
 from tokenmill.schemas import shards as fmt
 from tokenmill.tokenizers import compute

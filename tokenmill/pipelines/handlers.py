@@ -14,7 +14,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from tokenmill.pipelines.device import device_index
 from tokenmill.tokenizers import compute
 from tokenmill.pipelines.ingest import SegmentInput
-from tokenmill.pipelines.options import AcousticConfig, SemanticConfig
+from tokenmill.pipelines.configs import AcousticConfig, SemanticConfig
 from tokenmill.schemas import rates
 from tokenmill.tokenizers.codec import AcousticCodec, build_codec
 from tokenmill.tokenizers.kmeans import Codebook, CodebookError, faiss_has_gpu

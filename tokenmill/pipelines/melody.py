@@ -24,7 +24,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 from tokenmill.pipelines.fit import BottomK, SampleFrames, _save_remote, card_compute, split_sample
 from tokenmill.pipelines.handlers import Failed, local_codebook_path, per_element, with_local_path
 from tokenmill.pipelines.ingest import DEAD, ReadAndDecode, SegmentInput
-from tokenmill.pipelines.options import FitCodebookConfig, MelodyConfig
+from tokenmill.pipelines.configs import FitCodebookConfig, MelodyConfig
 from tokenmill.pipelines.sinks import atomic_write
 from tokenmill.schemas import rates
 from tokenmill.schemas import shards as fmt

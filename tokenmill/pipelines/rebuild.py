@@ -49,7 +49,7 @@ from apache_beam.io.filesystems import FileSystems
 from tokenmill.errors import UsageError
 from tokenmill import __version__
 from tokenmill.pipelines.ingest import frames_priority
-from tokenmill.pipelines.options import RebuildConfig, SemanticConfig
+from tokenmill.pipelines.configs import RebuildConfig, SemanticConfig
 from tokenmill.pipelines.rebuild_beam import RebuildError, join, read_bytes  # noqa: F401 (RebuildError: API)
 from tokenmill.pipelines.sinks import atomic_write
 from tokenmill.schemas import shards as fmt

@@ -30,7 +30,7 @@ from tokenmill.pipelines.journal import Journal, JournalDead, JournalPlan, Journ
 from tokenmill.pipelines.ingest import DEAD, DuplicateContent, Progress, ReadAndDecode, SegmentInput, dead_letter
 from tokenmill.pipelines.melody import MelodyTokenHandler, melody_stream_info
 from tokenmill.pipelines.mulan import MulanTokenHandler, mulan_stream_info
-from tokenmill.pipelines.options import TokenizeConfig
+from tokenmill.pipelines.configs import TokenizeConfig
 from tokenmill.pipelines.sinks import WriteShards, atomic_write, write_dead_letters
 from tokenmill.schemas import manifest as mf
 from tokenmill.schemas import rates
