@@ -73,9 +73,9 @@ class MulanConfig:
 
 
 MELODY_MODELS = ("none", "builtin", "basic-pitch")
-# tokenize's default --melody_model. "none" until the built-in melody model ships with a packaged RVQ;
-# then this one constant turns the stream on by default (as MuLan's is).
-DEFAULT_MELODY_MODEL = "none"
+# tokenize's default --melody_model: the built-in melody model with its packaged RVQ, so the default
+# tokenize produces the melody stream with no extra fit (as MuLan's does).
+DEFAULT_MELODY_MODEL = "builtin"
 
 
 @dataclass(frozen=True)
@@ -294,7 +294,8 @@ def _add_melody_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("melody stream (melody_windows float16 [W, 192], melody tokens uint16 [W, 24])")
     g.add_argument("--melody_model", choices=MELODY_MODELS, default=DEFAULT_MELODY_MODEL,
                    help="melody embedding model, one 192-d vector per 4 s window at a 1 s stride: 'builtin' "
-                        "(the project's melody model), 'basic-pitch' (pitch-class tracks from the pretrained "
+                        "(the project's melody model; packaged weights and RVQ), 'basic-pitch' (pitch-class tracks "
+                        "from the pretrained "
                         "basic-pitch model in its wheel; needs no training); 'none' leaves melody_windows and "
                         "melody null (default %(default)s)")
     g.add_argument("--melody_path", metavar="PATH",
@@ -302,7 +303,8 @@ def _add_melody_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--melody_codebook", metavar="PATH",
                    help="melody RVQ codebook (24 stages x 512): melody-<sha12>.safetensors (or its .json card, "
                         "or a directory holding exactly one), as written by `fit-codebook --stream melody` with "
-                        "the same model. Default: the model's packaged RVQ, where it has one")
+                        "the same model. Default: the packaged RVQ, for the packaged builtin weights only; any "
+                        "other weights, and basic-pitch, need one")
     g.add_argument("--melody_batch_size", type=int, default=16,
                    help="4 s windows per melody forward pass, and segments per RunInference batch "
                         "(default %(default)s)")
