@@ -30,8 +30,9 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 # The main job on the bundled real audio, embedded Beam runner, local files, built-in tokenizers
-# (melodic semantic features + k-means, built-in SoundStream, built-in MuLan with its packaged
-# weights and packaged RVQ: the tokenize defaults), so the shards hold all three streams; ends by
+# (melodic semantic features + k-means, built-in SoundStream, built-in MuLan and built-in melody
+# model with their packaged weights and packaged RVQs: the tokenize defaults), so the shards hold
+# all four streams and the semantic stage trains melody-conditioned; ends by
 # decoding one record to a WAV and printing the MuLan text tokens of two captions.
 # The bundled audio is 2.6 min (~3.9k frames): too few for k=1024 (FAISS wants >= 39 frames per
 # centroid), so the demo fits k=64. Real corpora use the default --num_clusters 1024. (Its 83

@@ -217,7 +217,7 @@ def test_native_kernels_are_recorded_as_what_torch_found(tmp_path, real_audio_di
 
 def _tokenize(src: Path, cb: Path, *extra: str) -> None:
     assert beam_runner.main(["tokenize", "--input", str(src), "--codebook", str(cb), "--num_shards", "1",
-                             "--acoustic_codec", "none", "--mulan_model", "none", *extra]) == 0
+                             "--acoustic_codec", "none", "--mulan_model", "none", "--melody_model", "none", *extra]) == 0
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ worker makes a portable job wait forever).
 
 Inputs are short excerpts of the bundled clips, so every stage and both sinks run in seconds:
 decode (with a dead letter and a byte duplicate), acoustic (built-in SoundStream), MuLan
-(packaged weights if present, else a small random built-in model), semantic, dedupe, captions,
+(packaged weights if present, else a small random built-in model), melody (the default: packaged
+built-in model and RVQ), semantic, dedupe, captions,
 Parquet + WebDataset shards, failures file and manifest; both fit-codebook streams; and a
 rebuild of each stream of that dataset (both Beam passes).
 """
@@ -166,7 +167,7 @@ def test_tokenize_covered_every_stage_and_both_sinks(runs):
 
     local, _ = runs["tokenize"]
     m = json.loads((local / "manifest.json").read_text())
-    assert set(m["streams"]) == {"acoustic", "mulan", "semantic"}
+    assert set(m["streams"]) == {"acoustic", "melody", "mulan", "semantic"}
     assert {s["format"] for s in m["shards"]} == {"parquet", "webdataset"}
     assert m["counts"]["dead_by_reason"].get("duplicate") == 1 and m["counts"]["dead_letters"] == 2
     assert m["counts"]["records"] >= 4 and {s["split"] for s in m["shards"] if s["records"]} == {"train", "valid"}

@@ -1,5 +1,5 @@
 """The training path end to end, as the README documents it: tokenize real audio with the built-in
-tokenizers (all three streams), serve the dataset over local HTTP, train the three tiny stages
+tokenizers (all four streams: semantic, acoustic, MuLan, melody), serve the dataset over local HTTP, train the three tiny stages
 from that URL with the trainer CLI, and generate a WAV from a text prompt with `generate`.
 
 Short on purpose (few steps, short crops): it checks that the commands fit together (layouts from
@@ -17,6 +17,7 @@ from conftest import serve
 
 import beam_runner
 from tokenmill.training import checkpoint as ckpt
+from tokenmill.training.stages import StageLayout
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -35,7 +36,7 @@ def test_tokenize_serve_train_three_stages_and_generate(tmp_path, real_audio_dir
     assert beam_runner.main(["tokenize", "--input", str(audio / "*"), "--codebook", str(tmp_path / "cb"),
                              "--output", str(ds), "--num_shards", "1", "--valid_fraction", "0"]) == 0
     manifest = json.loads((ds / "manifest.json").read_text())
-    assert set(manifest["streams"]) == {"semantic", "acoustic", "mulan"}
+    assert set(manifest["streams"]) == {"semantic", "acoustic", "mulan", "melody"}
 
     with serve(ds) as (url, requests):
         for stage in ("semantic", "coarse", "fine"):
@@ -46,6 +47,8 @@ def test_tokenize_serve_train_three_stages_and_generate(tmp_path, real_audio_dir
         _, state = ckpt.read_state(tmp_path / "runs" / stage)
         assert state["step"] == 4 and state["stage"] == stage
         assert state["dataset"]["codebooks"] == manifest["codebooks"]
+        parts = [p.name for p in StageLayout.from_json(state["layout"]).parts]
+        assert ("melody" in parts) == (stage == "semantic")  # --melody_stages defaults to semantic
 
     out = tmp_path / "gen.wav"
     assert beam_runner.main(["generate", "--text", "a calm solo piano piece", "--checkpoints",

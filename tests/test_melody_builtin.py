@@ -177,6 +177,30 @@ def test_packaged_weights_prefer_the_same_tune_on_another_sound_over_its_transpo
     assert float(hum @ saw) > float(hum @ up)
 
 
+@needs_packaged
+def test_packaged_weights_come_with_their_packaged_rvq_and_other_weights_do_not(tmp_path):
+    import shutil
+
+    from tokenmill.tokenizers import melody_tokens
+    from tokenmill.tokenizers.rvq import RVQCodebook
+
+    model = melody.build_melody("builtin")
+    assert model.default_codebook == mb.DEFAULT_RVQ
+    rvq = melody_tokens.load_codebook_for(model)  # checked against the packaged weights' sha256
+    assert (rvq.n_stages, rvq.k, rvq.dim, rvq.kind) == (24, 512, 192, "melody")
+    assert rvq.id == RVQCodebook.load(mb.DEFAULT_RVQ).id
+    assert rvq.card["sources"]["melody"]["weights_sha256"] == model.weights_sha256
+    w16 = model.embed_windows(tone([60, 64, 67, 72] * 3, 0.5, harmonics=3)).astype(np.float16)
+    np.testing.assert_array_equal(melody_tokens.window_tokens(w16, rvq), rvq.encode(w16.astype(np.float32)))
+    other = tmp_path / "melody-other.safetensors"  # same bytes, another file: not the packaged weights
+    shutil.copy(mb.DEFAULT_WEIGHTS, other)
+    copied = melody.build_melody("builtin", path=str(other))
+    assert copied.default_codebook is None and copied.weights_sha256 == model.weights_sha256
+    with pytest.raises(melody.MelodyError, match="no packaged RVQ codebook; fit one"):
+        melody_tokens.load_codebook_for(copied)
+    assert melody_tokens.load_codebook_for(copied, mb.DEFAULT_RVQ).id == rvq.id  # given explicitly: fine
+
+
 # ---- the trainer ---------------------------------------------------------------------------------
 
 def tiny_pairs(root, n_groups=3):

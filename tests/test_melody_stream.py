@@ -124,6 +124,27 @@ def test_manifest_records_rates_window_rule_and_codebook(dataset, small_rvq, mod
     assert codebook_ids(m)["melody"] == small_rvq[0].id
 
 
+def test_default_tokenize_has_the_melody_stream_from_the_packaged_model_and_rvq(clips, semantic_codebook, waves,
+                                                                                tmp_path):
+    """No melody flag: the built-in model and its packaged RVQ, as the README's defaults promise."""
+    from tokenmill.tokenizers import melody_builtin
+
+    out = tokenize(clips, semantic_codebook, tmp_path / "ds")
+    model = build_melody("builtin")
+    rvq = RVQCodebook.load(melody_builtin.DEFAULT_RVQ)
+    m = json.loads((out / "manifest.json").read_text())
+    assert (m["job"]["melody"]["model"], m["streams"]["melody"]["model"]) == ("builtin", "builtin")
+    assert (m["streams"]["melody"]["n_stages"], m["streams"]["melody"]["vocab_size"]) == (24, 512)
+    assert m["codebooks"]["melody"] == rvq.id
+    assert m["tokenizers"]["melody"]["model"]["weights_sha256"] == model.weights_sha256
+    recs = {r.key: r for r in read_dataset(str(out), format="parquet")}
+    assert sorted(recs) == sorted(waves)
+    for key, r in recs.items():
+        want = model.embed_windows(waves[key].waves[16_000])
+        np.testing.assert_allclose(r.melody_windows.astype(np.float32), want, rtol=2 ** -11, atol=1e-5)
+        np.testing.assert_array_equal(r.melody, rvq.encode(r.melody_windows.astype(np.float32)))
+
+
 def test_verify_and_stats_include_the_melody_stream(dataset, small_rvq):
     rep = verify_dataset(str(dataset), keep_records=True)
     assert rep.ok, rep.problems
@@ -162,7 +183,7 @@ def test_into_refuses_to_mix_with_and_without_melody(dataset, clips, semantic_co
     grown = tmp_path / "grown"
     shutil.copytree(dataset, grown)
     with pytest.raises(CommandError, match=r"streams \['semantic'\] but the dataset has \['melody', 'semantic'\]"):
-        tokenize(clips, semantic_codebook, grown, into=True)
+        tokenize(clips, semantic_codebook, grown, "--melody_model", "none", into=True)
     other = fit_rvq(np.random.default_rng(0).standard_normal((16, 192)).astype(np.float32), n_stages=3, k=4,
                     seed=0, kind="melody")
     other_dir = tmp_path / "other_cb"
@@ -204,7 +225,8 @@ def test_window_tokens_and_codebook_check(model, small_rvq, direct):
 
 def test_melody_flags_need_a_model(clips, semantic_codebook, small_rvq, tmp_path):
     with pytest.raises(CommandError, match="--melody_codebook needs --melody_model"):
-        tokenize(clips, semantic_codebook, tmp_path / "x", "--melody_codebook", str(small_rvq[1]))
+        tokenize(clips, semantic_codebook, tmp_path / "x", "--melody_model", "none", "--melody_codebook",
+                 str(small_rvq[1]))
     with pytest.raises(CommandError, match="--stream melody needs --melody_model"):
         beam_runner.main(["fit-codebook", "--stream", "melody", "--input", str(clips / "*"),
                           "--output", str(tmp_path / "cb")])

@@ -28,7 +28,8 @@ def setup(tmp_path_factory, real_audio_dir):
 
 def tokenize(src: Path, cb: Path, out: Path, *extra: str) -> dict:
     args = ["tokenize", "--input", str(src / "*"), "--codebook", str(cb), "--output", str(out),
-            "--num_shards", "2", "--max_segment_s", "2.5", "--mulan_model", "none", *extra]
+            "--num_shards", "2", "--max_segment_s", "2.5", "--mulan_model", "none", "--melody_model", "none",
+            *extra]
     assert beam_runner.main(args) == 0
     return runner.tokenmill_counters(runner.LAST_RESULT)
 

@@ -51,6 +51,8 @@ def tokenize(corpus, codebook_dir, out, *extra):
         args += ["--acoustic_codec", "none"]  # the codec's own tests below; keep the rest fast
     if not any(a.startswith("--mulan_") for a in extra):
         args += ["--mulan_model", "none"]  # the MuLan stream's tests: test_pipeline_mulan.py
+    if not any(a.startswith("--melody_") for a in extra):
+        args += ["--melody_model", "none"]  # the melody stream's tests: test_melody_stream.py
     assert beam_runner.main(args) == 0
     return out
 

@@ -75,7 +75,8 @@ def rebuild(ds: Path, stream: str, cb: Path, out: Path, *extra: str) -> dict:
 
 @pytest.fixture(scope="module")
 def parent(tmp_path_factory, src, parent_cb) -> Path:
-    return tokenize(src, parent_cb[1], tmp_path_factory.mktemp("parent") / "ds", "--mulan_model", "none")
+    return tokenize(src, parent_cb[1], tmp_path_factory.mktemp("parent") / "ds", "--mulan_model", "none",
+                    "--melody_model", "none")
 
 
 @pytest.fixture(scope="module")

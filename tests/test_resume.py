@@ -19,7 +19,7 @@ from tokenmill.pipelines import journal as jr
 from tokenmill.pipelines.sinks import atomic_write
 
 ROOT = Path(__file__).resolve().parent.parent
-FLAGS = ("--acoustic_codec", "none", "--mulan_model", "none", "--max_segment_s", "8", "--num_shards", "2",
+FLAGS = ("--acoustic_codec", "none", "--mulan_model", "none", "--melody_model", "none", "--max_segment_s", "8", "--num_shards", "2",
          "--valid_fraction", "0.25")
 PAUSE_AFTER = 5  # journal entries written before the job pauses to be killed
 

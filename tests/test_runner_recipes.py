@@ -112,7 +112,7 @@ def tokenize_args(extra=()):
     return ["tokenize", "--input", "gs://my-bucket/audio/*.flac", "--input", "gs://my-bucket/more/**",
             "--output", "gs://my-bucket/datasets/ds1", "--codebook", "tmfake://bucket/cb",
             "--acoustic_codec", "soundstream", "--acoustic_model", "tmfake://bucket/models/soundstream-24k-default.safetensors",
-            "--mulan_model", "none", *extra]
+            "--mulan_model", "none", "--melody_model", "none", *extra]
 
 
 def build_tokenize_graph(beam_args: list[str]):

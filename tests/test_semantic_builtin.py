@@ -267,7 +267,7 @@ def test_fit_tokenize_and_rebuild_accept_it_by_name(tmp_path, real_audio_dir):
     assert cb.mean is None and cb.card["sources"]["extractor"]["weights_sha256"] == sha
     out = tmp_path / "ds"
     assert beam_runner.main(["tokenize", "--input", str(src / "*"), "--codebook", str(cbs),
-                             "--output", str(out), "--mulan_model", "none", "--acoustic_codec", "none",
+                             "--output", str(out), "--mulan_model", "none", "--melody_model", "none", "--acoustic_codec", "none",
                              "--num_shards", "1", "--formats", "parquet", *sem]) == 0
     m = json.loads((out / "manifest.json").read_text())
     s = m["streams"]["semantic"]
@@ -289,7 +289,7 @@ def test_fit_tokenize_and_rebuild_accept_it_by_name(tmp_path, real_audio_dir):
                              "--num_clusters", "16", "--sample_frames", "600", "--heldout_frames", "60"]) == 0
     with pytest.raises(SystemExit, match="extractor 'melodic' gives 32"):
         beam_runner.main(["tokenize", "--input", str(src / "*"), "--codebook", str(spec),
-                          "--output", str(tmp_path / "ds2"), "--mulan_model", "none",
+                          "--output", str(tmp_path / "ds2"), "--mulan_model", "none", "--melody_model", "none",
                           "--acoustic_codec", "none", *sem])
 
 

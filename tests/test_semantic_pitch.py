@@ -123,7 +123,7 @@ def test_fit_and_tokenize_end_to_end(tmp_path, real_audio_dir):
     assert cb.mean is None and cb.card["sources"]["extractor"]["weights_sha256"] == NMP_ONNX_SHA256
     out = tmp_path / "ds"
     assert beam_runner.main(["tokenize", "--input", str(src / "*"), "--codebook", str(cbs),
-                             "--output", str(out), "--mulan_model", "none", "--acoustic_codec", "none",
+                             "--output", str(out), "--mulan_model", "none", "--melody_model", "none", "--acoustic_codec", "none",
                              "--num_shards", "1", "--formats", "parquet", *sem]) == 0
     m = json.loads((out / "manifest.json").read_text())
     s = m["streams"]["semantic"]
@@ -148,7 +148,7 @@ def test_fit_and_tokenize_end_to_end(tmp_path, real_audio_dir):
                              "--num_clusters", "16", "--sample_frames", "600", "--heldout_frames", "60"]) == 0
     with pytest.raises(SystemExit, match="extractor 'basic-pitch' gives 14"):
         beam_runner.main(["tokenize", "--input", str(src / "*"), "--codebook", str(spec),
-                          "--output", str(tmp_path / "ds2"), "--mulan_model", "none",
+                          "--output", str(tmp_path / "ds2"), "--mulan_model", "none", "--melody_model", "none",
                           "--acoustic_codec", "none", *sem])
 
 

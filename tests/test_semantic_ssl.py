@@ -164,7 +164,7 @@ def test_bad_checkpoints_have_fix_it_messages(saved, tmp_path):
 
 def test_cli_refuses_bad_semantic_flags(saved, tmp_path, real_audio_dir):
     base = ["tokenize", "--input", str(real_audio_dir / "*.wav"), "--codebook", str(tmp_path),
-            "--output", str(tmp_path / "o"), "--mulan_model", "none", "--acoustic_codec", "none"]
+            "--output", str(tmp_path / "o"), "--mulan_model", "none", "--melody_model", "none", "--acoustic_codec", "none"]
     with pytest.raises(SystemExit, match="needs --semantic_extractor hubert --semantic_path DIR"):
         beam_runner.main([*base, "--semantic_extractor", "hubert"])
     with pytest.raises(SystemExit, match="--semantic_layer applies to --semantic_extractor"):
@@ -224,7 +224,7 @@ def test_fit_and_tokenize_with_hubert_record_model_and_layer(saved, tmp_path, re
     assert cb.card["sources"]["extractor"]["layer"] == 7
     out = tmp_path / "ds"
     assert beam_runner.main(["tokenize", "--input", str(src / "*"), "--codebook", str(cbs),
-                             "--output", str(out), "--mulan_model", "none", "--acoustic_codec", "none",
+                             "--output", str(out), "--mulan_model", "none", "--melody_model", "none", "--acoustic_codec", "none",
                              "--num_shards", "1", "--formats", "parquet", *sem]) == 0
     m = json.loads((out / "manifest.json").read_text())
     sha = sha256_of_files(sorted(d.glob("*.safetensors")))
@@ -246,5 +246,5 @@ def test_fit_and_tokenize_with_hubert_record_model_and_layer(saved, tmp_path, re
     # a codebook fitted on layer 7 is refused for layer 3, as a fix-it exit (no traceback)
     with pytest.raises(SystemExit, match="fitted on layer 7 but this job uses 3"):
         beam_runner.main(["tokenize", "--input", str(src / "*"), "--codebook", str(cbs),
-                          "--output", str(tmp_path / "ds3"), "--mulan_model", "none",
+                          "--output", str(tmp_path / "ds3"), "--mulan_model", "none", "--melody_model", "none",
                           "--acoustic_codec", "none", *sem, "--semantic_layer", "3"])

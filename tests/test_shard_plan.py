@@ -114,7 +114,8 @@ def test_tokenize_derives_the_count_and_records_the_plan(real_audio_dir, tmp_pat
     fit_kmeans(build_extractor(DEFAULT_SEMANTIC_EXTRACTOR).extract(seg.waves[16_000]), 8, seed=0, kind="semantic").save(tmp_path / "cb")
     out = tmp_path / "ds"
     assert beam_runner.main(["tokenize", "--input", str(src / "*"), "--codebook", str(tmp_path / "cb"), "--output",
-                             str(out), "--acoustic_codec", "none", "--mulan_model", "none", "--formats", "parquet",
+                             str(out), "--acoustic_codec", "none", "--mulan_model", "none", "--melody_model", "none",
+                             "--formats", "parquet",
                              "--target_shard_mb", "0.0005"]) == 0
     m = json.loads((out / "manifest.json").read_text())
     by_ext = {".flac": (src / "pushover_greek.flac").stat().st_size, ".mp3": (src / "asc_frontiers.mp3").stat().st_size}

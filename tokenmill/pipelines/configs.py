@@ -149,16 +149,16 @@ class MulanConfig:
 
 
 MELODY_MODELS = ("none", "builtin", "basic-pitch")
-# tokenize's default --melody_model. "none" until the built-in melody model ships with a packaged RVQ;
-# then this one constant turns the stream on by default (as MuLan's is).
-DEFAULT_MELODY_MODEL = "none"
+# tokenize's default --melody_model: the built-in melody model with its packaged RVQ, so the default
+# tokenize produces the melody stream with no extra fit (as MuLan's does).
+DEFAULT_MELODY_MODEL = "builtin"
 
 
 @dataclass(frozen=True)
 class MelodyConfig:
     model: str = field(default=DEFAULT_MELODY_MODEL, metadata=_flag(
         "melody embedding model, one 192-d vector per 4 s window at a 1 s stride: 'builtin' "
-        "(the project's melody model), 'basic-pitch' (pitch-class tracks from the pretrained "
+        "(the project's melody model; packaged weights and RVQ), 'basic-pitch' (pitch-class tracks from the pretrained "
         "basic-pitch model in its wheel; needs no training); 'none' leaves melody_windows and "
         "melody null (default %(default)s)", flag="--melody_model", choices=MELODY_MODELS))
     path: str | None = field(default=None, metadata=_flag(
@@ -166,7 +166,8 @@ class MelodyConfig:
     codebook: str | None = field(default=None, metadata=_flag(
         "melody RVQ codebook (24 stages x 512): melody-<sha12>.safetensors (or its .json card, "
         "or a directory holding exactly one), as written by `fit-codebook --stream melody` with "
-        "the same model. Default: the model's packaged RVQ, where it has one",
+        "the same model. Default: the packaged RVQ, for the packaged builtin weights only; any "
+        "other weights, and basic-pitch, need one",
         flag="--melody_codebook", metavar="PATH"))
     batch_size: int = field(default=16, metadata=_flag(
         "4 s windows per melody forward pass, and segments per RunInference batch "

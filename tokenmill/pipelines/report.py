@@ -27,6 +27,9 @@ def print_summary(root: str, manifest: dict, *, verified: bool, elapsed_s: float
         elif name == "mulan":
             token_lines.append(f"mulan {c['records'] * info['n_stages']:,} ({info['n_stages']}/record, vocab "
                                f"{info['vocab_size']}; {info['model']} windows {info['dim']}-d, 1/s)")
+        elif name == "melody":  # one token row per stored window; the manifest keeps no window count
+            token_lines.append(f"melody {info['n_stages']}/window (vocab {info['vocab_size']}; {info['model']} "
+                               f"windows {info['dim']}-d, {info['window_s']} s at a {info['stride_s']} s stride)")
     by_format: dict[str, list] = {}
     for s in manifest["shards"]:
         by_format.setdefault(s["format"], []).append(s)

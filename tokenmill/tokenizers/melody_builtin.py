@@ -18,7 +18,9 @@ model sees the harmonics too; keys are kept (a transposed tune is another melody
 
 Weights: one safetensors file of the network's tensors, metadata {format, config (JSON), steps,
 trained_on}. `path=None` loads the packaged `tokenmill/weights/melody-default.safetensors`.
-`weights_sha256` is the sha256 of the file's bytes.
+`weights_sha256` is the sha256 of the file's bytes. The packaged weights come with a packaged RVQ
+(24 × 512, `melody-default-rvq.safetensors`, fitted on their windows; card: the weights' `.md`),
+which `melody_tokens.load_codebook_for` uses when no codebook is given; other weights have none.
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ from tokenmill.tokenizers.semantic import mel_filterbank
 FORMAT = "tokenmill.melody.v1"
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "melody-default.safetensors"
+DEFAULT_RVQ = WEIGHTS_DIR / "melody-default-rvq.safetensors"
 
 
 @dataclass(frozen=True)
@@ -217,6 +220,9 @@ class BuiltinMelody(MelodyModel):
                               f"{rates.MELODY_SAMPLE_RATE_HZ} Hz → {rates.MELODY_DIM}-d")
         self.device, self.batch_size = device, int(batch_size)
         self.weights_sha256 = hashlib.sha256(self.path.read_bytes()).hexdigest()
+        # Only the packaged weights have a packaged RVQ (fitted on their windows); any other
+        # weights need --melody_codebook (see melody_tokens.load_codebook_for).
+        self.default_codebook = DEFAULT_RVQ if self.path.resolve() == DEFAULT_WEIGHTS.resolve() else None
 
     def _embed_windows(self, windows: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
