@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Sequence
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
+from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from tokenmill.pipelines.fit import BottomK, SampleFrames, _save_remote, card_compute, split_sample
-from tokenmill.pipelines.handlers import Failed, local_codebook_path, per_element, with_local_path
+from tokenmill.pipelines.handlers import local_codebook_path, with_local_path
 from tokenmill.pipelines.ingest import DEAD, ReadAndDecode, SegmentInput
 from tokenmill.pipelines.configs import FitCodebookConfig, MelodyConfig
 from tokenmill.pipelines.sinks import atomic_write
+from tokenmill.pipelines.window_handlers import WindowHandler, WindowTokenHandler
 from tokenmill.schemas import rates
 from tokenmill.schemas import shards as fmt
 from tokenmill.tokenizers import compute
@@ -66,61 +66,33 @@ def check_windows(windows: np.ndarray, seg: SegmentInput, model: MelodyModel) ->
     return windows
 
 
-class _MelodyBase(ModelHandler):
-    def __init__(self, cfg: MelodyConfig):
-        super().__init__(min_batch_size=1, max_batch_size=cfg.batch_size)
-        self.cfg = cfg
-
-    def _windows(self, model: MelodyModel, batch: Sequence[SegmentInput]) -> list:
-        """float32 [W, D] per segment (or Failed), one segment per model call: which segments share
-        a RunInference batch depends on the runner, and a window must not depend on its batch."""
-        waves = [s.waves[model.sample_rate_hz] for s in batch]
-        one_by_one = lambda ws: [model.embed_windows(w) for w in ws]  # noqa: E731
-        out = []
-        for s, w in zip(batch, per_element(one_by_one, model.embed_windows, waves)):
-            if not isinstance(w, Failed):
-                try:
-                    w = check_windows(w, s, model)
-                except Exception as e:  # noqa: BLE001 — becomes this segment's dead letter
-                    w = Failed(e)
-            out.append(w)
-        return out
-
-    def get_num_bytes(self, batch: Sequence[SegmentInput]) -> int:
-        return sum(w.nbytes for s in batch for w in s.waves.values())
-
-
-class MelodyWindowHandler(_MelodyBase):
+class MelodyWindowHandler(WindowHandler):
     """SegmentInput → float32 [W, D] melody window embeddings (for the RVQ fit)."""
+
+    def embed(self, model: MelodyModel):
+        return model.embed_windows
+
+    def check(self, windows: np.ndarray, seg: SegmentInput, model: MelodyModel) -> np.ndarray:
+        return check_windows(windows, seg, model)
 
     def load_model(self) -> MelodyModel:
         return build_model(self.cfg, device=self.cfg.device)
-
-    def run_inference(self, batch, model: MelodyModel, inference_args=None):
-        return [PredictionResult(s, w) for s, w in zip(batch, self._windows(model, batch))]
 
     def get_metrics_namespace(self) -> str:
         return "tokenmill_melody_windows"
 
 
-class MelodyTokenHandler(_MelodyBase):
+class MelodyTokenHandler(WindowTokenHandler, MelodyWindowHandler):
     """SegmentInput → {"melody_windows": float16 [W, D], "melody": uint16 [W, S]}."""
+
+    WINDOWS_FIELD, TOKENS_FIELD = "melody_windows", "melody"
+
+    def tokens(self, windows16: np.ndarray, rvq: RVQCodebook) -> np.ndarray:
+        return window_tokens(windows16, rvq)
 
     def load_model(self) -> MelodyTokenizer:
         model = build_model(self.cfg, device=self.cfg.device)
         return MelodyTokenizer(model, load_rvq(self.cfg, model))
-
-    def run_inference(self, batch, model: MelodyTokenizer, inference_args=None):
-        out = []
-        for s, w in zip(batch, self._windows(model.model, batch)):
-            if not isinstance(w, Failed):
-                try:
-                    w16 = w.astype(np.float16)
-                    w = {"melody_windows": w16, "melody": window_tokens(w16, model.rvq)}
-                except Exception as e:  # noqa: BLE001
-                    w = Failed(e)
-            out.append(PredictionResult(s, w))
-        return out
 
     def get_metrics_namespace(self) -> str:
         return "tokenmill_melody_tokens"

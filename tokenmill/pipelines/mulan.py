@@ -16,17 +16,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Sequence
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
+from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from tokenmill.pipelines.fit import BottomK, SampleFrames, _save_remote, card_compute, split_sample
-from tokenmill.pipelines.handlers import Failed, local_codebook_path, per_element, with_local_path
+from tokenmill.pipelines.handlers import local_codebook_path, with_local_path
 from tokenmill.pipelines.ingest import DEAD, ReadAndDecode, SegmentInput
 from tokenmill.pipelines.configs import FitCodebookConfig, MulanConfig
 from tokenmill.pipelines.sinks import atomic_write
+from tokenmill.pipelines.window_handlers import WindowHandler, WindowTokenHandler
 from tokenmill.schemas import rates
 from tokenmill.schemas import shards as fmt
 from tokenmill.tokenizers import compute
@@ -67,64 +67,33 @@ def check_windows(windows: np.ndarray, seg: SegmentInput, model: MulanModel) -> 
     return windows
 
 
-class _MulanBase(ModelHandler):
-    def __init__(self, cfg: MulanConfig):
-        super().__init__(min_batch_size=1, max_batch_size=cfg.batch_size)
-        self.cfg = cfg
-
-    def _windows(self, model: MulanModel, batch: Sequence[SegmentInput]) -> list:
-        """float32 [W, D] per segment (or Failed), one segment's windows per forward pass (chunked by
-        the model's batch size). Not embed_audio_windows_batch over the whole RunInference batch:
-        a conv's float results change in the last bits with the batch's composition, and which
-        segments share a RunInference batch depends on the runner's bundles, so the fitted RVQ
-        (and float16 windows) would differ between runners (tests/test_distributed.py)."""
-        waves = [s.waves[model.sample_rate_hz] for s in batch]
-        out = []
-        one_by_one = lambda ws: [model.embed_audio_windows(w) for w in ws]  # noqa: E731
-        for s, w in zip(batch, per_element(one_by_one, model.embed_audio_windows, waves)):
-            if not isinstance(w, Failed):
-                try:
-                    w = check_windows(w, s, model)
-                except Exception as e:  # noqa: BLE001 — becomes this segment's dead letter
-                    w = Failed(e)
-            out.append(w)
-        return out
-
-    def get_num_bytes(self, batch: Sequence[SegmentInput]) -> int:
-        return sum(w.nbytes for s in batch for w in s.waves.values())
-
-
-class MulanWindowHandler(_MulanBase):
+class MulanWindowHandler(WindowHandler):
     """SegmentInput → float32 [W, D] window embeddings (for the RVQ fit)."""
+
+    def embed(self, model: MulanModel):
+        return model.embed_audio_windows
+
+    def check(self, windows: np.ndarray, seg: SegmentInput, model: MulanModel) -> np.ndarray:
+        return check_windows(windows, seg, model)
 
     def load_model(self) -> MulanModel:
         return build_model(self.cfg, device=self.cfg.device)
-
-    def run_inference(self, batch, model: MulanModel, inference_args=None):
-        return [PredictionResult(s, w) for s, w in zip(batch, self._windows(model, batch))]
 
     def get_metrics_namespace(self) -> str:
         return "tokenmill_mulan_windows"
 
 
-class MulanTokenHandler(_MulanBase):
+class MulanTokenHandler(WindowTokenHandler, MulanWindowHandler):
     """SegmentInput → {"mulan_windows": float16 [W, D], "mulan": uint16 [S]}."""
+
+    WINDOWS_FIELD, TOKENS_FIELD = "mulan_windows", "mulan"
+
+    def tokens(self, windows16: np.ndarray, rvq: RVQCodebook) -> np.ndarray:
+        return segment_tokens(windows16, rvq)
 
     def load_model(self) -> MulanTokenizer:
         model = build_model(self.cfg, device=self.cfg.device)
         return MulanTokenizer(model, load_rvq(self.cfg, model))
-
-    def run_inference(self, batch, model: MulanTokenizer, inference_args=None):
-        out = []
-        for s, w in zip(batch, self._windows(model.model, batch)):
-            if not isinstance(w, Failed):
-                try:
-                    w16 = w.astype(np.float16)
-                    w = {"mulan_windows": w16, "mulan": segment_tokens(w16, model.rvq)}
-                except Exception as e:  # noqa: BLE001
-                    w = Failed(e)
-            out.append(PredictionResult(s, w))
-        return out
 
     def get_metrics_namespace(self) -> str:
         return "tokenmill_mulan_tokens"
