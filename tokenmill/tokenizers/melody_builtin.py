@@ -37,6 +37,7 @@ from torch import nn
 
 from tokenmill.schemas import rates
 from tokenmill.tokenizers.melody import MelodyError, MelodyModel
+from tokenmill.tokenizers.net_weights import read_net_file, save_net_file
 from tokenmill.tokenizers.semantic import mel_filterbank
 
 FORMAT = "tokenmill.melody.v1"
@@ -162,40 +163,18 @@ class MelodyNet(nn.Module):
 
 def save_melody_net(net: MelodyNet, path: Path | str, extra_meta: dict[str, str] | None = None) -> Path:
     """Write the model-only weights file (temp name + rename)."""
-    import os
-
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    meta = {"format": FORMAT, "config": json.dumps(asdict(net.cfg)), **(extra_meta or {})}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=meta)
-    os.replace(tmp, path)
-    return path
+    return save_net_file(net, path, FORMAT, extra_meta)
 
 
 def load_melody_net(path: Path | str) -> tuple[MelodyNet, dict[str, str]]:
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     path = Path(path)
-    if not path.is_file():
-        hint = (" (the packaged default is missing: reinstall tokenmill, or train one with `train-melody` "
-                "and pass its weights)") if path == DEFAULT_WEIGHTS else ""
-        raise MelodyError(f"melody: no weights file at {path}{hint}")
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-    except Exception as e:  # safetensors raises its own error types for a damaged header
-        raise MelodyError(f"melody: cannot read {path} as safetensors ({e}); re-export it with train-melody --export") from e
-    if meta.get("format") != FORMAT:
-        raise MelodyError(f"melody: {path} is not a built-in melody weights file (format {meta.get('format')!r}, "
-                          f"expected {FORMAT!r}); export one with train-melody --export")
+    missing = (" (the packaged default is missing: reinstall tokenmill, or train one with `train-melody` "
+               "and pass its weights)") if path == DEFAULT_WEIGHTS else ""
+    state, meta = read_net_file(path, FORMAT, lambda m: MelodyError(f"melody: {m}"), what="built-in melody", missing=missing,
+                                wrong_format="; export one with train-melody --export")
     net = MelodyNet(MelodyNetConfig(**json.loads(meta["config"])))
     try:
-        net.load_state_dict(load_file(str(path)))
+        net.load_state_dict(state)
     except RuntimeError as e:
         raise MelodyError(f"melody: {path} does not match its own config: {e}") from e
     return net.eval(), meta

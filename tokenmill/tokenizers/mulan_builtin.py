@@ -34,6 +34,7 @@ from torch import nn
 from tokenmill.schemas import rates
 from tokenmill.tokenizers.codec import sha256_of_files
 from tokenmill.tokenizers.mulan import MulanError, MulanModel
+from tokenmill.tokenizers.net_weights import read_net_file, save_net_file
 from tokenmill.tokenizers.semantic import mel_filterbank
 
 FORMAT = "tokenmill.mulan.v1"
@@ -198,37 +199,20 @@ class SentenceEncoder:
 
 def save_mulan(net: MulanNet, path: Path | str, text_encoder_sha256: str) -> Path:
     """Write the model-only weights file (atomic); metadata as in the module docstring."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    meta = {"format": FORMAT, "config": json.dumps(asdict(net.cfg)), "text_encoder": TEXT_ENCODER,
-            "text_encoder_sha256": text_encoder_sha256}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=meta)
-    os.replace(tmp, path)
-    return path
+    return save_net_file(net, path, FORMAT, {"text_encoder": TEXT_ENCODER,
+                                             "text_encoder_sha256": text_encoder_sha256})
 
 
 def load_net(path: Path | str) -> tuple[MulanNet, dict[str, str]]:
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     path = Path(path)
-    if not path.is_file():
-        hint = (" (the packaged default is missing: reinstall tokenmill or train one with "
-                "`tokenmill train-mulan`)") if path == DEFAULT_WEIGHTS else ""
-        raise MulanError(f"mulan: no weights file at {path}{hint}")
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("format") != FORMAT:
-        raise MulanError(f"mulan: {path} is not a built-in MuLan weights file (format "
-                         f"{meta.get('format')!r}, expected {FORMAT!r}); for CLAP use --mulan_model clap")
+    missing = (" (the packaged default is missing: reinstall tokenmill or train one with "
+               "`tokenmill train-mulan`)") if path == DEFAULT_WEIGHTS else ""
+    state, meta = read_net_file(path, FORMAT, lambda m: MulanError(f"mulan: {m}"), what="built-in MuLan", missing=missing,
+                                wrong_format="; for CLAP use --mulan_model clap")
     cfg_d = json.loads(meta["config"])
     cfg_d["channels"] = tuple(cfg_d["channels"])
     net = MulanNet(MulanNetConfig(**cfg_d))
-    net.load_state_dict(load_file(str(path)))
+    net.load_state_dict(state)
     return net.eval(), meta
 
 

@@ -39,7 +39,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Iterator
@@ -49,6 +48,7 @@ import torch
 from torch import nn
 
 from tokenmill.errors import TokenmillError
+from tokenmill.tokenizers.net_weights import read_net_file, save_net_file
 from tokenmill.tokenizers.semantic import HOP_SAMPLES, SAMPLE_RATE_HZ, SemanticExtractor
 
 FORMAT = "tokenmill.semantic-melodic.v1"
@@ -208,16 +208,7 @@ class MelodicNet(nn.Module):
 
 def save_weights(net: MelodicNet, path: Path | str, extra: dict[str, str] | None = None) -> Path:
     """Model-only safetensors (atomic): state dict + metadata {format, config (JSON), ...extra}."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    meta = {"format": FORMAT, "config": json.dumps(asdict(net.cfg)), **(extra or {})}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=meta)
-    os.replace(tmp, path)
-    return path
+    return save_net_file(net, path, FORMAT, extra)
 
 
 def config_from_json(text: str) -> MelodicNetConfig:
@@ -230,22 +221,13 @@ def config_from_json(text: str) -> MelodicNetConfig:
 
 
 def load_weights(path: Path | str) -> tuple[MelodicNet, dict[str, str]]:
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     path = Path(path)
-    if not path.is_file():
-        hint = (" (the packaged default is missing: reinstall tokenmill, or train one with "
-                "training/semantic_train.py and pass path=...)") if path == DEFAULT_WEIGHTS else ""
-        raise MelodicModelError(f"melodic: no weights file at {path}{hint}")
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("format") != FORMAT:
-        raise MelodicModelError(f"melodic: {path} is not a melodic extractor weights file (format "
-                                f"{meta.get('format')!r}, expected {FORMAT!r}); export one with "
-                                "training/semantic_train.py --export")
+    missing = (" (the packaged default is missing: reinstall tokenmill, or train one with "
+               "`tokenmill train-semantic` and pass path=...)") if path == DEFAULT_WEIGHTS else ""
+    state, meta = read_net_file(path, FORMAT, lambda m: MelodicModelError(f"melodic: {m}"), what="melodic extractor", missing=missing,
+                                wrong_format="; export one with `tokenmill train-semantic --export`")
     net = MelodicNet(config_from_json(meta["config"]))
-    net.load_state_dict(load_file(str(path)))
+    net.load_state_dict(state)
     return net.eval(), meta
 
 
