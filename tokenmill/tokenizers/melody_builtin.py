@@ -170,7 +170,8 @@ def load_melody_net(path: Path | str) -> tuple[MelodyNet, dict[str, str]]:
     path = Path(path)
     missing = (" (the packaged default is missing: reinstall tokenmill, or train one with `train-melody` "
                "and pass its weights)") if path == DEFAULT_WEIGHTS else ""
-    state, meta = read_net_file(path, FORMAT, lambda m: MelodyError(f"melody: {m}"), what="built-in melody", missing=missing,
+    state, meta = read_net_file(path, FORMAT, lambda m: MelodyError(f"melody: {m}"),
+                                what="built-in melody", missing=missing,
                                 wrong_format="; export one with train-melody --export")
     net = MelodyNet(MelodyNetConfig(**json.loads(meta["config"])))
     try:

@@ -207,7 +207,8 @@ def load_net(path: Path | str) -> tuple[MulanNet, dict[str, str]]:
     path = Path(path)
     missing = (" (the packaged default is missing: reinstall tokenmill or train one with "
                "`tokenmill train-mulan`)") if path == DEFAULT_WEIGHTS else ""
-    state, meta = read_net_file(path, FORMAT, lambda m: MulanError(f"mulan: {m}"), what="built-in MuLan", missing=missing,
+    state, meta = read_net_file(path, FORMAT, lambda m: MulanError(f"mulan: {m}"),
+                                what="built-in MuLan", missing=missing,
                                 wrong_format="; for CLAP use --mulan_model clap")
     cfg_d = json.loads(meta["config"])
     cfg_d["channels"] = tuple(cfg_d["channels"])

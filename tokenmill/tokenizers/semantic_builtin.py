@@ -224,7 +224,8 @@ def load_weights(path: Path | str) -> tuple[MelodicNet, dict[str, str]]:
     path = Path(path)
     missing = (" (the packaged default is missing: reinstall tokenmill, or train one with "
                "`tokenmill train-semantic` and pass path=...)") if path == DEFAULT_WEIGHTS else ""
-    state, meta = read_net_file(path, FORMAT, lambda m: MelodicModelError(f"melodic: {m}"), what="melodic extractor", missing=missing,
+    state, meta = read_net_file(path, FORMAT, lambda m: MelodicModelError(f"melodic: {m}"),
+                                what="melodic extractor", missing=missing,
                                 wrong_format="; export one with `tokenmill train-semantic --export`")
     net = MelodicNet(config_from_json(meta["config"]))
     net.load_state_dict(state)
