@@ -69,8 +69,8 @@ def check_windows(windows: np.ndarray, seg: SegmentInput, model: MelodyModel) ->
 class MelodyWindowHandler(WindowHandler):
     """SegmentInput → float32 [W, D] melody window embeddings (for the RVQ fit)."""
 
-    def embed(self, model: MelodyModel):
-        return model.embed_windows
+    def embed_batch(self, model: MelodyModel):
+        return model.embed_windows_batch
 
     def check(self, windows: np.ndarray, seg: SegmentInput, model: MelodyModel) -> np.ndarray:
         return check_windows(windows, seg, model)

@@ -70,8 +70,8 @@ def check_windows(windows: np.ndarray, seg: SegmentInput, model: MulanModel) -> 
 class MulanWindowHandler(WindowHandler):
     """SegmentInput → float32 [W, D] window embeddings (for the RVQ fit)."""
 
-    def embed(self, model: MulanModel):
-        return model.embed_audio_windows
+    def embed_batch(self, model: MulanModel):
+        return model.embed_audio_windows_batch
 
     def check(self, windows: np.ndarray, seg: SegmentInput, model: MulanModel) -> np.ndarray:
         return check_windows(windows, seg, model)

@@ -1,13 +1,16 @@
 """RunInference handlers shared by the window streams (MuLan and melody): each segment's fixed-length
 windows are embedded by the stream's model, checked, and (in `tokenize`) stored as float16 beside
-the RVQ tokens of the stored windows. The streams differ only in the model's embed method, the
-window rule their check uses, the field names and the token rule; pipelines/mulan.py and
+the RVQ tokens of the stored windows. The streams differ only in the model's batch embed method,
+the window rule their check uses, the field names and the token rule; pipelines/mulan.py and
 pipelines/melody.py supply those.
 
-One segment's windows per model call (chunked by the model's batch size), never the whole
-RunInference batch: a conv's float results change in the last bits with the batch's composition,
-and which segments share a RunInference batch depends on the runner's bundles, so the fitted RVQ
-(and the float16 windows) would differ between runners (tests/test_distributed.py).
+The windows of every segment in a RunInference batch share the model's forward passes (a 10 s
+clip has one MuLan window: one segment per call would run passes of one row). The passes have a
+fixed shape, `batch_size` rows with zero rows filling the last one (tokenizers/windowing.py), so a
+window's float bits, and hence the fitted RVQ, the float16 windows and the tokens, do not depend
+on which segments the runner's bundles put together (tests/test_batch_invariance.py,
+tests/test_distributed.py). If the batch call raises, the segments are retried one by one, so
+only the failing one becomes a dead letter.
 """
 from __future__ import annotations
 
@@ -28,8 +31,8 @@ class WindowHandler(ModelHandler):
         super().__init__(min_batch_size=1, max_batch_size=cfg.batch_size)
         self.cfg = cfg
 
-    def embed(self, model) -> Callable[[np.ndarray], np.ndarray]:
-        """The model's wave → float32 [W, D] method."""
+    def embed_batch(self, model) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
+        """The model's [wave] → [float32 [W_i, D]] method (windows of all waves share passes)."""
         raise NotImplementedError
 
     def check(self, windows: np.ndarray, seg: SegmentInput, model) -> np.ndarray:
@@ -37,10 +40,10 @@ class WindowHandler(ModelHandler):
         raise NotImplementedError
 
     def windows(self, model, batch: Sequence[SegmentInput]) -> list:
-        embed = self.embed(model)
+        embed = self.embed_batch(model)
         waves = [s.waves[model.sample_rate_hz] for s in batch]
         out = []
-        for s, w in zip(batch, per_element(lambda ws: [embed(x) for x in ws], embed, waves)):
+        for s, w in zip(batch, per_element(embed, lambda x: embed([x])[0], waves)):
             if not isinstance(w, Failed):
                 try:
                     w = self.check(w, s, model)

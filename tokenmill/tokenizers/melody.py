@@ -52,6 +52,15 @@ class MelodyModel(abc.ABC):
         """float32 [B, window_s · sr] → float32 [B, dim]; normalization is done by the caller."""
         raise NotImplementedError(f"{type(self).__name__} must implement _embed_windows or embed_windows_batch")
 
+    def _window_rows(self, wave: np.ndarray):
+        """Each window's model input, cut lazily: its samples (the built-in model gives its slice
+        of the segment's log-mel instead: windowing.py)."""
+        return windowing.wave_window_rows(wave, self.sample_rate_hz, self.window_s, self.stride_s)
+
+    def _embed_rows(self, rows: np.ndarray) -> np.ndarray:
+        """A forward pass of exactly `batch_size` rows of `_window_rows` → float32 [batch_size, dim]."""
+        return self._embed_windows(rows)
+
     def check_wave(self, wave: np.ndarray) -> np.ndarray:
         wave = np.asarray(wave)
         if wave.ndim != 1 or wave.size == 0:
@@ -65,11 +74,12 @@ class MelodyModel(abc.ABC):
         return self.embed_windows_batch([wave])[0]
 
     def embed_windows_batch(self, waves: list[np.ndarray]) -> list[np.ndarray]:
-        """Several mono waves → one float32 [W_i, dim] per wave; windows of all waves share batches."""
+        """Several mono waves → one float32 [W_i, dim] per wave; the windows of all waves share
+        fixed-shape passes of `batch_size` rows (windowing.py)."""
         checked = [self.check_wave(w) for w in waves]
         out, counts = windowing.embed_windows_batched(
-            checked, self._embed_windows, sample_rate_hz=self.sample_rate_hz, window_s=self.window_s,
-            stride_s=self.stride_s, batch_size=self.batch_size, dim=self.dim)
+            checked, self._embed_rows, sample_rate_hz=self.sample_rate_hz, window_s=self.window_s,
+            stride_s=self.stride_s, batch_size=self.batch_size, dim=self.dim, rows_of=self._window_rows)
         if out.shape != (sum(counts), self.dim):
             raise MelodyError(f"melody model {self.name}: gave embeddings {out.shape}, expected {(sum(counts), self.dim)}")
         return np.split(windowing.l2_normalize(out), np.cumsum(counts)[:-1]) if checked else []

@@ -99,6 +99,15 @@ class MulanModel(abc.ABC):
     def _embed_text(self, texts: list[str]) -> np.ndarray:
         """list of B strings → float32 [B, dim]."""
 
+    def _window_rows(self, wave: np.ndarray):
+        """Each window's model input, cut lazily: its samples, float32 [window_s · sr] (the
+        built-in model gives its slice of the segment's log-mel instead: windowing.py)."""
+        return windowing.wave_window_rows(wave, self.sample_rate_hz, self.window_s, self.stride_s)
+
+    def _embed_rows(self, rows: np.ndarray) -> np.ndarray:
+        """A forward pass of exactly `batch_size` rows of `_window_rows` → float32 [batch_size, dim]."""
+        return self._embed_windows(rows)
+
     def _check_wave(self, wave: np.ndarray) -> np.ndarray:
         wave = np.asarray(wave)
         if wave.ndim != 1 or wave.size == 0:
@@ -113,13 +122,14 @@ class MulanModel(abc.ABC):
 
     def embed_audio_windows_batch(self, waves: list[np.ndarray]) -> list[np.ndarray]:
         """Several mono waves → one float32 [W_i, dim] per wave. The windows of all waves share
-        forward passes of `batch_size` windows (short tracks have one window each, so batching
-        across tracks is what fills a batch), and are cut lazily: memory holds `batch_size`
-        windows, not all W (a 300 s segment at 48 kHz has 291 windows = 0.56 GB of float32)."""
+        forward passes of exactly `batch_size` windows (short tracks have one window each, so
+        batching across tracks is what fills a pass; the last pass is padded with zero rows, so a
+        window's bits never depend on its batch: windowing.py), and are cut lazily: memory holds
+        one pass, not all W (a 300 s segment at 48 kHz has 291 windows = 0.56 GB of float32)."""
         checked = [self._check_wave(w) for w in waves]
         out, counts = windowing.embed_windows_batched(
-            checked, self._embed_windows, sample_rate_hz=self.sample_rate_hz, window_s=self.window_s,
-            stride_s=self.stride_s, batch_size=self.batch_size, dim=self.dim)
+            checked, self._embed_rows, sample_rate_hz=self.sample_rate_hz, window_s=self.window_s,
+            stride_s=self.stride_s, batch_size=self.batch_size, dim=self.dim, rows_of=self._window_rows)
         if out.shape != (sum(counts), self.dim):
             raise MulanError(f"{self.name}: gave embeddings {out.shape}, expected {(sum(counts), self.dim)}")
         return np.split(_l2n(out), np.cumsum(counts)[:-1]) if checked else []
