@@ -1,0 +1,139 @@
+"""A segment's semantic tokens do not depend on what else is in its RunInference batch, for the
+semantic extractors test_batch_invariance.py does not cover: the default 'melodic' model (packaged
+weights), 'basic-pitch' (the packaged ONNX model run by torch) and an SSL model (a tiny random
+HuBERT saved with save_pretrained and loaded through --semantic_path). For each, a small k-means
+codebook is fitted on the extractor's features of the segments; SemanticTokenHandler's
+run_inference on the target segment alone equals its result inside batches of other segments (equal
+lengths and other lengths, in either order), and equals the codebook's assignment of the pure
+extractor's features, built separately. The features themselves are compared too: extract alone
+equals extract_batch with the other segments."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tokenmill.pipelines.handlers import SemanticTokenHandler
+from tokenmill.pipelines.ingest import SegmentInput
+from tokenmill.pipelines.options import SemanticConfig
+from tokenmill.schemas import rates
+from tokenmill.tokenizers import audio
+from tokenmill.tokenizers.kmeans import fit_kmeans
+from tokenmill.tokenizers.semantic import build_extractor
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+RATES = (16_000, 24_000)
+SR = rates.SEMANTIC.sample_rate_hz  # 16 kHz
+K = 32  # codebook size: small, so the fit takes well under a second
+HUBERT_LAYERS = 2  # a tiny HuBERT; the job takes hidden_states[2] (--semantic_layer 2)
+
+
+def _devices() -> list[str]:
+    """The CPU, and CUDA where this machine has it (only the SSL extractor has a device)."""
+    import torch
+
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+# ---- segments: the same five as test_batch_invariance.py (tests do not import each other) -----
+
+def as_input(s) -> SegmentInput:
+    return SegmentInput(key=s.key, uri="x", segment=s.segment, start_s=s.start_s, duration_s=s.duration_s,
+                        n_quanta=s.n_quanta, source_sample_rate=s.source_sample_rate,
+                        source_channels=s.source_channels, waves=dict(s.waves))
+
+
+def cut(seg: SegmentInput, seconds: float) -> SegmentInput:
+    """The first `seconds` (a multiple of 40 ms) of a segment: another length in the batch."""
+    q = round(seconds / 0.04)
+    waves = {r: w[: q * r // 25] for r, w in seg.waves.items()}
+    return SegmentInput(key=seg.key[:-4] + "0099", uri=seg.uri, segment=99, start_s=0.0, duration_s=q * 0.04,
+                        n_quanta=q, source_sample_rate=seg.source_sample_rate,
+                        source_channels=seg.source_channels, waves=waves)
+
+
+@pytest.fixture(scope="module")
+def segments(real_audio_dir) -> list[SegmentInput]:
+    """[target, same-length partner, same-length partner of another track, a 7.52 s segment, a 3.2 s cut]."""
+    cfg = audio.AudioConfig(target_rates_hz=RATES, max_segment_s=11)
+    a = [as_input(s) for s in audio.prepare((real_audio_dir / "pushover_greek.flac").read_bytes(), "a", cfg)]
+    b = [as_input(s) for s in audio.prepare((real_audio_dir / "asc_frontiers.mp3").read_bytes(), "b", cfg)]
+    c = [as_input(s) for s in audio.prepare((real_audio_dir / "singularity_through_space.opus").read_bytes(), "c", cfg)]
+    segs = [a[0], a[1], b[0], c[0], cut(b[1], 3.2)]
+    assert [s.duration_s for s in segs] == [10.0, 10.0, 10.0, 7.52, 3.2]
+    return segs
+
+
+def results(handler, model, batch):
+    return [r.inference for r in handler.run_inference(batch, model)]
+
+
+def check_invariant(handler, segs, equal) -> tuple:
+    """The target's result alone equals it inside four batches (both orders of all five, with its
+    equal-length partners only, with the other lengths only); returns (it, the loaded model)."""
+    model = handler.load_model()
+    alone = results(handler, model, [segs[0]])[0]
+    for batch, pos in ((segs, 0), (segs[::-1], len(segs) - 1), ([segs[1], segs[0], segs[2]], 1),
+                       ([segs[3], segs[4], segs[0]], 2)):
+        equal(results(handler, model, batch)[pos], alone)
+    return alone, model
+
+
+# ---- a tiny HuBERT checkpoint ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_hubert(tmp_path_factory):
+    """A randomly initialised HubertModel (widths 16/32, 2 layers; HubertConfig's conv strides,
+    product 320 = 50 Hz at 16 kHz) and its feature extractor, saved with save_pretrained: the
+    directory --semantic_path takes."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    torch.manual_seed(0)
+    model = transformers.HubertModel(transformers.HubertConfig(
+        hidden_size=32, num_hidden_layers=HUBERT_LAYERS, num_attention_heads=2, intermediate_size=64,
+        conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)).eval()
+    d = tmp_path_factory.mktemp("hubert")
+    model.save_pretrained(d)
+    transformers.Wav2Vec2FeatureExtractor(sampling_rate=SR, do_normalize=True).save_pretrained(d)
+    return d
+
+
+# ---- the checks --------------------------------------------------------------------------------
+
+def check_semantic_stage(segs, tmp_path, cfg: SemanticConfig, extractor_kwargs: dict,
+                         standardize: bool = False) -> None:
+    """Fit a K-entry codebook on the features of `segs` (standardized, as fit-codebook does for SSL
+    extractors), then: features alone == inside extract_batch, tokens alone == inside four
+    batches, tokens == codebook.assign(the separately built extractor's features)."""
+    ext = build_extractor(cfg.extractor, **extractor_kwargs)
+    waves = [s.waves[SR] for s in segs]
+    feats = [ext.extract(w) for w in waves]
+    fit_kmeans(np.concatenate(feats), K, seed=0, kind="semantic", standardize=standardize).save(tmp_path)
+    handler = SemanticTokenHandler(cfg, str(tmp_path))
+    alone, tok = check_invariant(handler, segs, np.testing.assert_array_equal)
+    # the pure model code: another extractor object, and the loaded codebook's nearest centroid
+    np.testing.assert_array_equal(alone, tok.codebook.assign(feats[0]))
+    assert alone.dtype == np.uint16 and alone.shape == (rates.frames_for_quanta(segs[0].n_quanta, rates.SEMANTIC),)
+    assert len(np.unique(alone)) > 1  # the target's frames do not all fall in one cluster
+    # features: the worker's extractor, alone and inside a batch of the other four, in both orders
+    target = tok.extractor.extract(waves[0])
+    np.testing.assert_array_equal(target, feats[0])
+    np.testing.assert_array_equal(tok.extractor.extract_batch(waves)[0], target)
+    np.testing.assert_array_equal(tok.extractor.extract_batch(waves[::-1])[-1], target)
+
+
+def test_melodic_tokens_do_not_depend_on_the_batch(segments, tmp_path):
+    check_semantic_stage(segments, tmp_path, SemanticConfig(extractor="melodic", batch_size=8), {})
+
+
+def test_basic_pitch_tokens_do_not_depend_on_the_batch(segments, tmp_path):
+    cfg = SemanticConfig(extractor="basic-pitch", batch_size=8, extractor_config=(("runtime", "torch"),))
+    check_semantic_stage(segments, tmp_path, cfg, {"runtime": "torch"})
+
+
+@pytest.mark.parametrize("device", _devices())
+def test_hubert_tokens_do_not_depend_on_the_batch(segments, tmp_path, tiny_hubert, device):
+    cfg = SemanticConfig(extractor="hubert", batch_size=8, path=str(tiny_hubert), layer=HUBERT_LAYERS,
+                         device=device)
+    check_semantic_stage(segments, tmp_path, cfg,
+                         {"path": str(tiny_hubert), "layer": HUBERT_LAYERS, "device": device}, standardize=True)
