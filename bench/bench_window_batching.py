@@ -1,0 +1,143 @@
+"""Benchmark the window streams' model stage: batched across segments vs one segment at a time.
+
+    .venv/bin/python bench/bench_window_batching.py [--dir tests/data/audio] [--repeats 3]
+
+The MuLan tower embeds a 10 s window at every 1 s, the melody tower a 4 s window at every 1 s.
+For two workloads cut from real audio (10 s clips, MusicCaps' length, one MuLan window each;
+--long_s segments, default 20 s: 11 MuLan windows each) and both built-in towers, it times in the
+same run:
+
+  per segment    : the stage as it was: each segment's windows on their own, in passes of up to
+                   batch_size rows (a 10 s clip: passes of one row), every window's log-mel
+                   computed from its own samples
+  batched        : the windows of all segments packed into fixed passes of batch_size rows
+                   (windowing.embed_fixed_batches), log-mel still per window: the batching alone
+  batched + mel  : what the stage does now: fixed passes, and each segment's log-mel computed once
+                   and sliced per window (windowing.feature_window_rows)
+
+and prints windows per second (per core: one torch thread, portable kernels, process CPU time,
+best of --repeats with the contenders interleaved) and the ratios to "per segment". A sweep of the
+pass size for "batched + mel" follows. It checks that the batched embeddings equal the per-window
+ones to float32 rounding (they are not bit-equal: a pass of one row runs other kernels).
+Not a test: it prints numbers.
+"""
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"  # before numpy is imported
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tokenmill.tokenizers import compute  # noqa: E402
+
+compute.apply(compute.ComputeLayout(threads=1, kernels="portable"))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from tokenmill.tokenizers import audio, windowing  # noqa: E402
+
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3"}
+SR = 16_000
+
+
+def load_waves(d: Path) -> list[np.ndarray]:
+    cfg = audio.AudioConfig(target_rates_hz=(SR,), max_segment_s=3600)
+    out = []
+    for p in sorted(d.iterdir()):
+        if p.suffix.lower() in AUDIO_SUFFIXES:
+            out += [s.waves[SR] for s in audio.prepare(p.read_bytes(), p.name, cfg)]
+    return out
+
+
+def workload(waves: list[np.ndarray], seg_s: int, n: int) -> list[np.ndarray]:
+    """n segments of seg_s seconds, cut in turn from the tracks (skipping shorter remainders)."""
+    cuts = [w[a:a + seg_s * SR] for w in waves for a in range(0, w.shape[0] - seg_s * SR + 1, seg_s * SR)]
+    if not cuts:
+        raise SystemExit(f"no track holds {seg_s} s; pass --dir with longer audio")
+    return [cuts[i % len(cuts)] for i in range(n)]
+
+
+def per_segment(model, segs):
+    """The old stage: one segment at a time, passes of up to batch_size rows, wave rows."""
+    out = []
+    for w in segs:
+        rows = list(windowing.wave_window_rows(w, SR, model.window_s, model.stride_s))
+        for j in range(0, len(rows), model.batch_size):
+            with torch.inference_mode():
+                out.append(model.net.embed_wave(torch.from_numpy(np.stack(rows[j:j + model.batch_size]))).numpy())
+    return np.concatenate(out)
+
+
+def batched_wave(model, segs):
+    def embed(x):
+        with torch.inference_mode():
+            return model.net.embed_wave(torch.from_numpy(x)).numpy()
+    rows = (r for w in segs for r in windowing.wave_window_rows(w, SR, model.window_s, model.stride_s))
+    return windowing.embed_fixed_batches(rows, embed, batch_size=model.batch_size, dim=model.dim)
+
+
+def batched_mel(model, segs):
+    batch = getattr(model, "embed_audio_windows_batch", None) or model.embed_windows_batch
+    return np.concatenate(batch(segs))
+
+
+def best_cpu_s(fns: dict, repeats: int) -> dict:
+    for fn in fns.values():
+        fn()  # warm-up
+    best = {k: float("inf") for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.process_time()
+            fn()
+            best[k] = min(best[k], time.process_time() - t0)
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dir", default=str(Path(__file__).resolve().parents[1] / "tests/data/audio"))
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--clips", type=int, default=48, help="10 s clips in the short workload")
+    ap.add_argument("--tracks", type=int, default=8, help="segments in the long workload")
+    ap.add_argument("--long_s", type=int, default=20, help="their length in seconds (the bundled audio is "
+                    "20 s per track; a corpus directory allows more)")
+    args = ap.parse_args()
+    from tokenmill.tokenizers.melody_builtin import BuiltinMelody
+    from tokenmill.tokenizers.mulan_builtin import BuiltinMulan
+
+    waves = load_waves(Path(args.dir))
+    loads = {"10 s clips": workload(waves, 10, args.clips), f"{args.long_s} s segments": workload(waves, args.long_s, args.tracks)}
+    print(f"one torch thread, {torch.backends.cpu.get_cpu_capability()} kernels, process CPU time, "
+          f"best of {args.repeats}")
+    print(f"{'model':8} {'workload':14} {'windows':>7} {'per segment':>12} {'batched':>16} {'batched + mel':>20}  max |Δ|")
+    for model in (BuiltinMulan(batch_size=16), BuiltinMelody(batch_size=16)):
+        name = "MuLan" if isinstance(model, BuiltinMulan) else "melody"
+        for label, segs in loads.items():
+            ref = per_segment(model, segs)
+            got = windowing.l2_normalize(ref)
+            delta = float(np.abs(batched_mel(model, segs) - got).max())
+            t = best_cpu_s({"seg": lambda: per_segment(model, segs), "wave": lambda: batched_wave(model, segs),
+                            "mel": lambda: batched_mel(model, segs)}, args.repeats)
+            n = ref.shape[0]
+            rate = {k: n / v for k, v in t.items()}
+            print(f"{name:8} {label:14} {n:7d} {rate['seg']:8.0f} w/s {rate['wave']:8.0f} w/s "
+                  f"{rate['wave'] / rate['seg']:4.2f}x {rate['mel']:8.0f} w/s {rate['mel'] / rate['seg']:5.2f}x  {delta:.1e}")
+        segs = [w for ws in loads.values() for w in ws]
+        sizes = (1, 2, 4, 8, 16, 32)
+        models = {b: type(model)(batch_size=b) for b in sizes}
+        t = best_cpu_s({b: (lambda m=m: batched_mel(m, segs)) for b, m in models.items()}, args.repeats)
+        n = sum(x.shape[0] for x in models[16].embed_audio_windows_batch(segs)) if name == "MuLan" else \
+            sum(x.shape[0] for x in models[16].embed_windows_batch(segs))
+        print(f"{name:8} pass size sweep (batched + mel, both workloads, {n} windows): "
+              + ", ".join(f"{b}: {n / t[b]:.0f} w/s" for b in sizes))
+
+
+if __name__ == "__main__":
+    main()
