@@ -1,7 +1,8 @@
 """`evaluate`: FAD, KLD and MCC of generated audio against reference audio, as a Beam job.
 
+    caption files ─► ReadCaptionRows   (read on a worker; an AsDict side input by ytid)
+                                ▼
     sources (both sides) ─► LoadClips ─► RunInference(EvalHandler) ─► ClipScore per clip
-    caption files ─► ReadCaptionRows ─┘ (AsDict by ytid: read on a worker, never pickled into the graph)
         ├─► frames per (side, embedder) ─► CombinePerKey(GaussStatsFn)   (count, mean, m2; Chan merge)
         └─► scores (reference frames reduced to clip means) ─► ToList ─┐
     dead letters ─► ToList ──────────────────────────────────────────────┴─► WriteReport
