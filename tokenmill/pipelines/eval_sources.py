@@ -11,6 +11,12 @@ SPEC is one of
     for segments after the first.
   * a glob of audio files: key = the file's stem (two files with one stem are refused).
 Clips pair across the two sides by key; `--captions CSV` adds captions and aspects by key (ytid).
+
+Captions are data: the launcher checks that each captions file parses (and takes the zero-shot
+vocabulary from it), but the job reads the rows itself (ReadCaptionRows, on a worker) and LoadClips
+takes them as an AsDict side input keyed by ytid; the graph holds only the files' paths, so its size
+does not depend on the number of captions. A CSV SPEC's clip sources hold no caption either: LoadClips
+finds the clip's own row in the same side input.
 """
 from __future__ import annotations
 
@@ -63,8 +69,29 @@ class Resolved:
     kind: str  # "csv" | "dataset" | "glob"
     sources: tuple[ClipSource, ...]
     dead: tuple[DeadLetter, ...]  # rows without audio
-    rows: tuple[CaptionRow, ...] = ()
+    rows: tuple[CaptionRow, ...] = ()  # CSV SPECs: read at launch (vocabulary); never put into the job
     n_records: int | None = None  # datasets: records listed by the manifest
+
+
+@dataclass(frozen=True)
+class CaptionFiles:
+    """The caption files the job reads and joins, in precedence order (`--captions` first, then the
+    CSV SPECs of the generated and the reference side); `own`: side → index in `paths` of that
+    side's CSV SPEC, whose row of a clip comes before any other."""
+    paths: tuple[str, ...] = ()
+    own: dict = field(default_factory=dict)  # side -> index into paths
+
+
+def caption_files(captions: str | None, sides: dict[str, Resolved]) -> CaptionFiles:
+    """Which files hold the captions of the job (paths only: nothing is read here)."""
+    paths: list[str] = [captions] if captions else []
+    own = {}
+    for side, r in sides.items():
+        if r.kind == "csv":
+            if r.spec not in paths:
+                paths.append(r.spec)
+            own[side] = paths.index(r.spec)
+    return CaptionFiles(tuple(paths), own)
 
 
 def _read_text(path: str) -> str:
@@ -103,7 +130,8 @@ def _resolve_csv(spec: str, side: str, audio_dir: str | None) -> Resolved:
                                    message=f"{spec}: no audio file {r.ytid}.* in {folder}; download it or drop the "
                                            "row", key=r.ytid))
             continue
-        sources.append(ClipSource(side, r.ytid, found[0], "file", r.start_s, r.end_s, r.caption, r.aspects))
+        # no caption here: LoadClips joins the row again on a worker (CaptionFiles.own)
+        sources.append(ClipSource(side, r.ytid, found[0], "file", r.start_s, r.end_s))
     if not sources:
         raise EvalError(f"{spec}: none of its {len(rows)} rows has a file {{ytid}}.* in {folder}; pass the audio "
                         f"folder with --{side}_audio DIR")
@@ -157,13 +185,50 @@ def record_key(uri: str, segment: int) -> str:
     return _stem(uri) if segment == 0 else f"{_stem(uri)}#{segment}"
 
 
+def _ranked_rows(rank_path: tuple[int, str]):
+    rank, path = rank_path
+    for r in read_caption_rows(path):
+        yield r.ytid, (rank, r)
+
+
+class ReadCaptionRows(beam.PTransform):
+    """Caption file paths (precedence order) → (ytid, ((rank, CaptionRow), ...) by rank): each file is
+    read and parsed on a worker (the parser the launcher checked it with), so the graph carries the
+    paths only, whatever the number of rows. LoadClips takes the result as an AsDict side input."""
+
+    def __init__(self, paths: tuple[str, ...]):
+        super().__init__()
+        self.paths = tuple(paths)
+
+    def expand(self, pbegin):
+        return (pbegin | "Paths" >> beam.Create(list(enumerate(self.paths)))
+                | "Parse" >> beam.FlatMap(_ranked_rows)
+                | "ByYtid" >> beam.GroupByKey()
+                | "Rank" >> beam.MapTuple(lambda ytid, rows: (ytid, tuple(sorted(rows, key=lambda kr: kr[0])))))
+
+
+def load_clips(p: beam.Pipeline, sources, rates_hz: tuple[int, ...], captions: CaptionFiles | None,
+               levels: int | None, acoustic_model: str | None):
+    """Sources → LoadClips with the captions joined inside the job; → outputs (clips, DEAD)."""
+    captions = captions or CaptionFiles()
+    side = {}
+    if captions.paths:
+        side["captions"] = beam.pvalue.AsDict(p | "Captions" >> ReadCaptionRows(captions.paths))
+    return (p | "Sources" >> beam.Create(list(sources)) | "Spread" >> beam.Reshuffle()
+            | "Load" >> beam.ParDo(LoadClips(rates_hz, captions.own, levels, acoustic_model), **side).with_outputs(
+                DEAD, main="clips"))
+
+
 class LoadClips(beam.DoFn):
     """ClipSource → ClipAudio per clip (waves at every rate the models need), or (side, DeadLetter)
-    on the 'dead' output. Captions from `captions` (key → CaptionRow) fill clips that have none."""
+    on the 'dead' output. Captions come as a side input (ReadCaptionRows: ytid → rows by rank),
+    never as a field of this DoFn. A CSV SPEC's clip takes its own row's caption and aspects (side
+    → rank in `own`); a caption or aspects it lacks come from the first row of its key (--captions
+    first, then the CSV SPECs, generated before reference)."""
 
-    def __init__(self, rates_hz: tuple[int, ...], captions: dict[str, CaptionRow], levels: int | None,
+    def __init__(self, rates_hz: tuple[int, ...], own: dict[str, int], levels: int | None,
                  acoustic_model: str | None):
-        self.rates_hz, self.captions, self.levels, self.acoustic_model = rates_hz, captions, levels, acoustic_model
+        self.rates_hz, self.own, self.levels, self.acoustic_model = rates_hz, dict(own), levels, acoustic_model
         self.n_loaded = beam.metrics.Metrics.counter("tokenmill", "eval_clips_loaded")
         self.n_dead = beam.metrics.Metrics.counter("tokenmill", "eval_clips_dead_load")
 
@@ -174,10 +239,15 @@ class LoadClips(beam.DoFn):
     def finish_bundle(self):
         self.progress.report()
 
-    def _clip(self, src: ClipSource, key: str, uri: str, waves: dict, duration_s: float) -> ClipAudio:
-        row = self.captions.get(key)
-        caption = src.caption if src.caption is not None else (row.caption if row else None)
-        aspects = src.aspects or (row.aspects if row else ())
+    def _clip(self, src: ClipSource, key: str, uri: str, waves: dict, duration_s: float, captions) -> ClipAudio:
+        ranked = (captions or {}).get(key, ())
+        row = ranked[0][1] if ranked else None
+        caption, aspects = src.caption, src.aspects
+        if src.kind == "file" and src.side in self.own:  # a CSV SPEC's clip: its own row
+            own = next((r for rank, r in ranked if rank == self.own[src.side]), None)
+            caption, aspects = (own.caption, own.aspects) if own else (None, ())
+        caption = caption if caption is not None else (row.caption if row else None)
+        aspects = aspects or (row.aspects if row else ())
         self.n_loaded.inc()
         self.progress.tick(audio_s=duration_s)
         return ClipAudio(src.side, key, uri, caption, tuple(aspects), duration_s, waves)
@@ -187,7 +257,7 @@ class LoadClips(beam.DoFn):
         self.progress.tick(dead=True)
         return beam.pvalue.TaggedOutput(DEAD, (src.side, dead_letter(uri, stage, e, key=key)))
 
-    def process(self, src: ClipSource):
+    def process(self, src: ClipSource, captions: dict | None = None):
         if src.kind == "file":
             try:
                 with FileSystems.open(src.uri) as f:
@@ -196,9 +266,9 @@ class LoadClips(beam.DoFn):
             except Exception as e:  # noqa: BLE001 — the clip's dead letter
                 yield self._dead(src, src.uri, "load", e, src.key)
                 return
-            yield self._clip(src, src.key, src.uri, waves, dur)
+            yield self._clip(src, src.key, src.uri, waves, dur, captions)
             return
-        yield from self._shard(src)
+        yield from self._shard(src, captions)
 
     def _codec(self, root: str):
         from tokenmill.tokenizers.codec import rebuild_codec
@@ -210,7 +280,7 @@ class LoadClips(beam.DoFn):
                                               self.acoustic_model, where=root)
         return self.codecs[root]
 
-    def _shard(self, src: ClipSource):
+    def _shard(self, src: ClipSource, captions: dict | None):
         from tokenmill.schemas import shards
         from tokenmill.training.listen import load_manifest
 
@@ -233,4 +303,4 @@ class LoadClips(beam.DoFn):
                 yield self._dead(src, rec.uri, "decode-tokens", e, key)
                 continue
             yield self._clip(replace(src, caption=rec.caption, aspects=tuple(rec.tags or ())), key, rec.uri,
-                             waves, len(wave) / codec.sample_rate_hz)
+                             waves, len(wave) / codec.sample_rate_hz, captions)

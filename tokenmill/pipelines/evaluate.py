@@ -1,5 +1,7 @@
 """`evaluate`: FAD, KLD and MCC of generated audio against reference audio, as a Beam job.
 
+    caption files ─► ReadCaptionRows   (read on a worker; an AsDict side input by ytid)
+                                ▼
     sources (both sides) ─► LoadClips ─► RunInference(EvalHandler) ─► ClipScore per clip
         ├─► frames per (side, embedder) ─► CombinePerKey(GaussStatsFn)   (count, mean, m2; Chan merge)
         └─► scores (reference frames reduced to clip means) ─► ToList ─┐
@@ -30,7 +32,7 @@ from tokenmill.eval import EvalError, artifact
 from tokenmill.eval.fad import GaussStats
 from tokenmill.eval.report import (FadInput, ResampleConfig, fad_section, kld_section, mcc_section,
                                    render_markdown, render_plots)
-from tokenmill.pipelines.eval_sources import ClipAudio, LoadClips, Resolved
+from tokenmill.pipelines.eval_sources import CaptionFiles, ClipAudio, Resolved, load_clips
 from tokenmill.pipelines.handlers import Failed
 from tokenmill.pipelines.ingest import DEAD, dead_letter
 from tokenmill.pipelines.sinks import atomic_write
@@ -298,17 +300,17 @@ def _jsonable(x):
 
 
 def build_evaluate(p: beam.Pipeline, cfg: EvaluateConfig, *, sides: dict[str, Resolved], descs: dict,
-                   rates_hz: tuple[int, ...], captions: dict, reused: dict, notes: list[str]) -> beam.PCollection:
-    """The job graph (module docstring). `sides`: resolved sources; `reused`: embedder spec →
-    {"stats", "id", "n_clips"} loaded from --reference_stats."""
+                   rates_hz: tuple[int, ...], captions: CaptionFiles | None, reused: dict,
+                   notes: list[str]) -> beam.PCollection:
+    """The job graph (module docstring). `sides`: resolved sources; `captions`: the caption files
+    the job reads and joins itself (eval_sources.caption_files: paths only); `reused`: embedder
+    spec → {"stats", "id", "n_clips"} loaded from --reference_stats."""
     sources = [s for r in sides.values() for s in r.sources]
     pre_dead = [(side, d) for side, r in sides.items() for d in r.dead]
     inputs = {s: {"spec": sides[s].spec if s in sides else None, "kind": sides[s].kind if s in sides else None,
                   "n_inputs": (sides[s].n_records if sides[s].kind == "dataset" else len(sides[s].sources)
                                + len(sides[s].dead)) if s in sides else 0} for s in SIDES}
-    loaded = (p | "Sources" >> beam.Create(sources) | "Spread" >> beam.Reshuffle()
-              | "Load" >> beam.ParDo(LoadClips(rates_hz, captions, cfg.levels, cfg.acoustic_model)).with_outputs(
-                  DEAD, main="clips"))
+    loaded = load_clips(p, sources, rates_hz, captions, cfg.levels, cfg.acoustic_model)
     scored = (loaded.clips | "Score" >> RunInference(EvalHandler(cfg, frozenset(reused)))
               | "Split" >> beam.ParDo(SplitScores()).with_outputs(DEAD, main="scores"))
     stats = (scored.scores

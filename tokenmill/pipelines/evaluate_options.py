@@ -85,8 +85,10 @@ def _labels(args, rows) -> tuple[str, ...]:
 
 
 def prepare(args):
-    """→ (EvaluateConfig, sides, descs, rates, captions by key, reused reference stats, notes)."""
-    from tokenmill.pipelines.eval_sources import read_caption_rows, resolve_spec
+    """→ (EvaluateConfig, sides, descs, rates, caption files, reused reference stats, notes). The
+    caption files are read here to check them and to take the zero-shot vocabulary; the job reads
+    and joins them again on a worker (eval_sources.ReadCaptionRows), so no row goes into the graph."""
+    from tokenmill.pipelines.eval_sources import caption_files, read_caption_rows, resolve_spec
     from tokenmill.pipelines.evaluate import (EvaluateConfig, build_models, describe_models, load_reference_stats,
                                               needed_rates)
 
@@ -96,11 +98,11 @@ def prepare(args):
     if args.reference:
         sides["reference"] = resolve_spec(args.reference, "reference", args.reference_audio)
     rows = list(read_caption_rows(args.captions)) if args.captions else []
-    captions = {r.ytid: r for r in rows}  # --captions first, then the rows of CSV SPECs (either side)
+    seen = {r.ytid for r in rows}  # --captions first, then the rows of CSV SPECs (either side)
     for r in sides.values():
         for x in r.rows:
-            if x.ytid not in captions:
-                captions[x.ytid] = x
+            if x.ytid not in seen:
+                seen.add(x.ytid)
                 rows.append(x)
     classifier = None if args.classifier == "none" else args.classifier
     cfg = EvaluateConfig(
@@ -123,4 +125,4 @@ def prepare(args):
                                                      else "KLD pairs reference clips (or pass --classifier none)"))
     if any(r.kind == "dataset" for r in sides.values()) and args.levels is not None:
         notes.append(f"dataset SPECs decoded from their first {args.levels} acoustic levels")
-    return cfg, sides, descs, needed_rates(models), captions, reused, notes
+    return cfg, sides, descs, needed_rates(models), caption_files(args.captions, sides), reused, notes
