@@ -176,6 +176,8 @@ def main() -> None:
             argv += ["--acoustic_model", args.acoustic_model]
         if tokenize_has_option(beam_runner, "--mulan_model"):
             argv += ["--mulan_model", "none"]  # this bench measures the acoustic + semantic job
+        if tokenize_has_option(beam_runner, "--melody_model"):
+            argv += ["--melody_model", "none"]
         prof = None
         if args.profile:
             import cProfile

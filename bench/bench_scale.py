@@ -24,7 +24,7 @@ tokenize ...`), so its peak RSS is per run:
 
 Streams: `--streams semantic,acoustic` (default; semantic is always on, as the job needs its
 codebook); add `acoustic` for the built-in SoundStream codec, `mulan` (or `--mulan`) for the
-built-in MuLan model. `--direct_num_workers N` (N > 0) passes
+built-in MuLan model, `melody` for the built-in melody model (tokenize's defaults are all four). `--direct_num_workers N` (N > 0) passes
 `--direct_running_mode=multi_processing --direct_num_workers=N` to Beam.
 
 A warm-up `tokenize` of `--warmup` files (default 8) runs first and is not counted: the first
@@ -55,7 +55,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-STREAMS = ("semantic", "acoustic", "mulan")
+STREAMS = ("semantic", "acoustic", "mulan", "melody")
 STEP_SAMPLES = 7919  # prime: per-file start shift within a source, in source samples
 
 
@@ -188,7 +188,8 @@ def main() -> None:
         print(f"fit-codebook (k={k}, bundled audio {bundled_s:.0f} s): {fit['wall_s']:.1f} s", flush=True)
 
         job_opts = ["--acoustic_codec", "soundstream" if "acoustic" in streams else "none",
-                    "--mulan_model", "mulan" if "mulan" in streams else "none"]
+                    "--mulan_model", "mulan" if "mulan" in streams else "none",
+                    "--melody_model", "builtin" if "melody" in streams else "none"]
         if args.num_shards:
             job_opts += ["--num_shards", str(args.num_shards)]
         if args.direct_num_workers > 0:

@@ -56,9 +56,11 @@ MELODIC_X_RT = Const(263, "x real time / thread",
                      "bench_semantic_invariance.py, README 'Semantic extractors' second table (x RT/thread; "
                      "the same run measured spectral at 1266x on the loaded machine)")
 BASIC_PITCH_X_RT = Const(26, "x real time / thread", f"bench_semantic_invariance.py, {B} bench_semantic_invariance")
-MULAN_X_RT = Const(round(38.7 * 1.35, 1), "x real time / thread",
-                   f"bench_evaluate.py, {B} bench_evaluate: bare embedder = 38.7 clips/s x 1.35 = 52 clips "
-                   "of 10 s per s; tokenize embeds one 10 s window per audio second (derived)")
+WB = f"bench_window_batching.py, {B} bench_window_batching"
+MULAN_X_RT = Const(365, "x real time / thread",
+                   f"{WB} (200 s segments, windows batched across segments, one log-mel per segment)")
+MELODY_X_RT = Const(741, "x real time / thread",
+                    f"{WB} (200 s segments, windows batched across segments, one log-mel per segment)")
 GFLOP_PER_S = {  # forward FLOPs per audio second
     "soundstream": Const(0.531, "GFLOP / audio s", "counted: FlopCounterMode, packaged encoder + RVQ (--count_flops)"),
     "encodec": Const(2.508, "GFLOP / audio s",
@@ -82,6 +84,8 @@ WRITTEN_X_FLOOR = {  # (parquet, webdataset .tar.xz)
     "mulan_windows": (Const(0.89, "x raw float16", f"bench_bytes.py, {B} bench_bytes (mulan_windows Parquet)"),
                       Const(0.80, "x raw float16", f"bench_bytes.py, {B} bench_bytes (mulan_windows .tar.xz)")),
 }
+MELODY_X_RAW = Const(1.0, "x raw float16 / uint16",
+                     "estimate: bench_bytes predates the melody stream; windows and tokens priced at their raw size")
 MULAN_TOKENS_KB_PER_H = (Const(0.8, "kB / audio-hour", f"bench_bytes.py, {B} bench_bytes (mulan Parquet)"),
                          Const(1.0, "kB / audio-hour", f"bench_bytes.py, {B} bench_bytes (mulan .tar.xz)"))
 
@@ -104,16 +108,17 @@ MODELS = {  # stream -> model -> (how its rate is known, stream entry for shard_
     "acoustic": {"soundstream": {"n_q": 12, "frame_rate_hz": 50, "codebook_size": 1024},
                  "encodec": {"n_q": 8, "frame_rate_hz": 75, "codebook_size": 1024}},  # 6 kbps
     "mulan": {"mulan": {"dim": 128, "stride_s": 1.0}},
+    "melody": {"builtin": {"dim": 192, "n_stages": 24, "stride_s": 1.0}},
 }
-MODEL_SETS = {"built-in": {"semantic": "melodic", "acoustic": "soundstream", "mulan": "mulan"},
-              "large": {"semantic": "w2v-bert", "acoustic": "encodec", "mulan": "mulan"}}
-NEURAL = {"soundstream", "encodec", "w2v-bert", "mulan", "basic-pitch", "melodic"}
+MODEL_SETS = {"built-in": {"semantic": "melodic", "acoustic": "soundstream", "mulan": "mulan", "melody": "builtin"},
+              "large": {"semantic": "w2v-bert", "acoustic": "encodec", "mulan": "mulan", "melody": "builtin"}}
+NEURAL = {"soundstream", "encodec", "w2v-bert", "mulan", "basic-pitch", "melodic", "builtin"}
 
 
 def model_x_rt(model: str) -> Const:
     """x real time per thread of a model: measured, or scaled from a measured one by FLOPs."""
     measured = {"soundstream": SOUNDSTREAM_X_RT, "melodic": MELODIC_X_RT, "spectral": SPECTRAL_X_RT, "basic-pitch": BASIC_PITCH_X_RT,
-                "mulan": MULAN_X_RT}
+                "mulan": MULAN_X_RT, "builtin": MELODY_X_RT}
     if model in measured:
         return measured[model]
     ref = GFLOP_PER_S["soundstream"]
@@ -131,6 +136,8 @@ def written_bytes_per_s(stream: str, model: str, fmt: int) -> float:
     if stream == "acoustic":
         floor = cfg["n_q"] * cfg["frame_rate_hz"] * math.log2(cfg["codebook_size"]) / 8
         return WRITTEN_X_FLOOR["acoustic"][fmt].value * floor
+    if stream == "melody":  # float16 windows + uint16 tokens, one row each per stride
+        return MELODY_X_RAW.value * (2 * cfg["dim"] + 2 * cfg["n_stages"]) / cfg["stride_s"]
     return (WRITTEN_X_FLOOR["mulan_windows"][fmt].value * 2 * cfg["dim"] / cfg["stride_s"]
             + MULAN_TOKENS_KB_PER_H[fmt].value * 1000 / 3600)
 
@@ -189,7 +196,7 @@ def capacity_plan(hours: float, *, mix: dict[str, float] | None = None, fmt: str
             "shard_plan": sp.to_json(),
             "memory_per_worker_mb": RSS_MB["semantic+acoustic"].value + extra_mb,
             "memory_source": RSS_MB["semantic+acoustic"].source
-            + " (semantic + acoustic; MuLan was not in that run)"
+            + " (semantic + acoustic; MuLan and melody were not in that run)"
             + ("" if not extra_mb else f"; + {extra_mb:.0f} MB fp32 weights (estimate: 4 B x counted params; activations not counted)"),
             "cost_usd": {"compute": cpu_h * cpu_hour_usd + (gpu_h or 0.0) * gpu_hour_usd,
                          "storage_per_month": written / 1e9 * gb_month_usd,
@@ -209,7 +216,7 @@ def capacity_plan(hours: float, *, mix: dict[str, float] | None = None, fmt: str
         "downstream": {"memorization_worker_hours": MEMO_WORKER_H_PER_25G.value * tokens / 25e9,
                        "semantic_tokens": tokens, "source": MEMO_WORKER_H_PER_25G.source},
         "check": {"builtin_model_sum_x_codec": (
-                      sum(h for k, h in sets["built-in"]["worker_hours"].items() if not k.startswith("mulan"))
+                      sum(h for k, h in sets["built-in"]["worker_hours"].items() if not k.startswith(("mulan", "melody")))
                       / streams["acoustic/soundstream"]["worker_hours"]),
                   "measured_tokenize_x_codec": TOKENIZE_CPU_X_CODEC.value, "source": TOKENIZE_CPU_X_CODEC.source},
     }

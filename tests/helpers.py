@@ -1,5 +1,6 @@
 """Helpers shared by several test modules (tests never import each other): the hand-made
-datasets written with the schema writers, the train tests' structured dataset, a tiny random CLAP."""
+datasets written with the schema writers, the train tests' structured dataset, a tiny random CLAP,
+and the batch-invariance tests' segments and check."""
 from __future__ import annotations
 
 import hashlib
@@ -242,3 +243,60 @@ def save_stages(root, ds: dict, seed: int = 0):
     for stage, sm in make_stages(ds, seed).items():
         save_checkpoint(root / stage, 7 + GEN_STAGES.index(stage), sm.model, sm.state)
     return root
+
+
+# ---- batch invariance: five real segments and the alone-vs-in-a-batch check ------------------
+
+def torch_devices() -> list[str]:
+    """The CPU, and CUDA where this machine has it."""
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def as_segment_input(s):
+    from tokenmill.pipelines.ingest import SegmentInput
+
+    return SegmentInput(key=s.key, uri="x", segment=s.segment, start_s=s.start_s, duration_s=s.duration_s,
+                        n_quanta=s.n_quanta, source_sample_rate=s.source_sample_rate,
+                        source_channels=s.source_channels, waves=dict(s.waves))
+
+
+def cut_segment(seg, seconds: float):
+    """The first `seconds` (a multiple of 40 ms) of a segment: another length in the batch."""
+    from tokenmill.pipelines.ingest import SegmentInput
+
+    q = round(seconds / 0.04)
+    waves = {r: w[: q * r // 25] for r, w in seg.waves.items()}
+    return SegmentInput(key=seg.key[:-4] + "0099", uri=seg.uri, segment=99, start_s=0.0, duration_s=q * 0.04,
+                        n_quanta=q, source_sample_rate=seg.source_sample_rate,
+                        source_channels=seg.source_channels, waves=waves)
+
+
+def invariance_segments(real_audio_dir: Path, rates_hz=(16_000, 24_000)) -> list:
+    """[target, same-length partner, same-length partner of another track, a 7.52 s segment, a 3.2 s cut]."""
+    from tokenmill.tokenizers import audio
+
+    cfg = audio.AudioConfig(target_rates_hz=rates_hz, max_segment_s=11)
+
+    def prep(name, key):
+        return [as_segment_input(s) for s in audio.prepare((real_audio_dir / name).read_bytes(), key, cfg)]
+    a, b = prep("pushover_greek.flac", "a"), prep("asc_frontiers.mp3", "b")
+    c = prep("singularity_through_space.opus", "c")
+    segs = [a[0], a[1], b[0], c[0], cut_segment(b[1], 3.2)]
+    if [s.duration_s for s in segs] != [10.0, 10.0, 10.0, 7.52, 3.2]:
+        raise AssertionError(f"fixture durations changed: {[s.duration_s for s in segs]}")
+    return segs
+
+
+def handler_results(handler, model, batch) -> list:
+    return [r.inference for r in handler.run_inference(batch, model)]
+
+
+def check_invariant(handler, segs, equal) -> tuple:
+    """The target's result alone equals it inside four batches (both orders of all five, with its
+    equal-length partners only, with the other lengths only); returns (it, the loaded model)."""
+    model = handler.load_model()
+    alone = handler_results(handler, model, [segs[0]])[0]
+    for batch, pos in ((segs, 0), (segs[::-1], len(segs) - 1), ([segs[1], segs[0], segs[2]], 1),
+                       ([segs[3], segs[4], segs[0]], 2)):
+        equal(handler_results(handler, model, batch)[pos], alone)
+    return alone, model

@@ -15,74 +15,27 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tokenmill.pipelines.handlers import AcousticTokenHandler, SemanticTokenHandler
+from helpers import check_invariant, handler_results, invariance_segments, torch_devices
+from tokenmill.pipelines.handlers import AcousticTokenHandler, Failed, SemanticTokenHandler
 from tokenmill.pipelines.ingest import SegmentInput
-from tokenmill.pipelines.handlers import Failed
 from tokenmill.pipelines.melody import MelodyTokenHandler, MelodyWindowHandler
 from tokenmill.pipelines.mulan import MulanTokenHandler, MulanWindowHandler
 from tokenmill.pipelines.options import AcousticConfig, MelodyConfig, MulanConfig, SemanticConfig
 from tokenmill.schemas import rates
-from tokenmill.tokenizers import audio, windowing
+from tokenmill.tokenizers import windowing
 from tokenmill.tokenizers.kmeans import fit_kmeans
 from tokenmill.tokenizers.melody_tokens import window_tokens
 from tokenmill.tokenizers.mulan import segment_tokens
 from tokenmill.tokenizers.semantic import build_extractor
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
-RATES = (16_000, 24_000)
-
-
-def _devices() -> list[str]:
-    """The CPU, and CUDA where this machine has it: on a GPU, SoundStream stacks equal-length
-    segments into one forward pass (the case batch composition could change)."""
-    import torch
-
-    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
-
-def as_input(s) -> SegmentInput:
-    return SegmentInput(key=s.key, uri="x", segment=s.segment, start_s=s.start_s, duration_s=s.duration_s,
-                        n_quanta=s.n_quanta, source_sample_rate=s.source_sample_rate,
-                        source_channels=s.source_channels, waves=dict(s.waves))
-
-
-def cut(seg: SegmentInput, seconds: float) -> SegmentInput:
-    """The first `seconds` (a multiple of 40 ms) of a segment: another length in the batch."""
-    q = round(seconds / 0.04)
-    waves = {r: w[: q * r // 25] for r, w in seg.waves.items()}
-    return SegmentInput(key=seg.key[:-4] + "0099", uri=seg.uri, segment=99, start_s=0.0, duration_s=q * 0.04,
-                        n_quanta=q, source_sample_rate=seg.source_sample_rate,
-                        source_channels=seg.source_channels, waves=waves)
-
 
 @pytest.fixture(scope="module")
-def segments(real_audio_dir) -> list[SegmentInput]:
-    """[target, same-length partner, same-length partner of another track, a 7.52 s segment, a 3.2 s cut]."""
-    cfg = audio.AudioConfig(target_rates_hz=RATES, max_segment_s=11)
-    a = [as_input(s) for s in audio.prepare((real_audio_dir / "pushover_greek.flac").read_bytes(), "a", cfg)]
-    b = [as_input(s) for s in audio.prepare((real_audio_dir / "asc_frontiers.mp3").read_bytes(), "b", cfg)]
-    c = [as_input(s) for s in audio.prepare((real_audio_dir / "singularity_through_space.opus").read_bytes(), "c", cfg)]
-    segs = [a[0], a[1], b[0], c[0], cut(b[1], 3.2)]
-    assert [s.duration_s for s in segs] == [10.0, 10.0, 10.0, 7.52, 3.2]
-    return segs
+def segments(real_audio_dir) -> list:
+    return invariance_segments(real_audio_dir)
 
 
-def results(handler, model, batch):
-    return [r.inference for r in handler.run_inference(batch, model)]
-
-
-def check_invariant(handler, segs, equal) -> list:
-    """The target's result alone equals it inside four batches (both orders of all five, with its
-    equal-length partners only, with the other lengths only); returns (it, the loaded model)."""
-    model = handler.load_model()
-    alone = results(handler, model, [segs[0]])[0]
-    for batch, pos in ((segs, 0), (segs[::-1], len(segs) - 1), ([segs[1], segs[0], segs[2]], 1),
-                       ([segs[3], segs[4], segs[0]], 2)):
-        equal(results(handler, model, batch)[pos], alone)
-    return alone, model
-
-
-@pytest.mark.parametrize("device", _devices())
+@pytest.mark.parametrize("device", torch_devices())
 def test_soundstream_codes_do_not_depend_on_the_batch(segments, device):
     handler = AcousticTokenHandler(AcousticConfig(codec="soundstream", batch_size=8, device=device))
     alone, codec = check_invariant(handler, segments, np.testing.assert_array_equal)
@@ -90,7 +43,7 @@ def test_soundstream_codes_do_not_depend_on_the_batch(segments, device):
     assert alone.dtype == np.uint16 and alone.shape == (12, rates.frames_for_quanta(segments[0].n_quanta, rates.ACOUSTIC))
 
 
-@pytest.mark.parametrize("device", _devices())
+@pytest.mark.parametrize("device", torch_devices())
 def test_mulan_windows_and_tokens_do_not_depend_on_the_batch(segments, device):
     def equal(got, want):
         np.testing.assert_array_equal(got["mulan_windows"], want["mulan_windows"])
@@ -116,7 +69,7 @@ def test_spectral_tokens_do_not_depend_on_the_batch(segments, tmp_path):
     assert alone.shape == (rates.frames_for_quanta(segments[0].n_quanta, rates.SEMANTIC),)
 
 
-@pytest.mark.parametrize("device", _devices())
+@pytest.mark.parametrize("device", torch_devices())
 def test_melody_windows_and_tokens_do_not_depend_on_the_batch(segments, device):
     def equal(got, want):
         np.testing.assert_array_equal(got["melody_windows"], want["melody_windows"])
@@ -216,8 +169,8 @@ def test_a_failing_segment_is_retried_alone_and_the_others_keep_their_bits(segme
     handler = MulanWindowHandler(MulanConfig(model="mulan", batch_size=16))
     model = handler.load_model()
     bad = SegmentInput(**{**vars(segments[3]), "waves": {16_000: np.zeros(0, np.float32)}})
-    clean = results(handler, model, segments[:3])
-    got = results(handler, model, [segments[0], bad, segments[1], segments[2]])
+    clean = handler_results(handler, model, segments[:3])
+    got = handler_results(handler, model, [segments[0], bad, segments[1], segments[2]])
     assert isinstance(got[1], Failed) and "non-empty" in str(got[1].exc)
     for g, c in zip([got[0], got[2], got[3]], clean):
         np.testing.assert_array_equal(g, c)

@@ -12,70 +12,24 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from helpers import check_invariant, invariance_segments, torch_devices
 from tokenmill.pipelines.handlers import SemanticTokenHandler
-from tokenmill.pipelines.ingest import SegmentInput
 from tokenmill.pipelines.options import SemanticConfig
 from tokenmill.schemas import rates
-from tokenmill.tokenizers import audio
 from tokenmill.tokenizers.kmeans import fit_kmeans
 from tokenmill.tokenizers.semantic import build_extractor
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
-RATES = (16_000, 24_000)
 SR = rates.SEMANTIC.sample_rate_hz  # 16 kHz
 K = 32  # codebook size: small, so the fit takes well under a second
 HUBERT_LAYERS = 2  # a tiny HuBERT; the job takes hidden_states[2] (--semantic_layer 2)
 
 
-def _devices() -> list[str]:
-    """The CPU, and CUDA where this machine has it (only the SSL extractor has a device)."""
-    import torch
-
-    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
-
-# ---- segments: the same five as test_batch_invariance.py (tests do not import each other) -----
-
-def as_input(s) -> SegmentInput:
-    return SegmentInput(key=s.key, uri="x", segment=s.segment, start_s=s.start_s, duration_s=s.duration_s,
-                        n_quanta=s.n_quanta, source_sample_rate=s.source_sample_rate,
-                        source_channels=s.source_channels, waves=dict(s.waves))
-
-
-def cut(seg: SegmentInput, seconds: float) -> SegmentInput:
-    """The first `seconds` (a multiple of 40 ms) of a segment: another length in the batch."""
-    q = round(seconds / 0.04)
-    waves = {r: w[: q * r // 25] for r, w in seg.waves.items()}
-    return SegmentInput(key=seg.key[:-4] + "0099", uri=seg.uri, segment=99, start_s=0.0, duration_s=q * 0.04,
-                        n_quanta=q, source_sample_rate=seg.source_sample_rate,
-                        source_channels=seg.source_channels, waves=waves)
-
+# ---- segments: the same five as test_batch_invariance.py (tests/helpers.py) --------------------
 
 @pytest.fixture(scope="module")
-def segments(real_audio_dir) -> list[SegmentInput]:
-    """[target, same-length partner, same-length partner of another track, a 7.52 s segment, a 3.2 s cut]."""
-    cfg = audio.AudioConfig(target_rates_hz=RATES, max_segment_s=11)
-    a = [as_input(s) for s in audio.prepare((real_audio_dir / "pushover_greek.flac").read_bytes(), "a", cfg)]
-    b = [as_input(s) for s in audio.prepare((real_audio_dir / "asc_frontiers.mp3").read_bytes(), "b", cfg)]
-    c = [as_input(s) for s in audio.prepare((real_audio_dir / "singularity_through_space.opus").read_bytes(), "c", cfg)]
-    segs = [a[0], a[1], b[0], c[0], cut(b[1], 3.2)]
-    assert [s.duration_s for s in segs] == [10.0, 10.0, 10.0, 7.52, 3.2]
-    return segs
-
-
-def results(handler, model, batch):
-    return [r.inference for r in handler.run_inference(batch, model)]
-
-
-def check_invariant(handler, segs, equal) -> tuple:
-    """The target's result alone equals it inside four batches (both orders of all five, with its
-    equal-length partners only, with the other lengths only); returns (it, the loaded model)."""
-    model = handler.load_model()
-    alone = results(handler, model, [segs[0]])[0]
-    for batch, pos in ((segs, 0), (segs[::-1], len(segs) - 1), ([segs[1], segs[0], segs[2]], 1),
-                       ([segs[3], segs[4], segs[0]], 2)):
-        equal(results(handler, model, batch)[pos], alone)
-    return alone, model
+def segments(real_audio_dir) -> list:
+    return invariance_segments(real_audio_dir)
 
 
 # ---- a tiny HuBERT checkpoint ----------------------------------------------------------------
@@ -131,7 +85,7 @@ def test_basic_pitch_tokens_do_not_depend_on_the_batch(segments, tmp_path):
     check_semantic_stage(segments, tmp_path, cfg, {"runtime": "torch"})
 
 
-@pytest.mark.parametrize("device", _devices())
+@pytest.mark.parametrize("device", torch_devices())
 def test_hubert_tokens_do_not_depend_on_the_batch(segments, tmp_path, tiny_hubert, device):
     cfg = SemanticConfig(extractor="hubert", batch_size=8, path=str(tiny_hubert), layer=HUBERT_LAYERS,
                          device=device)

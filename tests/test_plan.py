@@ -31,9 +31,10 @@ def test_plan_arithmetic_by_hand():
     assert w["decode"] == pytest.approx(100 / 1070)             # bench_frontend FLAC
     assert w["acoustic:soundstream"] == pytest.approx(100 / 46)  # bench_codec_quality encode
     assert w["semantic:melodic"] == pytest.approx(100 / 263)     # bench_semantic_invariance
-    assert w["mulan:mulan"] == pytest.approx(100 / 52.2)         # 38.7 clips/s x 1.35
+    assert w["mulan:mulan"] == pytest.approx(100 / 365)          # bench_window_batching, 200 s segments
+    assert w["melody:builtin"] == pytest.approx(100 / 741)       # the same run
     assert w["beam+io"] == pytest.approx(0.009 * 100 / 46)
-    total = 100 / 1070 + 100 / 46 + 100 / 263 + 100 / 52.2 + 0.009 * 100 / 46
+    total = 100 / 1070 + 100 / 46 + 100 / 263 + 100 / 365 + 100 / 741 + 0.009 * 100 / 46
     assert s["total_worker_hours"] == pytest.approx(total)
     assert s["bound_by"] == "acoustic:soundstream"
     assert s["speedup_if_bound_stage_were_free"] == pytest.approx(total / (total - 100 / 46))
@@ -43,13 +44,14 @@ def test_plan_arithmetic_by_hand():
     # shard counts are schemas/shard_plan's for the same listing (100 h of FLAC in 201.6 s clips)
     n_files = math.ceil(100 * 3600 / 201.6)
     streams = {"semantic": {"frame_rate_hz": 25}, "acoustic": {"n_q": 12, "frame_rate_hz": 50},
-               "mulan": {"dim": 128, "stride_s": 1.0}}
+               "mulan": {"dim": 128, "stride_s": 1.0}, "melody": {"dim": 192, "n_stages": 24, "stride_s": 1.0}}
     ref = plan_shards({".flac": 100 * 3600 * 100_000}, n_files, streams, valid_fraction=0.05)
     assert s["shard_plan"] == ref.to_json()
-    # journal: (50 + 1200 + 256) B per audio second, uncompressed
-    assert s["journal_bytes"] == pytest.approx(1506 * 100 * 3600)
-    # written Parquet: semantic 0.63 x 31.25 B/s, acoustic 0.97 x 750 B/s, windows 0.89 x 256 B/s + 0.8 kB/h
-    written = (0.63 * 31.25 + 0.97 * 750 + 0.89 * 256) * 360_000 + 0.8 * 1000 * 100
+    # journal: (50 + 1200 + 256 + 384 + 48) B per audio second, uncompressed (melody: 192 float16 + 24 uint16)
+    assert s["journal_bytes"] == pytest.approx(1938 * 100 * 3600)
+    # written Parquet: semantic 0.63 x 31.25 B/s, acoustic 0.97 x 750 B/s, windows 0.89 x 256 B/s + 0.8 kB/h,
+    # melody at its raw 432 B/s (an estimate: not in bench_bytes)
+    written = (0.63 * 31.25 + 0.97 * 750 + 0.89 * 256 + 432) * 360_000 + 0.8 * 1000 * 100
     assert s["written_bytes"] == pytest.approx(written)
     assert s["cost_usd"]["storage_per_month"] == pytest.approx(written / 1e9 * 0.1)
     assert p["downstream"]["memorization_worker_hours"] == pytest.approx(660 * 100 * 3600 * 25 / 25e9)

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from tokenmill.schemas import rates
-from tokenmill.tokenizers import windowing
+from tokenmill.tokenizers.logmel_tower import LogMelWindowTower
 from tokenmill.tokenizers.melody import MelodyError, MelodyModel
 from tokenmill.tokenizers.net_weights import read_net_file, save_net_file
 from tokenmill.tokenizers.semantic import mel_filterbank
@@ -182,7 +182,7 @@ def load_melody_net(path: Path | str) -> tuple[MelodyNet, dict[str, str]]:
     return net.eval(), meta
 
 
-class BuiltinMelody(MelodyModel):
+class BuiltinMelody(LogMelWindowTower, MelodyModel):
     """The built-in melody ViT behind the MelodyModel interface (16 kHz in, 192-d out)."""
 
     name = "builtin"
@@ -209,22 +209,6 @@ class BuiltinMelody(MelodyModel):
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)).to(self.device)
             return self.net.embed_wave(x).cpu().numpy()
-
-    def _window_rows(self, wave: np.ndarray):
-        """Window w's raw log-mel: frames [50·w, 50·w + 194) of the segment's, computed once."""
-        return windowing.feature_window_rows(wave, self._logmel, sample_rate_hz=self.sample_rate_hz,
-                                             window_s=self.window_s, stride_s=self.stride_s,
-                                             n_fft=self.cfg.n_fft, hop=self.cfg.hop)
-
-    def _logmel(self, samples: np.ndarray) -> np.ndarray:
-        """float32 [n] → raw log10 mel float32 [n_mels, 1 + (n - n_fft) // hop]."""
-        with torch.inference_mode():
-            return self.net.logmel(torch.from_numpy(samples)[None].to(self.device))[0].cpu().numpy()
-
-    def _embed_rows(self, mels: np.ndarray) -> np.ndarray:
-        """float32 [B, n_mels, 194] raw log-mel windows → float32 [B, dim]."""
-        with torch.inference_mode():
-            return self.net.embed_mel(torch.from_numpy(mels).to(self.device)).cpu().numpy()
 
     def config_dict(self) -> dict[str, Any]:
         return asdict(self.cfg)

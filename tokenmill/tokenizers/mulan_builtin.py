@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 from tokenmill.schemas import rates
-from tokenmill.tokenizers import windowing
 from tokenmill.tokenizers.codec import sha256_of_files
+from tokenmill.tokenizers.logmel_tower import LogMelWindowTower
 from tokenmill.tokenizers.mulan import MulanError, MulanModel
 from tokenmill.tokenizers.net_weights import read_net_file, save_net_file
 from tokenmill.tokenizers.semantic import mel_filterbank
@@ -228,7 +228,7 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-class BuiltinMulan(MulanModel):
+class BuiltinMulan(LogMelWindowTower, MulanModel):
     """The built-in model behind the MulanModel interface (16 kHz, 128-d)."""
 
     name = "mulan"
@@ -268,22 +268,6 @@ class BuiltinMulan(MulanModel):
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)).to(self.device)
             return self.net.embed_wave(x).cpu().numpy()
-
-    def _window_rows(self, wave: np.ndarray):
-        """Window w's raw log-mel: frames [50·w, 50·w + 497) of the segment's, computed once."""
-        return windowing.feature_window_rows(wave, self._logmel, sample_rate_hz=self.sample_rate_hz,
-                                             window_s=self.window_s, stride_s=self.stride_s,
-                                             n_fft=self.cfg.n_fft, hop=self.cfg.hop)
-
-    def _logmel(self, samples: np.ndarray) -> np.ndarray:
-        """float32 [n] → raw log-mel float32 [n_mels, 1 + (n - n_fft) // hop]."""
-        with torch.inference_mode():
-            return self.net.logmel(torch.from_numpy(samples)[None].to(self.device))[0].cpu().numpy()
-
-    def _embed_rows(self, mels: np.ndarray) -> np.ndarray:
-        """float32 [B, n_mels, 497] raw log-mel windows → float32 [B, dim]."""
-        with torch.inference_mode():
-            return self.net.embed_mel(torch.from_numpy(mels).to(self.device)).cpu().numpy()
 
     def _embed_text(self, texts: list[str]) -> np.ndarray:
         sent = self.text_encoder()(texts)
