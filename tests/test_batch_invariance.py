@@ -113,6 +113,7 @@ def test_a_batch_of_segments_runs_full_passes_of_their_windows_in_order(segments
     for got, want in zip(rows, want_rows):
         np.testing.assert_array_equal(got, want)
     assert not rows[len(want_rows):].any()                                   # the filler rows are zeros
+    assert model.describe()["pass_rows"] == 4                                # the manifest records the shape
 
 
 @pytest.mark.parametrize("stream", ["mulan", "melody"])

@@ -91,7 +91,9 @@ class MelodyModel(abc.ABC):
         """The manifest's and the codebook card's entry for this model."""
         return {"name": self.name, "config": self.config_dict(), "weights_sha256": self.weights_sha256,
                 "sample_rate_hz": self.sample_rate_hz, "dim": self.dim, "window_s": self.window_s,
-                "stride_s": self.stride_s, "short_track_policy": f"one window, zero-padded to {self.window_s} s"}
+                "stride_s": self.stride_s, "short_track_policy": f"one window, zero-padded to {self.window_s} s",
+                **({"pass_rows": self.batch_size}  # rows per forward pass (windowing.py), when passes are shared
+                   if type(self).embed_windows_batch is MelodyModel.embed_windows_batch else {})}
 
 
 def crop_window_indices(n_windows: int, t0_s: float | Fraction, t1_s: float | Fraction,

@@ -147,10 +147,14 @@ class MulanModel(abc.ABC):
         return {}
 
     def describe(self) -> dict[str, Any]:
-        """The manifest's entry: name, config, weights hash, rate, window/stride, dim, padding policy."""
+        """The manifest's entry: name, config, weights hash, rate, window/stride, dim, padding
+        policy, rows per forward pass."""
         return {"name": self.name, "config": self.config_dict(), "weights_sha256": self.weights_sha256,
                 "sample_rate_hz": self.sample_rate_hz, "dim": self.dim, "window_s": self.window_s,
-                "stride_s": self.stride_s, "short_track_policy": "one window, zero-padded to 10 s"}
+                "stride_s": self.stride_s, "short_track_policy": "one window, zero-padded to 10 s",
+                # every forward pass has exactly this many rows (windowing.py): another size may
+                # change the windows' last float bits, so it is recorded with them
+                "pass_rows": self.batch_size}
 
 
 # ---- tokens ------------------------------------------------------------------------------------
