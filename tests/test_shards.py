@@ -243,3 +243,54 @@ def test_parquet_row_groups_bound_memory_and_keep_bytes():
         write(reversed(recs))
     with pytest.raises(ValueError, match="sorted by key"):
         fmt.write_wds(reversed(recs), io.BytesIO())
+
+
+ARROW_PEAK_CHILD = r"""
+import io, sys
+import numpy as np
+import pyarrow as pa
+from tokenmill.schemas import shards as fmt
+from tokenmill.schemas.records import TrackRecord, make_key
+
+n, group = int(sys.argv[1]), int(sys.argv[2])
+rng = np.random.default_rng(0)
+
+def rec(i):  # 2 s with all four streams: ~2.9 KB of arrays
+    return TrackRecord(key=make_key(f"{i:016x}", 0), uri=f"/in/{i}.flac", segment=0, start_s=0.0,
+                       duration_s=2.0, source_sample_rate=44100, source_channels=2, split="train",
+                       semantic=rng.integers(0, 1024, 50).astype(np.uint16),
+                       acoustic=rng.integers(0, 1024, (12, 100)).astype(np.uint16),
+                       mulan_windows=rng.standard_normal((1, 128)).astype(np.float16),
+                       mulan=rng.integers(0, 1024, 12).astype(np.uint16),
+                       melody_windows=rng.standard_normal((1, 192)).astype(np.float16),
+                       melody=rng.integers(0, 512, (1, 24)).astype(np.uint16))
+
+w = fmt.ParquetShardWriter(io.BytesIO(), group)
+for i in range(n):  # records made one at a time: the writer's row group is all that is held
+    w.add(rec(i))
+w.close()
+print(pa.default_memory_pool().max_memory())
+"""
+
+
+def test_parquet_writer_memory_is_bounded_by_a_row_group_not_the_shard():
+    """Regression (tokenize's peak RSS grew 1.36x from 1,250 to 10,000 files in one shard): Arrow's
+    Parquet encoder needs several times a row group's arrays while it closes the group, so the
+    row group, not the shard, bounds it. In fresh processes (Arrow's peak is per process): a
+    shard of 4 row groups and one of 16 peak at the same Arrow memory (one group: 43 vs 133 MB), under 16x a row group, and
+    the default row group is small enough that this stays under ~100 MB."""
+    import subprocess
+    import sys
+
+    group = 1 << 20
+    per_group = group // 2930 + 1  # records per row group
+
+    def peak(n):
+        out = subprocess.run([sys.executable, "-c", ARROW_PEAK_CHILD, str(n), str(group)], check=True,
+                             capture_output=True, text=True)
+        return int(out.stdout.split()[-1])
+
+    small, large = peak(4 * per_group), peak(16 * per_group)
+    assert large <= 1.1 * small
+    assert large < 16 * group
+    assert fmt.PARQUET_ROW_GROUP_BYTES * 12 <= 100 << 20  # ~7x measured at 8 MiB (schemas/shards.py)

@@ -124,8 +124,10 @@ class MulanConfig:
         "model. Default: the packaged RVQ, for the packaged built-in model only; any other "
         "model needs one", flag="--mulan_codebook", metavar="PATH"))
     batch_size: int = field(default=16, metadata=_flag(
-        "10 s windows per MuLan forward pass, and segments per RunInference batch "
-        "(default %(default)s)", flag="--mulan_batch_size"))
+        "10 s windows in every MuLan forward pass (windows of several segments share a pass; "
+        "zero rows fill the last, so a window's bits do not depend on its batch; recorded as "
+        "pass_rows), and segments per RunInference batch (default %(default)s)",
+        flag="--mulan_batch_size"))
     device: str = "cpu"  # --device: where the model runs on the worker (describe_mulan: the CPU)
     compute: ComputeLayout = field(default_factory=ComputeLayout)  # torch threads + kernels on the worker
 
@@ -170,8 +172,9 @@ class MelodyConfig:
         "other weights, and basic-pitch, need one",
         flag="--melody_codebook", metavar="PATH"))
     batch_size: int = field(default=16, metadata=_flag(
-        "4 s windows per melody forward pass, and segments per RunInference batch "
-        "(default %(default)s)", flag="--melody_batch_size"))
+        "4 s windows in every melody forward pass (shared by segments, padded like "
+        "--mulan_batch_size), and segments per RunInference batch (default %(default)s)",
+        flag="--melody_batch_size"))
     device: str = "cpu"  # --device: where the model runs on the worker (describe_melody: the CPU)
     compute: ComputeLayout = field(default_factory=ComputeLayout)  # torch threads + kernels on the worker
 

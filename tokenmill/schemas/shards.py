@@ -50,9 +50,12 @@ XZ_PRESET = 9 | lzma.PRESET_EXTREME
 # A shard's tokens match within a track (a 3-minute track is ~9 KB semantic, ~216 KB acoustic), so
 # a 1 MiB window gives the same bytes on our shards (bench/bench_bytes.py) for ~12 MB of encoder.
 XZ_DICT_BYTES = 1 << 20
-# Parquet row groups close after this many bytes of token arrays (~1,200 ten-second segments with
-# acoustic tokens): the writer holds one row group, whatever the shard's size.
-PARQUET_ROW_GROUP_BYTES = 32 << 20
+# Parquet row groups close after this many bytes of token arrays (~500 ten-second segments with
+# all four streams): the writer holds one row group, whatever the shard's size. Arrow's encoder
+# needs ~7x the arrays while it closes a group (nested lists: int16 repetition and definition
+# levels and int32 dictionary indices per uint16 value): measured 232 MB of Arrow memory at
+# 32 MiB, 68 MB at 8 MiB, for files 1 % larger and reads as fast (tests/test_shards.py).
+PARQUET_ROW_GROUP_BYTES = 8 << 20
 XZ_FILTERS = ({"id": lzma.FILTER_LZMA2, "preset": XZ_PRESET, "dict_size": XZ_DICT_BYTES},)
 
 
