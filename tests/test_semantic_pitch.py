@@ -177,3 +177,29 @@ def test_a_missing_basic_pitch_wheel_says_how_to_install_it(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "basic_pitch" else real(n, *a))
     with pytest.raises(PitchModelError, match="pip install --no-deps basic-pitch==0.4.0"):
         build_extractor("basic-pitch")
+
+
+def test_a_codebook_fitted_under_another_runtime_is_accepted_with_a_warning(ex, caplog):
+    """Regression: the codebook check compared name, weights and layer only, so a codebook fitted
+    on onnxruntime features was taken for torch features without a word. They agree to 1e-4, not
+    bit for bit: the job now warns, naming the setting and both values; another layer still fails."""
+    import logging
+
+    from tokenmill.pipelines.handlers import check_codebook_matches
+    from tokenmill.tokenizers.kmeans import CodebookError, fit_kmeans
+
+    desc = ex.describe()
+    fitted = {**desc, "config": {**desc["config"], "runtime": "onnxruntime"}}
+    x = np.random.default_rng(0).standard_normal((200, ex.dim)).astype(np.float32)
+    cb = fit_kmeans(x, 4, seed=0, kind="semantic", sources={"extractor": fitted})
+    with caplog.at_level(logging.WARNING, logger="tokenmill"):
+        check_codebook_matches(desc, cb)
+    msg = " ".join(r.getMessage() for r in caplog.records)
+    assert "runtime='onnxruntime'" in msg and "runtime='torch'" in msg and cb.id in msg
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tokenmill"):
+        check_codebook_matches(desc, fit_kmeans(x, 4, seed=0, kind="semantic", sources={"extractor": desc}))
+    assert not caplog.records                                   # the same config: nothing to say
+    with pytest.raises(CodebookError, match="layer"):
+        check_codebook_matches(desc, fit_kmeans(x, 4, seed=0, kind="semantic",
+                                                sources={"extractor": {**desc, "layer": 3}}))

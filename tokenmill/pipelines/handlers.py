@@ -220,7 +220,9 @@ class SemanticTokenHandler(_SemanticBase):
 
 def check_codebook_matches(desc: dict, codebook: Codebook) -> None:
     """Refuse a codebook fitted on other features: dim always; extractor name, weights sha256 and
-    layer when the card records the fit's extractor (fit-codebook writes it in sources.extractor)."""
+    layer when the card records the fit's extractor (fit-codebook writes it in sources.extractor).
+    Any other difference in the extractor's config (basic-pitch's runtime, say) is logged as a
+    warning naming the settings: the features may differ in the last bits."""
     if codebook.dim != desc["dim"]:
         raise CodebookError(
             f"codebook {codebook.id} has dim {codebook.dim} but extractor '{desc['name']}' gives "
@@ -234,6 +236,15 @@ def check_codebook_matches(desc: dict, codebook: Codebook) -> None:
                 f"codebook {codebook.id} was fitted on {what} {fit.get(field)!r} but this job uses "
                 f"{desc.get(field)!r}; pass the --semantic_extractor/--semantic_path/--semantic_layer the "
                 "codebook was fitted with (its card's sources.extractor), or fit a new codebook")
+    fit_cfg, cfg = fit.get("config"), desc.get("config")
+    if isinstance(fit_cfg, dict) and isinstance(cfg, dict):
+        changed = sorted(k for k in set(fit_cfg) | set(cfg) if fit_cfg.get(k) != cfg.get(k))
+        if changed:  # e.g. basic-pitch's runtime: features within float32 rounding, not bit-equal
+            LOG.warning("codebook %s was fitted on %s features with %s; this job computes them with %s. "
+                        "Tokens of frames at a cluster boundary may differ from the fit's; fit a new "
+                        "codebook to match exactly", codebook.id, desc.get("name"),
+                        ", ".join(f"{k}={fit_cfg.get(k)!r}" for k in changed),
+                        ", ".join(f"{k}={cfg.get(k)!r}" for k in changed))
 
 
 def codebook_on_device(codebook: Codebook, device: str) -> Codebook:
