@@ -203,3 +203,20 @@ def test_a_codebook_fitted_under_another_runtime_is_accepted_with_a_warning(ex, 
     with pytest.raises(CodebookError, match="layer"):
         check_codebook_matches(desc, fit_kmeans(x, 4, seed=0, kind="semantic",
                                                 sources={"extractor": {**desc, "layer": 3}}))
+
+
+def test_a_codebook_card_read_back_from_json_raises_no_config_warning(caplog, tmp_path):
+    """The card stores the extractor's config as JSON (melodic's tuples become lists): a codebook
+    fitted, saved and loaded under the same settings must not warn."""
+    import logging
+
+    from tokenmill.pipelines.handlers import check_codebook_matches
+    from tokenmill.tokenizers.kmeans import Codebook, fit_kmeans
+
+    mel = build_extractor("melodic")
+    x = np.random.default_rng(1).standard_normal((200, mel.dim)).astype(np.float32)
+    fit_kmeans(x, 4, seed=0, kind="semantic", sources={"extractor": mel.describe()}).save(tmp_path)
+    cb = Codebook.load(next(tmp_path.glob("semantic-*.safetensors")))
+    with caplog.at_level(logging.WARNING, logger="tokenmill"):
+        check_codebook_matches(mel.describe(), cb)
+    assert not caplog.records

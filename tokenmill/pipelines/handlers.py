@@ -2,6 +2,8 @@
 per-element failures (so one bad segment becomes one dead letter, not a failed batch)."""
 from __future__ import annotations
 
+import json
+
 import logging
 import os
 import tempfile
@@ -236,9 +238,11 @@ def check_codebook_matches(desc: dict, codebook: Codebook) -> None:
                 f"codebook {codebook.id} was fitted on {what} {fit.get(field)!r} but this job uses "
                 f"{desc.get(field)!r}; pass the --semantic_extractor/--semantic_path/--semantic_layer the "
                 "codebook was fitted with (its card's sources.extractor), or fit a new codebook")
-    fit_cfg, cfg = fit.get("config"), desc.get("config")
+    # the card holds the config as JSON (tuples became lists); `path` is where the weights were,
+    # and their hash, compared above, is what identifies them
+    fit_cfg, cfg = fit.get("config"), json.loads(json.dumps(desc.get("config"), default=str))
     if isinstance(fit_cfg, dict) and isinstance(cfg, dict):
-        changed = sorted(k for k in set(fit_cfg) | set(cfg) if fit_cfg.get(k) != cfg.get(k))
+        changed = sorted(k for k in set(fit_cfg) | set(cfg) if k != "path" and fit_cfg.get(k) != cfg.get(k))
         if changed:  # e.g. basic-pitch's runtime: features within float32 rounding, not bit-equal
             LOG.warning("codebook %s was fitted on %s features with %s; this job computes them with %s. "
                         "Tokens of frames at a cluster boundary may differ from the fit's; fit a new "
