@@ -1,6 +1,7 @@
 """Benchmark the window streams' model stage: batched across segments vs one segment at a time.
 
-    .venv/bin/python bench/bench_window_batching.py [--dir tests/data/audio] [--repeats 3]
+    .venv/bin/python bench/bench_window_batching.py [--dir tests/data/audio] [--repeats 3] [--long_s 200 --tracks 4]
+    .venv/bin/python bench/bench_window_batching.py --device cuda --pass_rows 256 --sizes 16,64,256,1024
 
 The MuLan tower embeds a 10 s window at every 1 s, the melody tower a 4 s window at every 1 s.
 For two workloads cut from real audio played one track after another (10 s clips, MusicCaps'
@@ -66,21 +67,24 @@ def workload(waves: list[np.ndarray], seg_s: int, n: int) -> list[np.ndarray]:
     return [reel[i * seg_s * SR:(i + 1) * seg_s * SR] for i in range(n)]
 
 
+def embed_waves(model, x: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return model.net.embed_wave(torch.from_numpy(x).to(model.device)).cpu().numpy()
+
+
 def per_segment(model, segs):
     """The old stage: one segment at a time, passes of up to batch_size rows, wave rows."""
     out = []
     for w in segs:
         rows = list(windowing.wave_window_rows(w, SR, model.window_s, model.stride_s))
         for j in range(0, len(rows), model.batch_size):
-            with torch.inference_mode():
-                out.append(model.net.embed_wave(torch.from_numpy(np.stack(rows[j:j + model.batch_size]))).numpy())
+            out.append(embed_waves(model, np.stack(rows[j:j + model.batch_size])))
     return np.concatenate(out)
 
 
 def batched_wave(model, segs):
     def embed(x):
-        with torch.inference_mode():
-            return model.net.embed_wave(torch.from_numpy(x)).numpy()
+        return embed_waves(model, x)
     rows = (r for w in segs for r in windowing.wave_window_rows(w, SR, model.window_s, model.stride_s))
     return windowing.embed_fixed_batches(rows, embed, batch_size=model.batch_size, dim=model.dim)
 
@@ -90,15 +94,18 @@ def batched_mel(model, segs):
     return np.concatenate(batch(segs))
 
 
-def best_cpu_s(fns: dict, repeats: int) -> dict:
+def best_s(fns: dict, repeats: int, device: str = "cpu") -> dict:
+    """Best time of each fn, interleaved: process CPU time on the CPU; on a GPU, wall time (every
+    fn ends in a copy to the host, so the device is idle when the clock stops)."""
+    clock = time.process_time if device == "cpu" else time.perf_counter
     for fn in fns.values():
         fn()  # warm-up
     best = {k: float("inf") for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
-            t0 = time.process_time()
+            t0 = clock()
             fn()
-            best[k] = min(best[k], time.process_time() - t0)
+            best[k] = min(best[k], clock() - t0)
     return best
 
 
@@ -110,23 +117,29 @@ def main() -> None:
     ap.add_argument("--tracks", type=int, default=8, help="segments in the long workload")
     ap.add_argument("--long_s", type=int, default=20, help="their length in seconds (cut from the tracks "
                     "played one after another)")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda[:N] to time the towers on a GPU (wall time)")
+    ap.add_argument("--pass_rows", type=int, default=16, help="rows per forward pass (default %(default)s; "
+                    "a GPU wants more)")
+    ap.add_argument("--sizes", default="1,2,4,8,16,32", help="pass sizes of the sweep")
     args = ap.parse_args()
     from tokenmill.tokenizers.melody_builtin import BuiltinMelody
     from tokenmill.tokenizers.mulan_builtin import BuiltinMulan
 
     waves = load_waves(Path(args.dir))
     loads = {"10 s clips": workload(waves, 10, args.clips), f"{args.long_s} s segments": workload(waves, args.long_s, args.tracks)}
-    print(f"one torch thread, {torch.backends.cpu.get_cpu_capability()} kernels, process CPU time, "
-          f"best of {args.repeats}")
+    where = (f"one torch thread, {torch.backends.cpu.get_cpu_capability()} kernels, process CPU time"
+             if args.device == "cpu" else f"{torch.cuda.get_device_name(torch.device(args.device))}, wall time")
+    print(f"{where}, best of {args.repeats}")
     print(f"{'model':8} {'workload':14} {'windows':>7} {'per segment':>12} {'batched':>16} {'batched + mel':>20}  max |Δ|")
-    for model in (BuiltinMulan(batch_size=16), BuiltinMelody(batch_size=16)):
+    for model in (BuiltinMulan(batch_size=args.pass_rows, device=args.device),
+                  BuiltinMelody(batch_size=args.pass_rows, device=args.device)):
         name = "MuLan" if isinstance(model, BuiltinMulan) else "melody"
         for label, segs in loads.items():
             ref = per_segment(model, segs)
             got = windowing.l2_normalize(ref)
             delta = float(np.abs(batched_mel(model, segs) - got).max())
-            t = best_cpu_s({"seg": lambda: per_segment(model, segs), "wave": lambda: batched_wave(model, segs),
-                            "mel": lambda: batched_mel(model, segs)}, args.repeats)
+            t = best_s({"seg": lambda: per_segment(model, segs), "wave": lambda: batched_wave(model, segs),
+                        "mel": lambda: batched_mel(model, segs)}, args.repeats, args.device)
             n = ref.shape[0]
             rate = {k: n / v for k, v in t.items()}
             audio_s = sum(w.shape[0] for w in segs) / SR
@@ -134,11 +147,10 @@ def main() -> None:
                   f"{rate['wave'] / rate['seg']:4.2f}x {rate['mel']:8.0f} w/s {rate['mel'] / rate['seg']:5.2f}x  {delta:.1e}"
                   f"  | x real time: {audio_s / t['seg']:.0f} -> {audio_s / t['mel']:.0f}")
         segs = [w for ws in loads.values() for w in ws]
-        sizes = (1, 2, 4, 8, 16, 32)
-        models = {b: type(model)(batch_size=b) for b in sizes}
-        t = best_cpu_s({b: (lambda m=m: batched_mel(m, segs)) for b, m in models.items()}, args.repeats)
-        n = sum(x.shape[0] for x in models[16].embed_audio_windows_batch(segs)) if name == "MuLan" else \
-            sum(x.shape[0] for x in models[16].embed_windows_batch(segs))
+        sizes = tuple(int(b) for b in args.sizes.split(","))
+        models = {b: type(model)(batch_size=b, device=args.device) for b in sizes}
+        t = best_s({b: (lambda m=m: batched_mel(m, segs)) for b, m in models.items()}, args.repeats, args.device)
+        n = batched_mel(models[sizes[0]], segs).shape[0]
         print(f"{name:8} pass size sweep (batched + mel, both workloads, {n} windows): "
               + ", ".join(f"{b}: {n / t[b]:.0f} w/s" for b in sizes))
 
