@@ -118,10 +118,8 @@ def _key_uris(path: str, fmt_name: str) -> list[tuple[str, str]]:
     if not FileSystems.exists(path):
         raise UsageError(f"{path}: listed in the manifest but missing; run `verify` on the dataset")
     if fmt_name == "parquet":
-        import pyarrow.parquet as pq
-
         with FileSystems.open(path) as f:
-            t = pq.read_table(io.BytesIO(f.read()), columns=["key", "uri"])
+            t = fmt.read_parquet_table(io.BytesIO(f.read()), columns=["key", "uri"])
         return list(zip(t.column("key").to_pylist(), t.column("uri").to_pylist()))
     with FileSystems.open(path) as f:
         return [(key, json.loads(m["json"])["uri"]) for key, m in fmt.iter_wds_samples(f)]

@@ -39,7 +39,7 @@ from tokenmill.schemas.compat import check_compatible
 from tokenmill.schemas.manifest import ManifestError, validate_manifest
 from tokenmill.schemas.records import (
     ARROW_SCHEMA, LATE_STREAMS, MANIFEST_NAME, STREAMS, TAR_MTIME, TrackRecord, json_dumps_stable,
-    records_to_table, table_to_records, wds_member_names,
+    read_parquet_table, records_to_table, table_to_records, wds_member_names,
 )
 
 PARQUET_COMPRESSION = "zstd"
@@ -165,7 +165,7 @@ def _with_late_streams(table: pa.Table) -> pa.Table:
 
 def decode_parquet(source: str | IO[bytes]) -> list[TrackRecord]:
     try:
-        table = pq.read_table(source)
+        table = read_parquet_table(source)
     except (pa.ArrowInvalid, OSError) as e:
         raise ShardFormatError(f"not a readable Parquet file: {e}") from e
     table = _with_late_streams(table)

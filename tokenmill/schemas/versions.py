@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tokenmill.errors import TokenmillError
-from tokenmill.schemas.records import ARROW_SCHEMA, TrackRecord
+from tokenmill.schemas.records import ARROW_SCHEMA, TrackRecord, read_parquet_table
 
 STREAMS_DIR = "streams"
 # stream -> the record fields its rebuild rewrites (the MuLan / melody windows stay: they are the input)
@@ -71,7 +71,7 @@ def encode_column_shard(keys: list[str], columns: dict[str, list]) -> bytes:
 def decode_column_shard(source, fields: tuple[str, ...]) -> tuple[list[str], dict[str, list]]:
     """(keys, {field: values}) of a column shard; refuses another schema."""
     try:
-        table = pq.read_table(source)
+        table = read_parquet_table(source)
     except FileNotFoundError:
         raise
     except (pa.ArrowInvalid, OSError) as e:

@@ -35,9 +35,7 @@ def find_record(root: str, key: str, manifest: dict | None = None) -> TrackRecor
     for s in shards:
         path = os.path.join(root, s["path"])
         if s["format"] == "parquet":
-            import pyarrow.parquet as pq
-
-            table = pq.read_table(path, filters=[("key", "=", key)])
+            table = fmt.read_parquet_table(path, filters=[("key", "=", key)])
             if table.num_rows:
                 return TrackRecord.from_row(table.to_pylist()[0])
         else:
@@ -79,7 +77,7 @@ def first_key(root: str) -> str:
         if s["format"] == "parquet" and s["records"]:
             import pyarrow.parquet as pq
 
-            keys += pq.read_table(os.path.join(root, s["path"]), columns=["key"])["key"].to_pylist()
+            keys += fmt.read_parquet_table(os.path.join(root, s["path"]), columns=["key"])["key"].to_pylist()
     if not keys:
         raise DatasetError(f"{root} has no Parquet records to pick a key from; pass --key")
     return min(keys)
