@@ -8,6 +8,10 @@ The floor of a stream is its token rate × log2(vocab) bits (semantic: 25 tok/s 
   plain tar of .npy (the usual layout), tar of .npy.gz members, whole-tar .tar.gz, and
   whole-tar .tar.xz (ours).
 
+The MuLan and melody streams are measured too (built-in models, packaged RVQs; `--mulan_model
+none` / `--melody_model none` skip them); their `*_windows` fields are float16 embeddings, compared
+with their raw size at one window per second.
+
 Usage:
     python bench/bench_bytes.py --input '/path/to/corpus/**/*.ogg' --max_hours 3
 Without --input it uses tests/data/audio (2.6 min: too short for k=1024, so k shrinks and the
@@ -34,17 +38,19 @@ from tokenmill.schemas import shards as fmt  # noqa: E402
 from tokenmill.schemas.records import TrackRecord, split_of  # noqa: E402
 from tokenmill.tokenizers import audio  # noqa: E402
 from tokenmill.tokenizers.kmeans import fit_kmeans  # noqa: E402
+from tokenmill.tokenizers.melody_tokens import window_tokens  # noqa: E402
 from tokenmill.tokenizers.mulan import segment_tokens  # noqa: E402
 from tokenmill.tokenizers.semantic import build_extractor  # noqa: E402
 
 
-def tokenize_corpus(paths, max_hours, k, codec=None, mulan=None, seed=0):
-    """Records of the corpus: semantic (k-means fitted here), acoustic with `codec`, and with
-    `mulan` = (model, rvq) the window embeddings (float16) and the segment's RVQ tokens."""
+def tokenize_corpus(paths, max_hours, k, codec=None, mulan=None, seed=0, melody=None):
+    """Records of the corpus: semantic (k-means fitted here), acoustic with `codec`, with
+    `mulan` = (model, rvq) the window embeddings (float16) and the segment's RVQ tokens, and with
+    `melody` = (model, rvq) the melody windows (float16) and each window's RVQ tokens."""
     ex = build_extractor("spectral")
     rates_hz = (16_000,) + ((codec.sample_rate_hz,) if codec else ()) + ((mulan[0].sample_rate_hz,) if mulan else ())
     cfg = audio.AudioConfig(target_rates_hz=tuple(sorted(set(rates_hz))))
-    segs, feats, acoustic, mul, total_s = [], [], [], [], 0.0
+    segs, feats, acoustic, mul, mel, total_s = [], [], [], [], [], 0.0
     for p in paths:
         try:
             for s in audio.prepare(Path(p).read_bytes(), p, cfg):
@@ -56,6 +62,11 @@ def tokenize_corpus(paths, max_hours, k, codec=None, mulan=None, seed=0):
                     mul.append((w.astype(np.float16), segment_tokens(w, mulan[1])))
                 else:
                     mul.append((None, None))
+                if melody:
+                    w16 = melody[0].embed_windows(s.waves[melody[0].sample_rate_hz]).astype(np.float16)
+                    mel.append((w16, window_tokens(w16, melody[1])))
+                else:
+                    mel.append((None, None))
                 total_s += s.duration_s
         except audio.AudioError as e:
             print(f"  skip {p}: {e.reason}")
@@ -70,8 +81,9 @@ def tokenize_corpus(paths, max_hours, k, codec=None, mulan=None, seed=0):
         TrackRecord(key=s.key, uri=str(s.source_hash), segment=s.segment, start_s=s.start_s,
                     duration_s=s.duration_s, source_sample_rate=s.source_sample_rate,
                     source_channels=s.source_channels, split=split_of(s.key, 0.0),
-                    semantic=cb.assign(f), acoustic=a, mulan_windows=m[0], mulan=m[1])
-        for s, f, a, m in zip(segs, feats, acoustic, mul)]
+                    semantic=cb.assign(f), acoustic=a, mulan_windows=m[0], mulan=m[1],
+                    melody_windows=ml[0], melody=ml[1])
+        for s, f, a, m, ml in zip(segs, feats, acoustic, mul, mel)]
     return records, k, total_s
 
 
@@ -127,6 +139,9 @@ def main():
                     help="also measure mulan (12 RVQ tokens per segment) and mulan_windows (float16, one "
                          "128-d window per second) with the built-in MuLan model and its packaged RVQ "
                          "('none' to skip)")
+    ap.add_argument("--melody_model", default="builtin", choices=("builtin", "none"),
+                    help="also measure melody (24 RVQ tokens per 4 s window, one per second) and "
+                    "melody_windows (float16, 192-d) with the built-in melody model and its packaged RVQ")
     args = ap.parse_args()
     paths = sorted(p for p in glob.glob(args.input, recursive=True) if Path(p).is_file())  # "**/*" lists dirs too
     if not paths:
@@ -143,7 +158,14 @@ def main():
 
         model = build_mulan(args.mulan_model)
         mulan = (model, load_codebook_for(model))
-    records, k, total_s = tokenize_corpus(paths, args.max_hours, args.num_clusters, codec, mulan)
+    melody = None
+    if args.melody_model != "none":
+        from tokenmill.tokenizers.melody import build_melody
+        from tokenmill.tokenizers.melody_tokens import load_codebook_for as melody_codebook
+
+        mmodel = build_melody(args.melody_model)
+        melody = (mmodel, melody_codebook(mmodel))
+    records, k, total_s = tokenize_corpus(paths, args.max_hours, args.num_clusters, codec, mulan, melody=melody)
     hours = total_s / 3600
     bits = math.log2(k)
     floor = 25 * bits / 8 * 3600  # bytes per hour
@@ -164,9 +186,12 @@ def main():
         streams.append(("mulan", per_record * len(records) / hours))
         # not tokens: the "floor" is the raw float16 payload, 1 window per second
         streams.append(("mulan_windows", mulan[0].dim * 2 * 3600))
+    if melody is not None:  # one window per second: its RVQ codes, and its float16 embedding (raw)
+        streams.append(("melody", melody[1].n_stages * math.log2(melody[1].k) / 8 * 3600))
+        streams.append(("melody_windows", melody[0].dim * 2 * 3600))
     for stream, floor_s in streams:
         sizes = measure(records, stream=stream, shard_records=args.shard_records)
-        ref = "raw float16" if stream == "mulan_windows" else "floor"
+        ref = "raw float16" if stream.endswith("_windows") else "floor"
         print(f"\n{stream} stream, {args.shard_records} records per shard, {ref} {floor_s / 1000:.1f} kB/h")
         print(f"{'layout':<24}{'kB per audio-hour':>18}{'x ' + ref:>14}{'x parquet':>11}")
         pq_bph = sizes["parquet (ours)"] / hours
