@@ -43,6 +43,7 @@ compute.apply(compute.ComputeLayout(threads=1, kernels="portable"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from bench_frontend import best_times  # noqa: E402  (bench/ is this script's folder)
 from tokenmill.tokenizers import audio, windowing  # noqa: E402
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3"}
@@ -95,18 +96,9 @@ def batched_mel(model, segs):
 
 
 def best_s(fns: dict, repeats: int, device: str = "cpu") -> dict:
-    """Best time of each fn, interleaved: process CPU time on the CPU; on a GPU, wall time (every
-    fn ends in a copy to the host, so the device is idle when the clock stops)."""
-    clock = time.process_time if device == "cpu" else time.perf_counter
-    for fn in fns.values():
-        fn()  # warm-up
-    best = {k: float("inf") for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = clock()
-            fn()
-            best[k] = min(best[k], clock() - t0)
-    return best
+    """bench_frontend's best-of-N, interleaved: process CPU time on the CPU; on a GPU, wall time
+    (every fn ends in a copy to the host, so the device is idle when the clock stops)."""
+    return best_times(fns, repeats, time.process_time if device == "cpu" else time.perf_counter)
 
 
 def main() -> None:

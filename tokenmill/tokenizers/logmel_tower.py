@@ -27,6 +27,13 @@ class LogMelWindowTower:
         with torch.inference_mode():
             return self.net.logmel(torch.from_numpy(samples)[None].to(self.device))[0].cpu().numpy()
 
+    def _embed_windows(self, windows: np.ndarray) -> np.ndarray:
+        """float32 [B, window_s · sr] window samples → float32 [B, dim], each window's own log-mel
+        (the families' wave interface; the stage itself runs `_embed_rows` on sliced log-mel)."""
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)).to(self.device)
+            return self.net.embed_wave(x).cpu().numpy()
+
     def _embed_rows(self, mels: np.ndarray) -> np.ndarray:
         """float32 [B, n_mels, F_window] raw log-mel windows → float32 [B, dim]."""
         with torch.inference_mode():

@@ -205,11 +205,6 @@ class BuiltinMelody(LogMelWindowTower, MelodyModel):
         # weights need --melody_codebook (see melody_tokens.load_codebook_for).
         self.default_codebook = DEFAULT_RVQ if self.path.resolve() == DEFAULT_WEIGHTS.resolve() else None
 
-    def _embed_windows(self, windows: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)).to(self.device)
-            return self.net.embed_wave(x).cpu().numpy()
-
     def config_dict(self) -> dict[str, Any]:
         return asdict(self.cfg)
 

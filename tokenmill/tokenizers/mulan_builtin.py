@@ -264,11 +264,6 @@ class BuiltinMulan(LogMelWindowTower, MulanModel):
             self._text = enc
         return self._text
 
-    def _embed_windows(self, windows: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)).to(self.device)
-            return self.net.embed_wave(x).cpu().numpy()
-
     def _embed_text(self, texts: list[str]) -> np.ndarray:
         sent = self.text_encoder()(texts)
         with torch.inference_mode():

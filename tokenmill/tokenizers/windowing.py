@@ -39,12 +39,7 @@ def window_spans(n_samples: int, sample_rate_hz: int, window_s: int, stride_s: i
 
 def cut_windows(wave: np.ndarray, sample_rate_hz: int, window_s: int, stride_s: int = 1) -> np.ndarray:
     """float32 [W, window_s · sr]: every window of `wave`, zero-padded past its end."""
-    spans = window_spans(wave.shape[0], sample_rate_hz, window_s, stride_s)
-    out = np.zeros((len(spans), window_s * sample_rate_hz), dtype=np.float32)
-    for i, (a, b) in enumerate(spans):
-        seg = wave[a:min(b, wave.shape[0])]
-        out[i, :seg.shape[0]] = seg
-    return out
+    return np.stack(list(wave_window_rows(wave, sample_rate_hz, window_s, stride_s)))
 
 
 def wave_window_rows(wave: np.ndarray, sample_rate_hz: int, window_s: int, stride_s: int = 1) -> Iterator[np.ndarray]:
@@ -73,8 +68,11 @@ def feature_window_rows(wave: np.ndarray, features: Callable[[np.ndarray], np.nd
         raise ValueError(f"hop {hop} must divide the {stride_s} s stride and n_fft {n_fft} fit in a window")
     spans = window_spans(wave.shape[0], sample_rate_hz, window_s, stride_s)
     need = spans[-1][1]                                  # samples the windows cover
-    padded = np.zeros(need, dtype=np.float32)
-    padded[:min(need, wave.shape[0])] = wave[:need]
+    if wave.shape[0] >= need:
+        padded = np.ascontiguousarray(wave[:need], dtype=np.float32)  # a view: no copy
+    else:                                                # a short track: one zero-padded window
+        padded = np.zeros(need, dtype=np.float32)
+        padded[:wave.shape[0]] = wave
     window_frames = 1 + (window_s * sample_rate_hz - n_fft) // hop
     n_frames = 1 + (need - n_fft) // hop
     blocks = [np.asarray(features(padded[j * hop:(min(j + block_frames, n_frames) - 1) * hop + n_fft]), np.float32)
